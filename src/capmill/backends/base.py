@@ -1,0 +1,138 @@
+"""The four backend protocols every model integration implements.
+
+| protocol              | does                                               |
+|-----------------------|----------------------------------------------------|
+| VisionLanguageModel   | image(s) + prompt → n texts; token logits (opt.)   |
+| LanguageModel         | chat messages → n texts                            |
+| ImageTextScorer       | L2-normalised image and text embeddings            |
+| TextEmbedder          | L2-normalised text embeddings                      |
+
+Batching is the backend's job: a stage hands over a whole list of requests and gets one
+`Generation` per request back, in order. A request the backend could not serve (refusal,
+timeout, malformed answer) comes back with `error` set instead of raising, so one bad sample
+never costs the batch. Problems that concern every request (model missing, server down) raise
+`SetupError` from `load()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import Field
+
+from capmill.components import Strict
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+
+class GenerationParams(Strict):
+    """Decoding settings shared by every generating backend. Backends map them to their own API
+    and say in their docs what they cannot honour (e.g. beams over HTTP)."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    # 0 means greedy decoding: captions for training data should be reproducible by default.
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_beams: int = Field(1, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    seed: int | None = 0
+
+
+@dataclass(slots=True)
+class VLMRequest:
+    prompt: str  # the user turn, text only: the backend inserts the image placeholders itself
+    images: list[Image.Image] = field(default_factory=list)
+    n: int = 1
+    system: str | None = None
+    params: GenerationParams | None = None  # None: the backend's configured defaults
+    tag: str = ""  # caller's label (e.g. "KEY:FORMAT") for logs and deterministic test doubles
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    messages: list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}]
+    n: int = 1
+    params: GenerationParams | None = None
+    tag: str = ""
+
+
+@dataclass(slots=True)
+class Generation:
+    texts: list[str] = field(default_factory=list)
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # token counts, finish reasons, retries
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.texts)
+
+
+@dataclass(slots=True)
+class TokenLogits:
+    """Per-token logits of a forced continuation, with and without the image (ScaleCap)."""
+
+    tokens: list[str]
+    token_ids: list[int]
+    with_image: list[float]
+    without_image: list[float]
+
+
+@runtime_checkable
+class VisionLanguageModel(Protocol):
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def generate(self, requests: list[VLMRequest]) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def chat(self, requests: list[ChatRequest]) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ImageTextScorer(Protocol):
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TextEmbedder(Protocol):
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def require(backend: Any, protocol: type, role: str) -> Any:
+    """Check at setup that a configured backend can play `role`; say which protocol it lacks."""
+    if not isinstance(backend, protocol):
+        from capmill.errors import ConfigError
+
+        raise ConfigError(
+            f"{role} needs a backend implementing {protocol.__name__}; "
+            f"{type(backend).__name__} does not"
+        )
+    return backend

@@ -1,0 +1,114 @@
+"""A deterministic test double for every backend protocol. Never a default.
+
+`type: fake` exists so pipelines, executors and benchmarks can run without weights. Its texts
+carry no meaning: they are derived from a hash of the request's tag (the sample key and format)
+and prompt, so the same input always gives the same output, in any process and executor. Tests
+can also queue exact answers (`responses`) and read back every prompt it saw (`prompts`), the
+way llm's mock model works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from capmill.backends.base import ChatRequest, Generation, VLMRequest
+from capmill.components import BackendConfig
+
+_WORDS = (
+    "a photo of the red blue green small large old wooden metal dog cat bicycle street "
+    "table window tree sky person woman man child car building river mountain beach cup "
+    "plate flower garden road sign light shadow near beside under over with in on and"
+).split()
+
+
+class FakeBackendConfig(BackendConfig):
+    type: Literal["fake"] = "fake"
+    model: str = "fake"
+    # Words per generated text (before any length policy of the stage applies).
+    words: int = Field(12, ge=1)
+    # Seconds slept per batch, to emulate model latency in benchmarks.
+    delay_s: float = Field(0.0, ge=0)
+    # Queued answers, consumed in order before falling back to hashed text.
+    responses: list[str] = Field(default_factory=list)
+    # Embedding width for the scorer/embedder roles.
+    dim: int = Field(32, ge=2)
+
+    def build(self) -> FakeBackend:
+        return FakeBackend(self)
+
+    def model_ids(self) -> list[str]:
+        return [f"fake:{self.model}"]
+
+
+def hashed_text(seed: str, words: int) -> str:
+    digest = hashlib.sha256(seed.encode("utf-8", "replace")).digest()
+    while len(digest) < words:
+        digest += hashlib.sha256(digest).digest()
+    return " ".join(_WORDS[b % len(_WORDS)] for b in digest[:words]).capitalize() + "."
+
+
+def hashed_vector(seed: bytes, dim: int) -> np.ndarray:
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed).digest()[:8], "little"))
+    v = rng.standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class FakeBackend:
+    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer and TextEmbedder."""
+
+    def __init__(self, config: FakeBackendConfig):
+        self.config = config
+        self.model_id = f"fake:{config.model}"
+        self.prompts: list[str] = []
+        self.batch_sizes: list[int] = []
+        self._responses = deque(config.responses)
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def _answer(self, seed: str, n: int) -> list[str]:
+        with self._lock:
+            queued = [self._responses.popleft() for _ in range(min(n, len(self._responses)))]
+        return queued + [hashed_text(f"{seed}#{i}", self.config.words) for i in range(len(queued), n)]
+
+    def _sleep(self) -> None:
+        if self.config.delay_s:
+            time.sleep(self.config.delay_s)
+
+    def generate(self, requests: list[VLMRequest]) -> list[Generation]:
+        self._sleep()
+        with self._lock:
+            self.prompts.extend(r.prompt for r in requests)
+            self.batch_sizes.append(len(requests))
+        return [Generation(texts=self._answer(f"{r.tag}|{r.prompt}", r.n), meta={"backend": "fake"}) for r in requests]
+
+    def chat(self, requests: list[ChatRequest]) -> list[Generation]:
+        self._sleep()
+        out = []
+        for r in requests:
+            rendered = "\n".join(f"{m['role']}: {m['content']}" for m in r.messages)
+            with self._lock:
+                self.prompts.append(rendered)
+            out.append(Generation(texts=self._answer(f"{r.tag}|{rendered}", r.n), meta={"backend": "fake"}))
+        with self._lock:
+            self.batch_sizes.append(len(requests))
+        return out
+
+    def embed_images(self, images) -> np.ndarray:
+        return np.stack([hashed_vector(img.tobytes(), self.config.dim) for img in images]) if images else np.zeros((0, self.config.dim), np.float32)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return np.stack([hashed_vector(t.encode("utf-8", "replace"), self.config.dim) for t in texts]) if texts else np.zeros((0, self.config.dim), np.float32)
+
+    embed = embed_texts

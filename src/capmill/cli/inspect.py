@@ -1,0 +1,64 @@
+"""`capmill inspect PATH`: count the samples of any input or output and show a few records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="count samples and show a few records of an input or output")
+    p.add_argument("path", help="a capmill output directory, tar shard(s), parquet file(s), a jsonl manifest or an image folder")
+    p.add_argument("-n", "--show", type=int, default=3, help="records to print (default 3)")
+    p.add_argument("--type", choices=["capmill", "webdataset", "parquet", "jsonl", "folder"], default=None,
+                   help="input type, when it cannot be guessed from the path")
+    p.set_defaults(handler=main)
+
+
+def guess_input(path: str, kind: str | None = None) -> dict:
+    """An input config for `path`, guessed from what it is."""
+    if kind is None:
+        if os.path.isdir(path):
+            kind = "capmill" if os.path.exists(os.path.join(path, "_run.json")) else "folder"
+        elif path.endswith((".tar", ".tar.gz", ".tgz")) or path.endswith("}.tar"):
+            kind = "webdataset"
+        elif path.endswith(".parquet"):
+            kind = "parquet"
+        elif path.endswith((".jsonl", ".json")):
+            kind = "jsonl"
+        else:
+            from capmill.errors import ConfigError
+
+            raise ConfigError(f"cannot tell what {path!r} is; pass --type")
+    return {"type": kind, "path": path}
+
+
+def main(args: argparse.Namespace) -> int:
+    from pydantic import TypeAdapter
+
+    from capmill.config import InputSpec
+
+    config = TypeAdapter(InputSpec).validate_python(guess_input(args.path, args.type))
+    reader = config.build()
+    shards = reader.shards()
+    statuses: Counter = Counter()
+    captions: Counter = Counter()
+    shown = 0
+    for shard in shards:
+        for sample in reader.read(shard):
+            statuses[sample.status] += 1
+            captions.update(sample.captions.keys())
+            if shown < args.show:
+                record = sample.to_dict()
+                record["image"]["bytes"] = len(sample.image.data) if sample.image.data is not None else None
+                print(json.dumps(record, ensure_ascii=False, indent=2, default=str))
+                shown += 1
+    total = sum(statuses.values())
+    print(f"{total} samples in {len(shards)} shard(s) ({config.type})")
+    for status, n in statuses.most_common():
+        print(f"  status {status}: {n}")
+    for name, n in captions.most_common():
+        print(f"  caption {name}: {n}")
+    return 0

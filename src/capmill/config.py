@@ -1,0 +1,107 @@
+"""The run config: one reader, a list of stages, one output, an executor.
+
+YAML validated by pydantic with unknown keys rejected; sections are discriminated by `type`.
+Stages and backends are resolved through entry points (see `capmill.registry`), readers,
+writers and executors are the closed sets below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from capmill.components import StageSpec, Strict
+from capmill.errors import ConfigError
+from capmill.executors.local import LocalExecutorConfig
+from capmill.media.image import ImageConfig
+from capmill.readers import FolderInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
+from capmill.writers.output import OutputConfig
+
+InputSpec = Annotated[WebDatasetInput | ParquetInput | FolderInput | JsonlInput | RunOutputInput, Field(discriminator="type")]
+ExecutorSpec = Annotated[LocalExecutorConfig, Field(discriminator="type")]
+
+
+class RunConfig(Strict):
+    input: InputSpec
+    output: OutputConfig
+    executor: ExecutorSpec = Field(default_factory=LocalExecutorConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    stages: list[StageSpec] = Field(default_factory=list)
+    # Seed for everything random in the run (sampling backends, bags, mixes).
+    seed: int = 0
+
+    def hashed_content(self) -> dict[str, Any]:
+        """What decides the output. Executor settings are left out on purpose: a run can be
+        resumed with another batch size, more workers, or on Ray, and give the same records."""
+        content = self.model_dump(mode="json")
+        content.pop("executor", None)
+        return content
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """`stages.0.backend.model=x`: walk dicts by key and lists by index, creating dicts."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            try:
+                index = int(part)
+                node[index]
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {dotted}: {part!r} is not an index of a list of {len(node)}") from None
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {dotted}: {'.'.join(parts[:i])} is not a mapping or list")
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        dotted, raw = item.split("=", 1)
+        set_path(tree, dotted.strip(), yaml.safe_load(raw) if raw else "")
+    return tree
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def parse_config(tree: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return tree
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    return parse_config(apply_overrides(load_yaml(path), overrides or []))

@@ -1,0 +1,41 @@
+"""Exception types. Callers catch by type, never by message."""
+
+
+class CapmillError(Exception):
+    """Base of every error capmill raises on purpose."""
+
+
+class ConfigError(CapmillError):
+    """The configuration is invalid; the message says what to change."""
+
+
+class SetupError(CapmillError):
+    """A component could not start (missing package, model, server); the message says what to do."""
+
+
+class OutputConflictError(CapmillError):
+    """The output directory holds results of a different run."""
+
+
+class DuplicateKeyError(CapmillError):
+    """Two samples share a key; the message names where both came from."""
+
+
+class SampleError(CapmillError):
+    """A problem with one sample; it becomes that sample's status and error, the run goes on."""
+
+    status = "error"
+
+    def __init__(self, reason: str, status: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        if status is not None:
+            self.status = status
+
+
+class ImageDecodeError(SampleError):
+    status = "decode_error"
+
+
+class BackendError(SampleError):
+    status = "backend_error"

@@ -1,0 +1,3 @@
+from capmill.executors.local import LocalExecutor, LocalExecutorConfig
+
+__all__ = ["LocalExecutor", "LocalExecutorConfig"]

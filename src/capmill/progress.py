@@ -1,0 +1,122 @@
+"""Progress while a run goes, and the summary when it ends (the same for every executor)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+
+class Progress:
+    """A tqdm bar on a terminal; a plain log line every `interval` seconds otherwise.
+
+    Counts samples written and shards committed. The ETA extrapolates from the mean samples
+    per committed shard, since tar shards do not say how many samples they hold.
+    """
+
+    def __init__(self, total_shards: int, stream: TextIO | None = None, interval: float = 10.0, enabled: bool = True):
+        self.stream = stream or sys.stderr
+        self.total_shards = total_shards
+        self.interval = interval
+        self.samples = 0
+        self.shards = 0
+        self.start = time.monotonic()
+        self._last_log = self.start
+        self._lock = threading.Lock()
+        self._bar = None
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=None, unit="sample", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+        self.enabled = enabled
+
+    def eta(self) -> float | None:
+        if self.shards == 0 or self.samples == 0:
+            return None
+        per_shard = self.samples / self.shards
+        remaining = (self.total_shards - self.shards) * per_shard
+        rate = self.samples / max(time.monotonic() - self.start, 1e-9)
+        return remaining / rate
+
+    def advance(self, samples: int = 0, shards: int = 0) -> None:
+        with self._lock:
+            self.samples += samples
+            self.shards += shards
+            if self._bar is not None:
+                if shards and self.total_shards:
+                    self._bar.total = int(self.samples / self.shards * self.total_shards)
+                self._bar.set_postfix_str(f"shards {self.shards}/{self.total_shards}", refresh=False)
+                self._bar.update(samples)
+            elif self.enabled and time.monotonic() - self._last_log >= self.interval:
+                self._last_log = time.monotonic()
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.samples / max(elapsed, 1e-9)
+        eta = self.eta()
+        eta_text = f", ETA {eta:.0f}s" if eta is not None else ""
+        return f"capmill: {self.samples} samples ({rate:.1f}/s), shards {self.shards}/{self.total_shards}{eta_text}"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@dataclass
+class RunSummary:
+    shards_total: int = 0
+    shards_skipped: int = 0  # committed by an earlier run
+    shards_done: int = 0
+    failed_shards: dict[str, str] = field(default_factory=dict)  # shard → reason
+    by_status: Counter = field(default_factory=Counter)
+    drops: Counter = field(default_factory=Counter)
+    seconds: defaultdict = field(default_factory=lambda: defaultdict(float))
+    wall_seconds: float = 0.0
+    samples: int = 0
+    interrupted: bool = False
+
+    def add_shard(self, stats: dict[str, Any]) -> None:
+        self.shards_done += 1
+        self.samples += stats["samples"]
+        self.by_status.update(stats["by_status"])
+        self.drops.update(stats["drops"])
+        for name, value in stats["seconds"].items():
+            self.seconds[name] += value
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_shards and not self.interrupted
+
+    def render(self) -> str:
+        rate = self.samples / self.wall_seconds if self.wall_seconds else 0.0
+        lines = [
+            f"shards: {self.shards_done} done, {self.shards_skipped} already committed, "
+            f"{len(self.failed_shards)} failed, of {self.shards_total}",
+            f"samples: {self.samples} in {self.wall_seconds:.1f}s ({rate:.1f}/s)",
+        ]
+        if self.by_status:
+            lines.append("")
+            lines.append(f"{'status':<24}{'samples':>10}")
+            for status, n in sorted(self.by_status.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"{status:<24}{n:>10}")
+        if self.drops:
+            lines.append("")
+            lines.append(f"{'dropped by':<24}{'samples':>10}")
+            for reason, n in sorted(self.drops.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"{reason:<24}{n:>10}")
+        if self.seconds:
+            lines.append("")
+            lines.append(f"{'step':<24}{'seconds':>10}{'ms/sample':>12}")
+            for name, secs in self.seconds.items():
+                per = 1000 * secs / self.samples if self.samples else 0.0
+                lines.append(f"{name:<24}{secs:>10.2f}{per:>12.2f}")
+        for shard, reason in sorted(self.failed_shards.items()):
+            lines.append(f"FAILED shard {shard}: {reason}")
+        if self.interrupted:
+            lines.append("interrupted: committed shards are kept; rerun the same command to resume")
+        return "\n".join(lines)

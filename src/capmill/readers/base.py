@@ -1,0 +1,152 @@
+"""What every reader shares: the shard unit, path expansion and AltText decoding."""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from capmill.components import Strict
+from capmill.errors import ConfigError
+from capmill.sample import READ_ERROR, Sample
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One unit of work: one input shard becomes one output shard of the same name."""
+
+    name: str
+    source: str  # where it is read from, for messages
+    index: int
+    spec: Any = field(default=None, compare=False)  # reader-specific detail (row-group range, file list)
+
+
+class InputConfig(Strict):
+    # `shard`: every key becomes "SHARD_KEY", which makes keys unique across shards when the
+    # inputs reuse keys (e.g. several crawls numbered from 0). Off by default so keys stay the
+    # ones the data came with.
+    key_prefix: Literal["none", "shard"] = "none"
+    # fsspec options for remote paths (credentials, endpoints): passed to fsspec.open.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Reader(ABC):
+    """Lists the shards of an input and yields each shard's Samples in a stable order.
+
+    Samples come with their image undecoded (bytes or a location); decoding is the executor's
+    job so it can run in a pool.
+    """
+
+    def __init__(self, config: InputConfig):
+        self.config = config
+
+    @abstractmethod
+    def shards(self) -> list[Shard]: ...
+
+    @abstractmethod
+    def read_shard(self, shard: Shard) -> Iterator[Sample]: ...
+
+    def read(self, shard: Shard) -> Iterator[Sample]:
+        """Samples of `shard`, with the configured key prefix applied."""
+        prefix = f"{shard.name}_" if self.config.key_prefix == "shard" else ""
+        for sample in self.read_shard(shard):
+            if prefix:
+                sample.key = prefix + sample.key
+            check_key(sample)
+            yield sample
+
+
+def check_key(sample: Sample) -> None:
+    """Keys become file names in the outputs: one that could escape the output folder or hide
+    itself is replaced by a stable hash of it, and the sample is marked as a read error."""
+    key = sample.key
+    parts = key.split("/")
+    if key and "\0" not in key and not key.startswith("/") and not any(p in ("", ".", "..") for p in parts) \
+            and not parts[-1].startswith(".") and len(key) <= 200:
+        return
+    import hashlib
+
+    sample.meta["original_key"] = key
+    sample.key = "badkey_" + hashlib.sha1(key.encode("utf-8", "replace")).hexdigest()[:16]
+    sample.fail(READ_ERROR, f"unsafe or empty key {key[:80]!r} replaced by {sample.key}")
+
+
+_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand numeric brace ranges as webdataset and img2dataset write them: `{00000..00099}`.
+
+    The width of the first bound is kept, so `{000..010}` gives `000`, `001`, … `010`.
+    """
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    lo, hi = match.group(1), match.group(2)
+    width = len(lo)
+    out = []
+    for i in range(int(lo), int(hi) + 1):
+        out.extend(expand_braces(pattern[: match.start()] + str(i).zfill(width) + pattern[match.end() :]))
+    return out
+
+
+def expand_paths(paths: str | list[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Brace ranges and globs → a sorted, de-duplicated list of paths or URLs.
+
+    Brace-range entries are kept even if missing, so a missing shard is reported by name
+    instead of silently shrinking the dataset; a glob that matches nothing is a config error.
+    """
+    import fsspec
+
+    result: list[str] = []
+    for pattern in [paths] if isinstance(paths, str) else paths:
+        for p in expand_braces(pattern):
+            if any(ch in p for ch in "*?["):
+                fs, _, _ = fsspec.get_fs_token_paths(p, storage_options=storage_options or {})
+                matches = sorted(fs.glob(p))
+                if not matches:
+                    raise ConfigError(f"input path {p!r} matches no file")
+                protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+                result.extend(m if protocol in ("file", "local") else f"{protocol}://{m}" for m in matches)
+            else:
+                result.append(p)
+    seen: set[str] = set()
+    unique = [p for p in result if not (p in seen or seen.add(p))]
+    return unique
+
+
+def shard_stem(path: str) -> str:
+    """`data/00012.tar` → `00012`; the output shard keeps the input's name."""
+    name = os.path.basename(path.rstrip("/"))
+    for suffix in (".tar.gz", ".tgz", ".tar", ".parquet", ".jsonl", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def unique_shard_names(shards: list[Shard]) -> list[Shard]:
+    names: dict[str, str] = {}
+    for shard in shards:
+        if shard.name in names:
+            raise ConfigError(
+                f"two input shards map to the same output name {shard.name!r}: "
+                f"{names[shard.name]} and {shard.source}; rename one of them"
+            )
+        names[shard.name] = shard.source
+    return shards
+
+
+def decode_text(raw: bytes, sample_meta: dict[str, Any]) -> str:
+    """AltText bytes → str. Invalid UTF-8 is replaced, not fatal, and flagged in the meta."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        sample_meta["alt_text_invalid_utf8"] = True
+        return raw.decode("utf-8", errors="replace")

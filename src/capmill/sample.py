@@ -1,0 +1,155 @@
+"""The one record that flows through a run: `Sample`, its `Caption`s and its `ImageRef`.
+
+Outputs that multiply (one per model, per format, per scorer) live in the keyed maps
+`captions` and `scores`; a new model never adds a field. A failed sample keeps its row:
+`status` says what went wrong and `error` says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+OK = "ok"
+DECODE_ERROR = "decode_error"
+BACKEND_ERROR = "backend_error"
+STAGE_ERROR = "stage_error"
+READ_ERROR = "read_error"
+DROPPED = "dropped"
+
+
+@dataclass(slots=True)
+class Caption:
+    text: str
+    source: str  # the key it is stored under: "alt_text", "ssc", "dsc", "capsfusion", ...
+    model: str | None = None  # model id that wrote it; None for the AltText
+    prompt_id: str | None = None  # template name + version, e.g. "dsc@1"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "source": self.source,
+            "model": self.model,
+            "prompt_id": self.prompt_id,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Caption:
+        return cls(
+            text=d["text"],
+            source=d["source"],
+            model=d.get("model"),
+            prompt_id=d.get("prompt_id"),
+            meta=dict(d.get("meta") or {}),
+        )
+
+
+@dataclass(slots=True)
+class ImageRef:
+    """Where the image is, and the image itself once something needed it.
+
+    `data` holds the encoded bytes exactly as read (they are what a writer stores, so the
+    original file survives untouched); `path` or `url` say where to fetch them when a reader
+    defers reading. `image` is the decoded, normalised PIL image, set once by the decode step
+    and never serialised.
+    """
+
+    data: bytes | None = None
+    path: str | None = None
+    url: str | None = None
+    ext: str | None = None  # lower-case extension without the dot: "jpg", "png", ...
+    image: Image.Image | None = None
+
+    def read_bytes(self) -> bytes:
+        """The encoded bytes, reading them from `path`/`url` on first use (then cached)."""
+        if self.data is None:
+            location = self.path or self.url
+            if location is None:
+                raise ValueError("image reference has neither bytes, path nor url")
+            import fsspec
+
+            with fsspec.open(location, "rb") as f:
+                self.data = f.read()
+        return self.data
+
+    def to_dict(self, include_bytes: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "url": self.url, "ext": self.ext}
+        if include_bytes and self.data is not None:
+            d["data_b64"] = base64.b64encode(self.data).decode("ascii")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ImageRef:
+        d = d or {}
+        data = base64.b64decode(d["data_b64"]) if d.get("data_b64") is not None else None
+        return cls(data=data, path=d.get("path"), url=d.get("url"), ext=d.get("ext"))
+
+
+@dataclass(slots=True)
+class Sample:
+    key: str  # identity; survives every stage; unique within a run
+    image: ImageRef = field(default_factory=ImageRef)
+    alt_text: str | None = None  # never overwritten
+    captions: dict[str, Caption] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    status: str = OK
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def fail(self, status: str, error: str) -> None:
+        """Mark the sample failed; the first failure wins so the root cause is what is kept."""
+        if self.status == OK:
+            self.status = status
+            self.error = error
+
+    def text(self, field_name: str) -> str | None:
+        """The text of a caption field; `alt_text` names the AltText."""
+        if field_name == "alt_text":
+            return self.alt_text
+        caption = self.captions.get(field_name)
+        return caption.text if caption is not None else None
+
+    def to_dict(self, include_image_bytes: bool = False) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "alt_text": self.alt_text,
+            "captions": {name: c.to_dict() for name, c in self.captions.items()},
+            "scores": dict(self.scores),
+            "status": self.status,
+            "error": self.error,
+            "meta": self.meta,
+            "image": self.image.to_dict(include_bytes=include_image_bytes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sample:
+        return cls(
+            key=d["key"],
+            image=ImageRef.from_dict(d.get("image")),
+            alt_text=d.get("alt_text"),
+            captions={k: Caption.from_dict(v) for k, v in (d.get("captions") or {}).items()},
+            scores={k: float(v) for k, v in (d.get("scores") or {}).items()},
+            status=d.get("status", OK),
+            error=d.get("error"),
+            meta=dict(d.get("meta") or {}),
+        )
+
+    def to_json(self, include_image_bytes: bool = False) -> str:
+        # allow_nan keeps NaN scores representable (Python's json writes NaN); ensure_ascii=False
+        # keeps non-Latin AltText readable in the shards.
+        return json.dumps(self.to_dict(include_image_bytes), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Sample:
+        return cls.from_dict(json.loads(text))

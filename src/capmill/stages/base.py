@@ -1,0 +1,60 @@
+"""The stage protocol: `setup` in the worker, `process` on batches, `teardown` at the end."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from capmill.components import Resources, StageConfig
+    from capmill.media.image import ImageConfig
+    from capmill.sample import Sample
+
+
+@dataclass
+class RunContext:
+    """What a stage may know about the run it is part of."""
+
+    out_dir: str | None = None
+    image: ImageConfig | None = None
+    seed: int = 0
+    # Shared state a stage computed before the streaming pass (e.g. fitted bin edges).
+    state: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("capmill"))
+
+
+class Stage:
+    """Base class for stages. Subclasses override `process` (whole batches) or `process_one`.
+
+    The constructor takes the stage's config and does no heavy work: models load in `setup`,
+    inside the worker that will use them. A per-sample problem becomes that sample's
+    status/error (`Sample.fail`); an exception escaping `process` is treated by the executor as
+    a failure of the batch, which it retries one sample at a time to find the culprit.
+    A stage drops a sample by setting `status="dropped"` and `error` to the reason.
+    """
+
+    def __init__(self, config: StageConfig):
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        """Display name, derived from the class: `CaptionStage` → `caption`."""
+        cls = type(self).__name__
+        return (cls[: -len("Stage")] if cls.endswith("Stage") else cls).lower()
+
+    @property
+    def resources(self) -> Resources:
+        return self.config.resources
+
+    def setup(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def process(self, batch: list[Sample]) -> list[Sample]:
+        return [self.process_one(sample) for sample in batch]
+
+    def process_one(self, sample: Sample) -> Sample:
+        raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_one")
+
+    def teardown(self) -> None:
+        pass

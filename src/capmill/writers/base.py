@@ -1,0 +1,60 @@
+"""The shard-writer contract: write under a temporary name, rename into place on commit.
+
+A reader of the output directory never sees a half-written shard under a final name: final
+names appear only through `os.replace`, which is atomic on POSIX file systems.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+
+from capmill.sample import Sample
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_name(out_dir: str, final_name: str) -> str:
+    """A hidden temporary path next to the final one (same file system, so rename is atomic)."""
+    return os.path.join(out_dir, f".{final_name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+def remove_temporaries(out_dir: str) -> int:
+    """Delete what a killed run left half-written. Returns how many were removed."""
+    removed = 0
+    for root, dirs, files in os.walk(out_dir):
+        for name in list(dirs) + files:
+            if name.startswith(".") and TMP_MARK in name:
+                path = os.path.join(root, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                removed += 1
+                if name in dirs:
+                    dirs.remove(name)
+    return removed
+
+
+class ShardWriter(ABC):
+    """Writes one output shard. `commit` returns the final paths, relative to the output dir."""
+
+    def __init__(self, out_dir: str, shard: str, text_field: str):
+        self.out_dir = out_dir
+        self.shard = shard
+        self.text_field = text_field
+
+    @abstractmethod
+    def write(self, sample: Sample) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> list[str]: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+    def chosen_text(self, sample: Sample) -> str:
+        """The training text: `output.text_field`, falling back to the AltText when missing."""
+        text = sample.text(self.text_field)
+        if text is None:
+            text = sample.alt_text
+        return text or ""

@@ -1,0 +1,51 @@
+"""The output section of the config, and opening the writers it names for one shard."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from capmill.components import Strict
+from capmill.writers.base import ShardWriter
+from capmill.writers.parquet import ParquetWriter
+from capmill.writers.sidecar import SidecarWriter
+from capmill.writers.webdataset import WebDatasetWriter
+
+WriterName = Literal["webdataset", "parquet", "sidecar"]
+
+
+class OutputConfig(Strict):
+    path: str
+    writers: list[WriterName] = Field(default_factory=lambda: ["webdataset", "parquet"], min_length=1)
+    # The caption written as KEY.txt / sidecar .txt: "alt_text" or a caption name such as "dsc".
+    # Samples without that caption fall back to their AltText.
+    text_field: str = "alt_text"
+    # Store the decoded, resized image re-encoded in this format instead of the original bytes.
+    reencode: Literal["jpeg", "png", "webp"] | None = None
+    reencode_quality: int = Field(90, ge=1, le=100)
+    # Write samples that a filter dropped to OUT/_rejects/SHARD.parquet.
+    rejects: bool = False
+
+
+_WRITERS = {
+    "webdataset": lambda c, out, shard: WebDatasetWriter(out, shard, c.text_field, c.reencode, c.reencode_quality),
+    "parquet": lambda c, out, shard: ParquetWriter(out, shard, c.text_field),
+    "sidecar": lambda c, out, shard: SidecarWriter(out, shard, c.text_field),
+}
+
+
+def open_writers(config: OutputConfig, out_dir: str, shard: str) -> list[ShardWriter]:
+    writers: list[ShardWriter] = []
+    try:
+        for name in config.writers:
+            writers.append(_WRITERS[name](config, out_dir, shard))
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    return writers
+
+
+def open_rejects(config: OutputConfig, out_dir: str, shard: str) -> ShardWriter | None:
+    return ParquetWriter(out_dir, shard, config.text_field, subdir="_rejects") if config.rejects else None

@@ -1,0 +1,42 @@
+"""Image folders with a `.txt` caption next to each image, the layout diffusion trainers read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from capmill.media.image import sniff_ext
+from capmill.sample import Sample
+from capmill.writers.base import ShardWriter, tmp_name
+
+
+class SidecarWriter(ShardWriter):
+    """Writes `OUT/SHARD/KEY.EXT` and `OUT/SHARD/KEY.txt`; samples without image bytes are skipped
+    here (their record is still in the other outputs)."""
+
+    def __init__(self, out_dir: str, shard: str, text_field: str):
+        super().__init__(out_dir, shard, text_field)
+        self.final = os.path.join(out_dir, shard)
+        self.tmp = tmp_name(out_dir, shard)
+        os.makedirs(self.tmp)
+
+    def write(self, sample: Sample) -> None:
+        data = sample.image.data
+        if data is None or not sample.ok:
+            return
+        ext = sample.image.ext or sniff_ext(data) or "bin"
+        image_path = os.path.join(self.tmp, f"{sample.key}.{ext}")
+        os.makedirs(os.path.dirname(image_path), exist_ok=True)  # keys may hold sub-folders ("dir/key")
+        with open(image_path, "wb") as f:
+            f.write(data)
+        with open(os.path.join(self.tmp, f"{sample.key}.txt"), "w", encoding="utf-8") as f:
+            f.write(self.chosen_text(sample))
+
+    def commit(self) -> list[str]:
+        if os.path.exists(self.final):
+            shutil.rmtree(self.final)
+        os.replace(self.tmp, self.final)
+        return [os.path.basename(self.final) + "/"]
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
