@@ -8,7 +8,7 @@ Used by capmill's tests and benchmarks, and by anyone testing their own stages:
 Real photos come from scikit-image's bundled sample images (no download). AltTexts are short,
 web-like descriptions; they are fixtures, not ground truth.
 
-`python -m capmill.testing.shards DIR` writes the demo shards into DIR.
+`python -m capmill.testing.demo_data DIR` writes the demo shards into DIR.
 """
 
 from __future__ import annotations
@@ -241,10 +241,3 @@ def write_jsonl(path: str | os.PathLike, samples: Iterable[Item], image_dir: str
             f.write(json.dumps({"key": it.key, "image_path": rel, "alt_text": alt}) + "\n")
     return path
 
-
-if __name__ == "__main__":
-    import sys
-
-    target = sys.argv[1] if len(sys.argv) > 1 else "data"
-    for p in write_webdataset(target, shards=3, per_shard=8):
-        print(p)

@@ -1,0 +1,41 @@
+# Set-up is two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: demo test test-fast bench clean system-deps
+
+# torch 2.14.1/torchvision 0.29.1 are pinned in pyproject; pip takes them from the local wheel
+# cache where one is configured.
+$(VENV)/.demo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[demo]'
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@ $(VENV)/.demo
+
+demo: $(VENV)/.demo
+	$(PY) -m capmill.demo
+
+test: $(VENV)/.dev system-deps
+	$(PY) -m pytest -q
+
+# The suite without the slow end-to-end tests, for quick iterations.
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/datapath.py
+
+# System packages some tests drive for real (installed once; skipped where apt is unavailable).
+system-deps:
+	@bash scripts/system-deps.sh
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that tests use for real: a JDK for pycocoevalcap's PTB tokenizer
+# and METEOR, Chromium for the report's browser test. Does nothing when all are present.
+set -u
+need=()
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "system-deps: cannot install ${need[*]} (needs root and apt-get); tests that use them will be skipped with a reason" >&2
+  exit 0
+fi
+echo "system-deps: installing ${need[*]}" >&2
+apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+  || echo "system-deps: apt-get install ${need[*]} failed; tests that use them will be skipped with a reason" >&2
+exit 0
