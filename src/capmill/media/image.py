@@ -69,14 +69,15 @@ def decode_image(data: bytes, config: ImageConfig):
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"decompression bomb refused: {e}") from None
+        # PIL's own guard fires first for sizes far over any sane limit; still only the header was read.
+        raise ImageDecodeError(f"image is over the pixel limit (decompression bomb refused): {e}") from None
     except Exception as e:  # PIL raises a wide range of errors on hostile headers
-        raise ImageDecodeError(f"unreadable image header: {type(e).__name__}: {e}") from None
+        raise ImageDecodeError(f"unreadable or truncated image: {type(e).__name__}: {e}") from None
     if img.format not in config.formats:
         raise ImageDecodeError(f"format {img.format} not allowed (allowed: {', '.join(config.formats)})")
     width, height = img.size
     if width * height > config.max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the limit of {config.max_pixels}")
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"image has an empty size {width}x{height}")
     try:
@@ -94,7 +95,7 @@ def decode_image(data: bytes, config: ImageConfig):
     except ImageDecodeError:
         raise
     except Exception as e:  # truncated data, bad EXIF, codec errors
-        raise ImageDecodeError(f"decode failed: {type(e).__name__}: {e}") from None
+        raise ImageDecodeError(f"unreadable or truncated image: {type(e).__name__}: {e}") from None
     return img
 
 
