@@ -93,7 +93,7 @@ class LocalExecutor:
             summary: RunSummary, progress: Progress, limit: int | None = None) -> RunSummary:
         cfg = self.config
         stages = [stage_cfg.build() for stage_cfg in run.stages]
-        ctx = RunContext(out_dir=out.path, image=run.image, seed=run.seed)
+        ctx = RunContext(out_dir=out.path, image=run.image, seed=run.seed, input=run.input)
         for stage in stages:
             stage.setup(ctx)
         keys = KeyRegistry(out.committed_keys()) if cfg.check_duplicate_keys else None
