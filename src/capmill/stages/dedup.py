@@ -1,0 +1,238 @@
+"""`dedup`: drop exact and near duplicates of images and captions, keeping the first seen.
+
+Exact: a BLAKE2 digest (16 bytes) of the image's encoded bytes, or of a caption's normalised text
+(Unicode NFKC, case-folded, punctuation removed, whitespace collapsed). Near: cosine ≥
+`threshold` between embeddings (images with an ImageTextScorer, captions with a TextEmbedder or
+the scorer's text tower), as in the dataset-shaping notes of MMC4/LAION and METHODS.md §10.
+
+Scale and memory. The index lives in the stage and covers the whole run:
+- exact: ≈ 150 bytes per kept sample and target (digest, key, set/dict overhead): 10M samples
+  with two targets ≈ 3 GB;
+- near: one float32 embedding per kept sample and target (512-d: 2 KiB; 1M samples ≈ 2 GiB), and
+  each new sample is compared with all of them (O(kept) per sample). `near_window` bounds both:
+  only the last W kept samples are compared, so duplicates further apart than W are missed.
+For datasets beyond that, dedup per part (run the stage on subsets of the shards) or lower the
+window. Which copy survives depends on arrival order; exactly one always does.
+
+Resume. The digests of each kept sample are stored in `meta["dedup"]`. On `setup` the index is
+rebuilt from the committed shards of the output directory (digests read back; near embeddings
+recomputed from the stored captions and, with a tar writer, images), so a resumed run still
+keeps exactly one copy of each duplicate group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from collections import deque
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from capmill.backends.base import ImageTextScorer, TextEmbedder
+from capmill.components import BackendSpec, StageConfig
+from capmill.errors import ConfigError
+from capmill.sample import DROPPED, Sample
+from capmill.stages.base import RunContext, Stage
+
+IMAGE = "image"
+_PUNCT = re.compile(r"[^\w\s]+")
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def exact_digest(sample: Sample, target: str) -> str | None:
+    """Digest of the image bytes or of a caption's normalised text; None when there is nothing."""
+    if target == IMAGE:
+        data = sample.image.data
+        return digest(data) if data else None
+    text = sample.text(target)
+    norm = normalise_text(text) if text else ""
+    return digest(norm.encode("utf-8")) if norm else None
+
+
+class DedupStageConfig(StageConfig):
+    type: Literal["dedup"] = "dedup"
+    # Exact targets: "image" and/or caption fields ("alt_text", "dsc", ...).
+    exact: list[str] = Field(default_factory=lambda: [IMAGE])
+    # Near targets; need `backend`.
+    near: list[str] = Field(default_factory=list)
+    threshold: float = Field(0.95, gt=-1, le=1)
+    backend: BackendSpec | None = None
+    # Compare each sample with only the last W kept samples (None: all of them).
+    near_window: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _near_needs_backend(self) -> DedupStageConfig:
+        if self.near and self.backend is None:
+            raise ValueError("near dedup needs a `backend` (an ImageTextScorer for images, a TextEmbedder for captions)")
+        if not self.exact and not self.near:
+            raise ValueError("dedup needs at least one `exact` or `near` target")
+        return self
+
+    def build(self) -> DedupStage:
+        return DedupStage(self)
+
+
+class _NearIndex:
+    """Kept embeddings of one target, in blocks, optionally bounded to the last `window` rows."""
+
+    def __init__(self, window: int | None):
+        self.rows: deque = deque(maxlen=window)
+        self.keys: deque = deque(maxlen=window)
+        self._matrix = None
+
+    def add(self, vector, key: str) -> None:
+        self.rows.append(vector)
+        self.keys.append(key)
+        self._matrix = None
+
+    def best(self, vector) -> tuple[float, str | None]:
+        import numpy as np
+
+        if not self.rows:
+            return -1.0, None
+        if self._matrix is None:
+            self._matrix = np.stack(self.rows).astype(np.float32)
+        sims = self._matrix @ vector.astype(np.float32)
+        i = int(sims.argmax())
+        return float(sims[i]), self.keys[i]
+
+
+class DedupStage(Stage):
+    config: DedupStageConfig
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        cfg = self.config
+        self.backend = None
+        if cfg.near:
+            self.backend = cfg.backend.build()
+            if IMAGE in cfg.near and not isinstance(self.backend, ImageTextScorer):
+                raise ConfigError("near dedup of images needs an ImageTextScorer backend (clip, open_clip, ...)")
+            if not isinstance(self.backend, (ImageTextScorer, TextEmbedder)):
+                raise ConfigError("near dedup needs an ImageTextScorer or TextEmbedder backend")
+            self.backend.load()
+        self.seen: dict[str, dict[str, str]] = {t: {} for t in cfg.exact}
+        self.near_index = {t: _NearIndex(cfg.near_window) for t in cfg.near}
+        if ctx.out_dir and os.path.isdir(ctx.out_dir):
+            self._seed_from_output(ctx)
+
+    def teardown(self) -> None:
+        if getattr(self, "backend", None) is not None:
+            self.backend.close()
+
+    def _embed(self, target: str, samples: list[Sample]):
+        from capmill.stages.score import unit_rows
+
+        if target == IMAGE:
+            return unit_rows(self.backend.embed_images([s.image.image for s in samples]))
+        texts = [s.text(target) or "" for s in samples]
+        embed = self.backend.embed if isinstance(self.backend, TextEmbedder) else self.backend.embed_texts
+        return unit_rows(embed(texts))
+
+    def _seed_from_output(self, ctx: RunContext) -> None:
+        """Rebuild the index from the committed shards of this output (resume)."""
+        from capmill.outputdir import OutputDir
+        from capmill.readers.run_output import RunOutputInput
+
+        if OutputDir(ctx.out_dir).read_run() is None or not OutputDir(ctx.out_dir).committed():
+            return
+        reader = RunOutputInput(path=ctx.out_dir, only_ok=True).build()
+        batch: list[Sample] = []
+        for shard in reader.shards():
+            for sample in reader.read(shard):
+                for target, value in (sample.meta.get("dedup") or {}).items():
+                    if target in self.seen:
+                        self.seen[target].setdefault(value, sample.key)
+                if self.near_index:
+                    batch.append(sample)
+                    if len(batch) == 64:
+                        self._seed_near(ctx, batch)
+                        batch = []
+        if batch:
+            self._seed_near(ctx, batch)
+
+    def _seed_near(self, ctx: RunContext, batch: list[Sample]) -> None:
+        from capmill.media.image import ImageConfig
+        from capmill.pipeline import decode_one
+
+        for target, index in self.near_index.items():
+            usable = batch
+            if target == IMAGE:
+                for s in batch:
+                    if s.image.image is None and s.image.data is not None:
+                        decode_one(s, ctx.image or ImageConfig())
+                usable = [s for s in batch if s.image.image is not None]
+                if len(usable) < len(batch):
+                    ctx.logger.warning("dedup: %d committed samples have no image in the output (no tar writer); "
+                                       "near image duplicates of them are not detected on resume", len(batch) - len(usable))
+            else:
+                usable = [s for s in batch if s.text(target)]
+            if usable:
+                for s, v in zip(usable, self._embed(target, usable), strict=True):
+                    index.add(v, s.key)
+
+    def process(self, batch: list[Sample]) -> list[Sample]:
+        cfg = self.config
+        for sample in batch:
+            record: dict[str, str] = {}
+            for target in cfg.exact:
+                value = exact_digest(sample, target)
+                if value is None:
+                    continue
+                first = self.seen[target].get(value)
+                if first is not None and first != sample.key:
+                    self._drop(sample, f"dedup: exact {target}", first)
+                    break
+                record[target] = value
+            if sample.status == DROPPED:
+                continue
+            for target, value in record.items():
+                self.seen[target][value] = sample.key
+            sample.meta["dedup"] = record
+        self._near(batch)
+        for sample in batch:  # a sample near-dropped just now must not stand as the first copy
+            if sample.status == DROPPED and "dedup" in sample.meta:
+                for target, value in sample.meta.pop("dedup").items():
+                    if self.seen[target].get(value) == sample.key:
+                        del self.seen[target][value]
+        return batch
+
+    def _near(self, batch: list[Sample]) -> None:
+        for target, index in self.near_index.items():
+            candidates = [s for s in batch if s.status != DROPPED and self._embeddable(s, target)]
+            if not candidates:
+                continue
+            vectors = self._embed(target, candidates)
+            for sample, vector in zip(candidates, vectors, strict=True):
+                if sample.status == DROPPED:
+                    continue  # dropped for an earlier target of this batch
+                sim, other = index.best(vector)
+                if other is not None and sim >= self.config.threshold:
+                    self._drop(sample, f"dedup: near {target}", other, sim)
+                else:
+                    index.add(vector, sample.key)
+
+    @staticmethod
+    def _embeddable(sample: Sample, target: str) -> bool:
+        if target == IMAGE:
+            return sample.image.image is not None
+        text = sample.text(target)
+        return bool(text and text.strip())
+
+    def _drop(self, sample: Sample, reason: str, other: str, similarity: Any = None) -> None:
+        sample.status, sample.error = DROPPED, reason
+        sample.meta["duplicate_of"] = other
+        if similarity is not None:
+            sample.meta["duplicate_similarity"] = round(float(similarity), 6)

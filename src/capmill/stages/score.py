@@ -1,0 +1,128 @@
+"""`clip_score`: image-text cosine for the AltText and each caption, plus the CLIPScore scale.
+
+Scores are stored, never thresholded here (a `filter` stage decides later, so thresholds can
+change without recomputing). Keys:
+
+    clip:alt_text, clip:dsc, ...        cosine of the image and the text embedding (any scorer)
+    clipscore:alt_text, clipscore:dsc   2.5 · max(cos(image, "A photo depicts " + text), 0)
+
+CLIPScore follows Hessel et al., "CLIPScore: A Reference-free Evaluation Metric for Image
+Captioning" (EMNLP 2021): the prefix, the weight w = 2.5 and the clip at 0 are theirs; the text is
+truncated to the scorer's context (77 tokens for CLIP) by the backend. The paper uses CLIP
+ViT-B/32; any ImageTextScorer works, but values are only comparable with the same model.
+
+A field with no text (missing or empty after stripping) gets no score: an empty string has no
+meaning to score. A model that returns a non-finite embedding gives a NaN score, stored as is;
+`filter` treats NaN like a missing score and `capmill eval` leaves NaN out of its means and
+counts it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from capmill.backends.base import ImageTextScorer, require
+from capmill.components import BackendSpec, StageConfig
+from capmill.sample import DECODE_ERROR, Sample
+from capmill.stages.base import RunContext, Stage
+
+if TYPE_CHECKING:
+    import numpy as np
+
+CLIPSCORE_PREFIX = "A photo depicts "
+CLIPSCORE_WEIGHT = 2.5
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length. Backends already normalise; doing it again is cheap and makes
+    the cosine right for any scorer. A zero row stays zero (cosine 0), NaN stays NaN."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), x)
+
+
+def clipscore_from_cosine(cos: np.ndarray | float, weight: float = CLIPSCORE_WEIGHT):
+    """Hessel et al.'s rescaling: w · max(cos, 0). NaN stays NaN."""
+    import numpy as np
+
+    cos = np.asarray(cos, dtype=np.float64)
+    return weight * np.where(np.isnan(cos), np.nan, np.maximum(cos, 0.0))
+
+
+def field_texts(sample: Sample, fields: list[str] | None) -> dict[str, str]:
+    """field → text to score: the listed fields, or the AltText and every caption. Fields
+    without text are left out."""
+    names = fields if fields is not None else ["alt_text", *sample.captions]
+    out = {}
+    for name in names:
+        text = sample.text(name)
+        if text is not None and text.strip():
+            out[name] = text
+    return out
+
+
+class ClipScoreStageConfig(StageConfig):
+    type: Literal["clip_score"] = "clip_score"
+    # Any ImageTextScorer: CLIP, SigLIP, open_clip.
+    backend: BackendSpec
+    # Fields to score ("alt_text" and caption names); None scores the AltText and every caption.
+    fields: list[str] | None = None
+    # Prefix of the cosine keys: "clip" gives clip:dsc. Use e.g. "siglip" to keep two scorers apart.
+    key: str = Field("clip", min_length=1)
+    # Also store the CLIPScore scale under `clipscore_key`. It embeds every text twice (with and
+    # without the prefix); turn it off when only the raw cosine matters.
+    clipscore: bool = True
+    clipscore_key: str = Field("clipscore", min_length=1)
+
+    def build(self) -> ClipScoreStage:
+        return ClipScoreStage(self)
+
+
+class ClipScoreStage(Stage):
+    config: ClipScoreStageConfig
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        self.backend = require(self.config.backend.build(), ImageTextScorer, "the clip_score stage")
+        self.backend.load()
+
+    def teardown(self) -> None:
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            backend.close()
+
+    def process(self, batch: list[Sample]) -> list[Sample]:
+        import numpy as np
+
+        cfg = self.config
+        live: list[Sample] = []
+        for sample in batch:
+            if sample.image.image is None:
+                sample.fail(DECODE_ERROR, "clip_score needs a decoded image (image.decode is off or decoding failed)")
+            else:
+                live.append(sample)
+        if not live:
+            return batch
+        # One text list for the whole batch: (sample index, field, text); the prefixed copies follow.
+        jobs = [(i, name, text) for i, s in enumerate(live) for name, text in field_texts(s, cfg.fields).items()]
+        texts = [text for _, _, text in jobs]
+        if cfg.clipscore:
+            texts += [CLIPSCORE_PREFIX + text for text in texts]
+        images = unit_rows(self.backend.embed_images([s.image.image for s in live]))
+        if not texts:
+            return batch
+        text_emb = unit_rows(self.backend.embed_texts(texts))
+        n = len(jobs)
+        rows = np.array([i for i, _, _ in jobs])
+        cos = np.einsum("ij,ij->i", images[rows], text_emb[:n])
+        prefixed = clipscore_from_cosine(np.einsum("ij,ij->i", images[rows], text_emb[n:])) if cfg.clipscore else None
+        for j, (i, name, _) in enumerate(jobs):
+            live[i].scores[f"{cfg.key}:{name}"] = float(cos[j])
+            if prefixed is not None:
+                live[i].scores[f"{cfg.clipscore_key}:{name}"] = float(prefixed[j])
+        return batch
