@@ -9,6 +9,7 @@ image shrunk to a bounded size for the model.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 from pydantic import Field
@@ -16,6 +17,7 @@ from pydantic import Field
 from capmill.components import Strict
 from capmill.errors import ImageDecodeError
 
+_ORIENTATION = 0x0112
 ALLOWED_FORMATS = ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
 
 
@@ -81,14 +83,16 @@ def decode_image(data: bytes, config: ImageConfig):
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"image has an empty size {width}x{height}")
     try:
-        if config.max_side and img.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the result still exceeds max_side:
-            # far less work than decoding full size and shrinking afterwards.
-            img.draft("RGB", (config.max_side, config.max_side))
+        if config.max_side and img.format == "JPEG" and max(width, height) > config.max_side:
+            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result still covers the final
+            # size: far less work than decoding in full and shrinking afterwards.
+            scale = config.max_side / max(width, height)
+            img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP: the first frame
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when there is nothing to do
+            img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
         if config.max_side and max(img.size) > config.max_side:
             img.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC)
