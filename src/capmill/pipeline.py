@@ -70,8 +70,8 @@ def decode_one(sample: Sample, config: ImageConfig) -> None:
         return
     try:
         data = ref.read_bytes()
-    except (OSError, ValueError) as e:
-        sample.fail(READ_ERROR, f"could not read image {ref.path or ref.url}: {e}")
+    except Exception as e:  # file systems raise their own types (HTTP, S3 clients)
+        sample.fail(READ_ERROR, f"could not read image {ref.path or ref.url}: {type(e).__name__}: {e}")
         return
     try:
         ref.image = decode_image(data, config)

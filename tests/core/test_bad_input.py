@@ -124,3 +124,17 @@ def test_force_discards_the_previous_run(tmp_path, wds):
     summary = run(parse_config(config), force=True, progress=False)
     assert summary.shards_done == 3 and summary.shards_skipped == 0
     assert all(set(s.captions) == {"ssc"} for s in records(tmp_path / "out").values())
+
+
+def test_missing_image_file_is_a_read_error_row(tmp_path):
+    from capmill.testing import write_jsonl
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", items(3))
+    (tmp_path / "images" / "000001.jpg").unlink()
+    out = tmp_path / "out"
+    summary = run(parse_config({"input": {"type": "jsonl", "path": manifest}, "output": {"path": str(out)},
+                                "stages": [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]}]}),
+                  progress=False)
+    assert summary.ok and summary.by_status == {"ok": 2, "read_error": 1}
+    bad = records(out)["000001"]
+    assert "could not read image" in bad.error and "000001.jpg" in bad.error and bad.alt_text

@@ -174,8 +174,13 @@ class LocalExecutor:
                 state, payload = item
                 try:
                     if payload is _END:
-                        self._finish(state, run, out, summary, progress)
-                        slots.release()
+                        try:
+                            self._finish(state, run, out, summary, progress)
+                        except Exception as e:  # the commit record could not be written
+                            _abort(state)
+                            summary.failed_shards[state.shard.name] = f"{state.shard.source}: commit failed: {e}"
+                        finally:
+                            slots.release()
                         continue
                     if state.error is not None:
                         continue
