@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from capmill.components import Resources, StageConfig
+    from capmill.components import BackendConfig, Resources, StageConfig
     from capmill.media.image import ImageConfig
     from capmill.sample import Sample
 
@@ -39,6 +39,7 @@ class Stage:
 
     def __init__(self, config: StageConfig):
         self.config = config
+        self._backends: list[Any] = []
 
     @property
     def name(self) -> str:
@@ -59,5 +60,16 @@ class Stage:
     def process_one(self, sample: Sample) -> Sample:
         raise NotImplementedError(f"{type(self).__name__} implements neither process nor process_one")
 
+    def load_backend(self, config: BackendConfig, protocol: type, role: str) -> Any:
+        """Build and load a backend in the worker, checking it implements `protocol`; it is
+        closed by `teardown`."""
+        from capmill.backends.base import require
+
+        backend = require(config.build(), protocol, role)
+        backend.load()
+        self._backends.append(backend)
+        return backend
+
     def teardown(self) -> None:
-        pass
+        while self._backends:
+            self._backends.pop().close()
