@@ -13,6 +13,7 @@ from capmill.errors import ConfigError, OutputConflictError, SetupError
 COMMANDS = {
     "run": "run",
     "inspect": "inspect",
+    "eval": "eval",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

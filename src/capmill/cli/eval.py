@@ -1,0 +1,101 @@
+"""`capmill eval PATH --fields alt_text,dsc [--references refs.json] [--json out.json] [--compare A B]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+EVAL_FILE = "_eval.json"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="measure caption quality: CLIPScore, self-retrieval, COCO metrics, lengths")
+    p.add_argument("path", help="a capmill output directory, or tar/parquet/jsonl captions")
+    p.add_argument("--fields", default="alt_text", help="comma-separated caption fields (default alt_text)")
+    p.add_argument("--references", help="COCO-style JSON ({annotations: [{image_id: KEY, caption}]}) keyed by sample key")
+    p.add_argument("--json", dest="json_out", help="write field → metric → value here "
+                   f"(a capmill output directory also gets OUT/{EVAL_FILE}, which `capmill report` shows)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="two fields of PATH, or two paths (then --fields are evaluated in both), side by side")
+    p.add_argument("--scorer", help="ImageTextScorer backend as YAML, e.g. '{type: clip, model: /models/clip-b32}' "
+                   "(default CLIP ViT-B/32, as CLIPScore is defined)")
+    p.add_argument("--bags", default="99", help="distractors per retrieval bag, comma-separated (99 = RD100; '' for none)")
+    p.add_argument("--skip", default="", help="metric groups to skip: text, clip, retrieval, coco (comma-separated)")
+    p.add_argument("--clip-reference", action="store_true", help="clip the text-reference cosine of RefCLIPScore at 0")
+    p.add_argument("--seed", type=int, default=0, help="seed of the retrieval bags")
+    p.add_argument("--type", choices=["capmill", "webdataset", "parquet", "jsonl", "folder"], help="input type, when not guessable")
+    p.set_defaults(handler=main)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_config(args: argparse.Namespace, fields: list[str]):
+    import yaml
+    from pydantic import ValidationError
+
+    from capmill.config import format_validation_error
+    from capmill.errors import ConfigError
+    from capmill.eval import EvalConfig
+
+    raw = {"fields": fields, "bags": [int(b) for b in _split(args.bags)], "skip": _split(args.skip),
+           "clip_reference": args.clip_reference, "seed": args.seed}
+    if args.scorer:
+        try:
+            raw["scorer"] = yaml.safe_load(args.scorer)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--scorer is not valid YAML: {e}") from None
+    try:
+        return EvalConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def main(args: argparse.Namespace) -> int:
+    from capmill.cli.main import EXIT_FAILED, EXIT_OK
+    from capmill.eval import evaluate, load_references, load_set
+    from capmill.eval.table import render
+
+    fields = _split(args.fields)
+    paths = [args.path]
+    if args.compare:
+        a, b = args.compare
+        if os.path.exists(a) and os.path.exists(b):
+            paths = [a, b]
+        else:
+            fields = [a, b]
+    config = build_config(args, fields)
+    references = load_references(args.references) if args.references else None
+    needs_images = not {"clip", "retrieval"} <= set(config.skip)
+    results = {}
+    for path in paths:
+        data = load_set(path, config.fields, kind=args.type, with_images=needs_images)
+        result = evaluate(data, config, references)
+        for note in result.notes:
+            print(f"capmill eval: {path}: {note}", file=sys.stderr)
+        results[path] = result
+    if len(paths) == 2:
+        columns = {f"{os.path.basename(p.rstrip('/'))}:{f}": results[p].metrics[f] for f in fields for p in paths}
+        payload = {p: results[p].to_json() for p in paths}
+    else:
+        columns = results[args.path].metrics
+        payload = results[args.path].to_json()
+    print(render(columns))
+    if args.json_out:
+        _write(args.json_out, payload)
+    for path in paths:
+        if os.path.exists(os.path.join(path, "_run.json")):
+            _write(os.path.join(path, EVAL_FILE), results[path].to_json())
+    empty = all(not any(not (isinstance(v, float) and math.isnan(v)) for v in m.values())
+                for r in results.values() for m in r.metrics.values())
+    return EXIT_FAILED if empty else EXIT_OK
+
+
+def _write(path: str, payload) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, ensure_ascii=False, allow_nan=False)
+        f.write("\n")

@@ -1,0 +1,108 @@
+"""Embedding-based metrics: CLIPScore, RefCLIPScore and self-retrieval R@k (pure functions).
+
+CLIPScore and RefCLIPScore follow Hessel et al., "CLIPScore: A Reference-free Evaluation Metric
+for Image Captioning" (EMNLP 2021): CLIP-S = 2.5·max(cos(image, text("A photo depicts " + c)), 0);
+RefCLIP-S = harmonic mean of CLIP-S and max over references of cos(text(c), text(ref)). Their
+reference code does not clip that text–text cosine at 0; `clip_reference=True` does.
+
+Self-retrieval ranks the pool's images by similarity to each caption; R@k is the share of
+captions whose own image is among the k best. Pools: the whole set, or for each caption a bag of
+K random distractors plus its own image (RD100 uses K = 99), as in the recaptioning literature's
+"retrieval with distractors" protocol. Ties count against the caption (an own image tied with a
+distractor is not ranked above it), so constant embeddings give no credit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+KS = (1, 5, 10)
+
+
+def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two matrices of equal shape."""
+    from capmill.stages.score import unit_rows
+    import numpy as np
+
+    return np.einsum("ij,ij->i", unit_rows(a), unit_rows(b))
+
+
+def clip_s(image_emb: np.ndarray, prefixed_text_emb: np.ndarray, weight: float = 2.5) -> np.ndarray:
+    from capmill.stages.score import clipscore_from_cosine
+
+    return clipscore_from_cosine(cosine_pairs(image_emb, prefixed_text_emb), weight)
+
+
+def ref_clip_s(clip_scores: np.ndarray, text_emb: np.ndarray, ref_embs: list[np.ndarray],
+               clip_reference: bool = False) -> np.ndarray:
+    """Harmonic mean of CLIP-S and the best text–reference cosine, per item; NaN without references."""
+    import numpy as np
+
+    from capmill.stages.score import unit_rows
+
+    t = unit_rows(text_emb)
+    best = np.full(len(clip_scores), np.nan)
+    for i, refs in enumerate(ref_embs):
+        if refs is not None and len(refs):
+            best[i] = float((unit_rows(refs) @ t[i]).max())
+    if clip_reference:
+        best = np.where(np.isnan(best), np.nan, np.maximum(best, 0.0))
+    c = np.asarray(clip_scores, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = 2 * c * best / (c + best)
+    # H(0, x) is 0, not 0/0.
+    return np.where((c + best) == 0, 0.0, h)
+
+
+def own_ranks(text_emb: np.ndarray, image_emb: np.ndarray, bag: int | None = None, seed: int = 0,
+              chunk: int = 1024) -> np.ndarray:
+    """For each caption i, how many pool images score strictly above or equal to its own image
+    (excluding itself): 0 means ranked first. Pool = all images, or `bag` random others + its own."""
+    import numpy as np
+
+    from capmill.stages.score import unit_rows
+
+    t, v = unit_rows(text_emb), unit_rows(image_emb)
+    n = len(t)
+    own = np.einsum("ij,ij->i", t, v)
+    ranks = np.zeros(n, dtype=np.int64)
+    if bag is None or bag >= n - 1:
+        for start in range(0, n, chunk):
+            sims = t[start:start + chunk] @ v.T  # chunk × n, so memory stays chunk·n
+            rows = np.arange(start, min(start + chunk, n))
+            better = sims >= own[rows, None]
+            better[np.arange(len(rows)), rows] = False
+            ranks[rows] = better.sum(1)
+        return ranks
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        others = rng.choice(n - 1, size=bag, replace=False)
+        others = others + (others >= i)  # skip the caption's own index
+        ranks[i] = int((v[others] @ t[i] >= own[i]).sum())
+    return ranks
+
+
+def recall_at(ranks: np.ndarray, ks=KS, valid: np.ndarray | None = None) -> dict[str, float]:
+    """R@k for each k over the items with finite embeddings (`valid`)."""
+    import numpy as np
+
+    r = ranks if valid is None else ranks[valid]
+    if r.size == 0:
+        return {f"R@{k}": float("nan") for k in ks}
+    return {f"R@{k}": float(np.mean(r < k)) for k in ks}
+
+
+def self_retrieval(text_emb: np.ndarray, image_emb: np.ndarray, bag: int | None = None, seed: int = 0,
+                   ks=KS) -> dict[str, float]:
+    """R@k of each caption finding its own image. Rows with non-finite embeddings are left out of
+    the pool and the queries."""
+    import numpy as np
+
+    valid = np.isfinite(text_emb).all(1) & np.isfinite(image_emb).all(1)
+    t, v = text_emb[valid], image_emb[valid]
+    if len(t) == 0:
+        return {f"R@{k}": float("nan") for k in ks}
+    return recall_at(own_ranks(t, v, bag=bag, seed=seed), ks)

@@ -1,0 +1,259 @@
+"""`capmill eval`: every figure for every caption field of a set, as field → metric → value.
+
+    load set (+ references) ─► text statistics (no model)
+                            ─► scorer: image embeddings once; per field plain and prefixed text
+                               embeddings → CLIPScore, RefCLIPScore, R@k (whole set, bags)
+                            ─► PTB tokenizer + pycocoevalcap (one METEOR JVM for all fields)
+
+Values that cannot be computed are NaN (written as null in JSON) with a note saying why; an
+empty set gives an empty result and a note, never an exception in the middle of a report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from capmill.components import BackendSpec, Strict
+from capmill.eval.data import EvalSet
+
+Metric = Literal["text", "clip", "retrieval", "coco"]
+
+
+def _default_scorer() -> dict:
+    # Hessel et al. report CLIPScore with ViT-B/32; its figures are only comparable with that model.
+    return {"type": "clip", "model": "openai/clip-vit-base-patch32"}
+
+
+class EvalConfig(Strict):
+    fields: list[str] = Field(default_factory=lambda: ["alt_text"], min_length=1)
+    # An ImageTextScorer for CLIPScore, RefCLIPScore and self-retrieval; None: CLIP ViT-B/32.
+    scorer: BackendSpec | None = None
+    # Distractors per bag for retrieval with distractors (99 gives RD100).
+    bags: list[int] = Field(default_factory=lambda: [99])
+    seed: int = 0
+    skip: list[Metric] = Field(default_factory=list)
+    # Clip the text–reference cosine at 0 in RefCLIPScore (the reference code does not).
+    clip_reference: bool = False
+    batch_size: int = Field(64, ge=1)
+
+    def scorer_config(self):
+        if self.scorer is not None:
+            return self.scorer
+        from pydantic import TypeAdapter
+
+        from capmill.components import BackendSpec as Spec
+
+        return TypeAdapter(Spec).validate_python(_default_scorer())
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, dict[str, float | None]]:
+        return {f: {m: (None if isinstance(v, float) and math.isnan(v) else v) for m, v in ms.items()}
+                for f, ms in self.metrics.items()}
+
+
+def evaluate(data: EvalSet, config: EvalConfig, references: dict[str, list[str]] | None = None,
+             scorer: Any = None, coco: Any = None) -> EvalResult:
+    """All metrics for `data`. `scorer` / `coco` may be passed in to share loaded models and the
+    METEOR JVM between calls (e.g. --compare of two runs)."""
+    import time
+
+    result = EvalResult(metrics={f: {} for f in config.fields})
+    if data.excluded:
+        left = ", ".join(f"{n} {s}" for s, n in data.excluded.most_common())
+        result.notes.append(f"{sum(data.excluded.values())} samples that are not ok were left out ({left})")
+    if not data.keys:
+        result.notes.append(f"{data.source}: no ok samples to evaluate")
+        return result
+    for name in config.fields:
+        missing = sum(t is None for t in data.texts[name])
+        if missing == len(data.keys):
+            result.notes.append(f"field {name!r}: no sample has it")
+        elif missing:
+            result.notes.append(f"field {name!r}: missing in {missing} of {len(data.keys)} samples (left out)")
+    start = time.perf_counter()
+    if "text" not in config.skip:
+        from capmill.eval.text_stats import text_stats
+
+        for name in config.fields:
+            present = [t for t in data.texts[name] if t is not None]
+            if present:
+                result.metrics[name].update(text_stats(present))
+    result.timings["text"] = time.perf_counter() - start
+    if not {"clip", "retrieval"} <= set(config.skip):
+        start = time.perf_counter()
+        _embedding_metrics(data, config, references, scorer, result)
+        result.timings["embedding"] = time.perf_counter() - start
+    if references is not None and "coco" not in config.skip:
+        start = time.perf_counter()
+        _coco_metrics(data, config, references, coco, result)
+        result.timings["coco"] = time.perf_counter() - start
+    return result
+
+
+def scorer_overlap(run: dict[str, Any] | None, scorer_ids: list[str]) -> list[str]:
+    """Stages of the run that used the evaluation scorer's model."""
+    if not run:
+        return []
+    return [stage for stage, ids in (run.get("models") or {}).items() if set(ids) & set(scorer_ids)]
+
+
+def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, result: EvalResult) -> None:
+    import numpy as np
+
+    from capmill.eval import reference_free as rf
+    from capmill.stages.score import CLIPSCORE_PREFIX
+
+    scorer_config = config.scorer_config()
+    overlap = scorer_overlap(data.run, scorer_config.model_ids())
+    if overlap:
+        result.notes.append(
+            f"warning: the evaluation scorer {scorer_config.model_ids()} was also used by the run "
+            f"({', '.join(overlap)}); captions ranked, filtered or written with it score higher by construction. "
+            f"Evaluate with another scorer (--scorer).")
+    owned = scorer is None
+    if owned:
+        scorer = scorer_config.build()
+        scorer.load()
+    try:
+        images = _embed_images(scorer, data, config.batch_size)
+        for name in config.fields:
+            rows = [i for i, t in enumerate(data.texts[name]) if t is not None]
+            if not rows:
+                continue
+            texts = [data.texts[name][i] for i in rows]
+            img = images[rows]
+            plain = _embed_texts(scorer, texts, config.batch_size)
+            metrics = result.metrics[name]
+            if "clip" not in config.skip:
+                prefixed = _embed_texts(scorer, [CLIPSCORE_PREFIX + t for t in texts], config.batch_size)
+                cs = rf.clip_s(img, prefixed)
+                metrics["CLIPScore"] = _nanmean(cs, result, f"{name} CLIPScore")
+                if references is not None:
+                    refs = [references.get(data.keys[i]) for i in rows]
+                    ref_embs = _embed_references(scorer, refs, config.batch_size)
+                    rcs = rf.ref_clip_s(cs, prefixed, ref_embs, clip_reference=config.clip_reference)
+                    metrics["RefCLIPScore"] = _nanmean(rcs, result, f"{name} RefCLIPScore")
+            if "retrieval" not in config.skip:
+                metrics.update(rf.self_retrieval(plain, img, seed=config.seed))
+                for bag in config.bags:
+                    if bag >= len(rows) - 1:
+                        result.notes.append(f"{name}: bags of {bag} distractors need more than {bag + 1} samples; "
+                                            f"RD{bag + 1} equals the whole-set figures and is not reported")
+                        continue
+                    for k, v in rf.self_retrieval(plain, img, bag=bag, seed=config.seed).items():
+                        metrics[f"RD{bag + 1} {k}"] = v
+            if not np.isfinite(img).all():
+                result.notes.append(f"{name}: {int((~np.isfinite(img).all(1)).sum())} images could not be embedded (left out)")
+    finally:
+        if owned:
+            scorer.close()
+
+
+def _nanmean(values, result: EvalResult, label: str) -> float:
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    bad = int(np.isnan(values).sum())
+    if bad:
+        result.notes.append(f"{label}: {bad} NaN values (non-finite embeddings or no references) left out of the mean")
+    return float(np.nanmean(values)) if bad < len(values) else float("nan")
+
+
+def _embed_images(scorer, data: EvalSet, batch_size: int):
+    import numpy as np
+
+    from capmill.errors import SampleError
+    from capmill.media.image import ImageConfig, decode_image
+
+    config = ImageConfig()
+    out: list[Any] = []
+    dim = None
+    for start in range(0, len(data.images), batch_size):
+        chunk = data.images[start:start + batch_size]
+        decoded, where = [], []
+        for i, raw in enumerate(chunk):
+            if raw is None:
+                continue
+            try:
+                decoded.append(decode_image(raw, config))
+                where.append(i)
+            except SampleError:
+                continue
+        emb = np.asarray(scorer.embed_images(decoded), dtype=np.float64) if decoded else None
+        if emb is not None:
+            dim = emb.shape[1]
+        block = np.full((len(chunk), dim or 1), np.nan)
+        if emb is not None:
+            block[where] = emb
+        out.append(block)
+    width = dim or 1
+    return np.concatenate([b if b.shape[1] == width else np.full((len(b), width), np.nan) for b in out])
+
+
+def _embed_texts(scorer, texts: list[str], batch_size: int):
+    import numpy as np
+
+    return np.concatenate([np.asarray(scorer.embed_texts(texts[i:i + batch_size]), dtype=np.float64)
+                           for i in range(0, len(texts), batch_size)])
+
+
+def _embed_references(scorer, refs: list[list[str] | None], batch_size: int):
+    flat = [(i, r) for i, rs in enumerate(refs) for r in (rs or [])]
+    if not flat:
+        return [None] * len(refs)
+    from capmill.stages.score import CLIPSCORE_PREFIX
+
+    emb = _embed_texts(scorer, [CLIPSCORE_PREFIX + r for _, r in flat], batch_size)
+    rows: list[list[Any]] = [[] for _ in refs]
+    for (i, _), row in zip(flat, emb, strict=True):
+        rows[i].append(row)
+    import numpy as np
+
+    return [np.stack(r) if r else None for r in rows]
+
+
+def _coco_metrics(data: EvalSet, config: EvalConfig, references, coco, result: EvalResult) -> None:
+    from capmill.eval.coco import CocoScorers
+
+    keys = set(data.keys)
+    unused = sum(1 for k in references if k not in keys)
+    if unused:
+        result.notes.append(f"{unused} reference keys match no evaluated sample (ignored)")
+    owned = coco is None
+    if owned:
+        coco = CocoScorers()
+    try:
+        refs_tok = coco.tokenize({k: references[k] for k in data.keys if references.get(k)})
+        for name in config.fields:
+            cands = {k: t for k, t in zip(data.keys, data.texts[name], strict=True) if t is not None}
+            tok = coco.tokenize({k: [t] for k, t in cands.items()})
+            scored = coco.score(refs_tok, {k: v[0] for k, v in tok.items()})
+            result.metrics[name].update(scored.corpus)
+            if scored.no_references:
+                result.notes.append(f"{name}: {scored.no_references} samples have no references (left out of the COCO metrics)")
+            if scored.empty:
+                result.notes.append(f"{name}: {scored.empty} empty captions left out of the COCO metrics")
+            for note in scored.notes:
+                if note not in result.notes:
+                    result.notes.append(note)
+            multi = {k: c for k, c in zip(data.keys, data.candidates[name], strict=True) if len(c) > 1}
+            if multi:
+                tok_multi = coco.tokenize(multi)
+                spider = coco.spider_max(refs_tok, tok_multi)
+                if spider is not None:
+                    result.metrics[name]["SPIDEr-max"] = spider
+                else:
+                    result.notes.append(f"{name}: SPIDEr-max needs SPICE (see above)")
+    finally:
+        if owned:
+            coco.close()
