@@ -14,6 +14,7 @@ COMMANDS = {
     "run": "run",
     "inspect": "inspect",
     "eval": "eval",
+    "report": "report",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
