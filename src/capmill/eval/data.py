@@ -72,6 +72,13 @@ def load_set(path: str, fields: list[str], kind: str | None = None, with_images:
                 out.texts[name].append(text)
                 out.candidates[name].append(candidates_of(sample, name, text))
             out.images.append(_image_bytes(sample) if with_images else None)
+    if config.type == "capmill":
+        # Dropped samples are not in the shards (only in _rejects/ when asked for): the commit
+        # records count every status.
+        for stats in OutputDir(path).all_stats():
+            dropped = stats.get("by_status", {}).get("dropped", 0)
+            if dropped:
+                out.excluded["dropped"] += dropped
     return out
 
 

@@ -72,7 +72,7 @@ def evaluate(data: EvalSet, config: EvalConfig, references: dict[str, list[str]]
         left = ", ".join(f"{n} {s}" for s, n in data.excluded.most_common())
         result.notes.append(f"{sum(data.excluded.values())} samples that are not ok were left out ({left})")
     if not data.keys:
-        result.notes.append(f"{data.source}: no ok samples to evaluate")
+        result.notes.append("no ok samples to evaluate")
         return result
     for name in config.fields:
         missing = sum(t is None for t in data.texts[name])
@@ -113,17 +113,16 @@ def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, re
     from capmill.eval import reference_free as rf
     from capmill.stages.score import CLIPSCORE_PREFIX
 
-    scorer_config = config.scorer_config()
-    overlap = scorer_overlap(data.run, scorer_config.model_ids())
-    if overlap:
-        result.notes.append(
-            f"warning: the evaluation scorer {scorer_config.model_ids()} was also used by the run "
-            f"({', '.join(overlap)}); captions ranked, filtered or written with it score higher by construction. "
-            f"Evaluate with another scorer (--scorer).")
     owned = scorer is None
     if owned:
-        scorer = scorer_config.build()
+        scorer = config.scorer_config().build()
         scorer.load()
+    overlap = scorer_overlap(data.run, [scorer.model_id])
+    if overlap:
+        result.notes.append(
+            f"warning: the evaluation scorer {scorer.model_id} was also used by the run "
+            f"({', '.join(overlap)}); captions ranked, filtered or written with it score higher by construction. "
+            f"Evaluate with another scorer (--scorer).")
     try:
         images = _embed_images(scorer, data, config.batch_size)
         for name in config.fields:
