@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from capmill.backends.base import ImageTextScorer, require
+from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.readers.run_output import RunOutputInput
@@ -87,8 +87,7 @@ class AlignBinStage(Stage):
         cfg = self.config
         self.scorer = None
         if cfg.scorer is not None:
-            self.scorer = require(cfg.scorer.build(), ImageTextScorer, "the align_bin stage")
-            self.scorer.load()
+            self.scorer = self.load_backend(cfg.scorer, ImageTextScorer, "the align_bin stage")
         if cfg.edges is not None:
             self.edges = list(cfg.edges)
             return
@@ -96,10 +95,6 @@ class AlignBinStage(Stage):
         identity = {"stage": cfg.model_dump(mode="json"), "input": source.model_dump(mode="json")}
         state = prepass.load_or_fit(ctx, "align_bin", identity, lambda: self._fit(ctx, source))
         self.edges = state["edges"]
-
-    def teardown(self) -> None:
-        if getattr(self, "scorer", None) is not None:
-            self.scorer.close()
 
     def _fit(self, ctx: RunContext, source: Any) -> dict[str, Any]:
         cfg = self.config

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from capmill.backends.base import ImageTextScorer, require
+from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.sample import DECODE_ERROR, Sample
 from capmill.stages.base import RunContext, Stage
@@ -88,13 +88,7 @@ class ClipScoreStage(Stage):
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        self.backend = require(self.config.backend.build(), ImageTextScorer, "the clip_score stage")
-        self.backend.load()
-
-    def teardown(self) -> None:
-        backend = getattr(self, "backend", None)
-        if backend is not None:
-            backend.close()
+        self.backend = self.load_backend(self.config.backend, ImageTextScorer, "the clip_score stage")
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         import numpy as np

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from capmill.backends.base import TextEmbedder, require
+from capmill.backends.base import TextEmbedder
 from capmill.components import BackendSpec, StageConfig
 from capmill.sample import Sample
 from capmill.stages.base import RunContext, Stage
@@ -40,13 +40,7 @@ class TextSimilarityStage(Stage):
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        self.backend = require(self.config.backend.build(), TextEmbedder, "the text_similarity stage")
-        self.backend.load()
-
-    def teardown(self) -> None:
-        backend = getattr(self, "backend", None)
-        if backend is not None:
-            backend.close()
+        self.backend = self.load_backend(self.config.backend, TextEmbedder, "the text_similarity stage")
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         import numpy as np

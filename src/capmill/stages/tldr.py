@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.base import ImageTextScorer, require
+from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DROPPED, Sample
@@ -113,16 +113,11 @@ class TldrStage(Stage):
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
         cfg = self.config
-        self.scorer = require(cfg.scorer.build(), ImageTextScorer, "the tldr stage")
-        self.scorer.load()
+        self.scorer = self.load_backend(cfg.scorer, ImageTextScorer, "the tldr stage")
         source = prepass.fit_input_config(ctx, cfg.fit_input)
         identity = {"stage": cfg.model_dump(mode="json"), "input": source.model_dump(mode="json"), "seed": ctx.seed}
         state = prepass.load_or_fit(ctx, "tldr", identity, lambda: self._fit(ctx, source))
         self.decisions = state["decisions"]
-
-    def teardown(self) -> None:
-        if getattr(self, "scorer", None) is not None:
-            self.scorer.close()
 
     def _fit(self, ctx: RunContext, source: Any) -> dict[str, Any]:
         import numpy as np
