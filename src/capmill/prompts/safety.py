@@ -20,7 +20,9 @@ OPEN, CLOSE = "<alt_text>", "</alt_text>"
 # reader still sees what the web page said.
 _SPECIAL = re.compile(
     r"<\|[^|<>\n]{1,40}\|>"  # <|im_start|>, <|image_pad|>, <|vision_start|>, <|eot_id|>, <|endoftext|>
-    r"|</?(?:image|video|audio|fake_token_around_image|global-img|row_\d+_col_\d+|end_of_utterance|s|unk|pad|bos|eos|start_of_turn|end_of_turn|alt_text)>"
+    r"|<｜[^｜<>\n]{1,40}｜>"  # DeepSeek's full-width bars: <｜begin▁of▁sentence｜>
+    # Spaces inside the brackets are tolerated so "< /alt_text >" cannot pass for our delimiter.
+    r"|<\s*/?\s*(?:image|video|audio|fake_token_around_image|global-img|row_\d+_col_\d+|end_of_utterance|s|unk|pad|bos|eos|start_of_turn|end_of_turn|start_of_image|end_of_image|alt_text|caption)\s*>"
     r"|\[/?(?:INST|SYS|IMG|IMG_BREAK|IMG_END)\]"
     r"|<<\s*/?SYS\s*>>",
     re.IGNORECASE,
@@ -54,3 +56,9 @@ def safe_alt_text(text: str | None, max_chars: int = 1000) -> str:
 def delimited(text: str | None, max_chars: int = 1000) -> str:
     """The AltText block a template's `{alt_text}` slot receives."""
     return f"{OPEN}\n{safe_alt_text(text, max_chars)}\n{CLOSE}"
+
+
+def delimited_caption(text: str | None, max_chars: int = 2000) -> str:
+    """A model-written caption placed in a prompt: cleaned like AltText, in its own delimiters,
+    since a caption may echo text that was in the image or in the AltText."""
+    return f"<caption>\n{safe_alt_text(text, max_chars)}\n</caption>"

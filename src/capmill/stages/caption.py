@@ -1,16 +1,39 @@
-"""The caption stage: every requested format for every image, in one backend call per batch."""
+"""The caption stage: every requested format for every image, in one backend call per batch.
+
+Formats are data (`prompts/formats/*.yaml`, or a user's own YAML): a template, an optional
+length target and a policy for a miss — "Revisit Large-Scale Image-Caption Data in Pre-training
+Multimodal Foundation Models" (Apple, ICLR 2025) writes SSC, DSC and DSC+ from one controllable
+captioner. All formats of all samples in a batch go to the backend as one request list, each
+request carrying the sample's one decoded image object, so a backend can batch across samples
+and formats and preprocess each image once. Captions that miss their length target are
+regenerated together (one more batched call per retry round) with a firmer instruction, then
+trimmed at a sentence boundary; `meta["length"]` records which happened.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field
 
-from capmill.backends.base import Generation, VisionLanguageModel, VLMRequest, require
+from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.prompts import PromptTemplate, delimited, load_template
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
+from capmill.stages.caption_length import (
+    FIRST_TRY,
+    REGENERATED,
+    TRIMMED,
+    LengthTarget,
+    MissPolicy,
+    counter_for,
+    length_meta,
+    length_settings,
+    trim,
+)
 
 FORMAT_SLOTS = {"alt_text", "word_count"}
 
@@ -29,6 +52,10 @@ class CaptionStageConfig(StageConfig):
     n: int = Field(1, ge=1)
     # Characters of AltText allowed into a prompt.
     alt_text_max_chars: int = Field(1000, ge=0)
+    # Overrides every format's `on_miss.retries` (0: trim at once, never regenerate).
+    retries: int | None = Field(None, ge=0)
+    # Decoding settings; None uses the backend's configured defaults.
+    params: GenerationParams | None = None
 
     def build(self) -> CaptionStage:
         return CaptionStage(self)
@@ -37,62 +64,129 @@ class CaptionStageConfig(StageConfig):
         return [load_template("formats", f, self.prompt_dirs).check_slots(FORMAT_SLOTS) for f in self.formats]
 
 
+@dataclass
+class CaptionFormat:
+    """A format template with its parsed length target and miss policy."""
+
+    template: PromptTemplate
+    target: LengthTarget | None
+    policy: MissPolicy
+    count: Callable[[str], int] | None = None  # set in setup: loading a tokenizer is heavy
+
+    @property
+    def name(self) -> str:
+        return self.template.name
+
+
+@dataclass
+class _Job:
+    """One (sample, format) caption in flight across retry rounds."""
+
+    sample: Sample
+    fmt: CaptionFormat
+    request: VLMRequest
+    texts: list[str] = field(default_factory=list)
+    attempts: int = 0
+    meta: dict = field(default_factory=dict)
+
+
 class CaptionStage(Stage):
     config: CaptionStageConfig
 
     def __init__(self, config: CaptionStageConfig):
         super().__init__(config)
         # Templates are checked when the stage is built, so a bad slot fails before any model loads.
-        self.formats = config.templates()
+        self.formats = []
+        for template in config.templates():
+            target, policy = length_settings(template.options, f"format {template.prompt_id}")
+            if config.retries is not None:
+                policy = policy.model_copy(update={"retries": config.retries})
+            self.formats.append(CaptionFormat(template, target, policy))
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        self.backend = require(self.config.backend.build(), VisionLanguageModel, "the caption stage")
-        self.backend.load()
+        for fmt in self.formats:
+            fmt.count = counter_for(fmt.target) if fmt.target is not None else None
+        self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the caption stage")
 
-    def teardown(self) -> None:
-        backend = getattr(self, "backend", None)
-        if backend is not None:
-            backend.close()
-
-    def key_for(self, fmt: PromptTemplate) -> str:
+    def key_for(self, fmt: CaptionFormat) -> str:
         return self.config.store_as.format(format=fmt.name, model=self.backend.model_id.rsplit("/", 1)[-1])
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         cfg = self.config
-        requests: list[VLMRequest] = []
-        owners: list[tuple[Sample, PromptTemplate]] = []
+        jobs: list[_Job] = []
         for sample in batch:
             if sample.image.image is None:
                 sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
                 continue
             alt = delimited(sample.alt_text, cfg.alt_text_max_chars)
             for fmt in self.formats:
-                target = fmt.options.get("target", {})
-                slots = {"alt_text": alt, "word_count": target.get("max", 50)}
-                requests.append(VLMRequest(
-                    prompt=fmt.render(**slots),
-                    images=[sample.image.image],
+                slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50}
+                jobs.append(_Job(sample, fmt, VLMRequest(
+                    prompt=fmt.template.render(**slots),
+                    images=[sample.image.image],  # the same object for every format of this sample
                     n=cfg.n,
-                    system=fmt.render_system(**slots),
+                    system=fmt.template.render_system(**slots),
+                    params=cfg.params,
                     tag=f"{sample.key}:{fmt.name}",
-                ))
-                owners.append((sample, fmt))
-        if not requests:
+                )))
+        if not jobs:
             return batch
-        generations = self.backend.generate(requests)
-        for (sample, fmt), gen in zip(owners, generations, strict=True):
-            self._store(sample, fmt, gen)
+        self._generate(jobs)
+        retry_round = 0
+        while True:
+            retry_round += 1
+            pending = [j for j in jobs if j.texts and self._too_long(j) and j.fmt.policy.retries >= retry_round]
+            if not pending:
+                break
+            self._generate([self._firmer(j) for j in pending], retry=True)
+        for job in jobs:
+            self._store(job)
         return batch
 
-    def _store(self, sample: Sample, fmt: PromptTemplate, gen: Generation) -> None:
-        texts = [t.strip() for t in gen.texts]
-        if gen.error is not None or not texts or not texts[0]:
-            sample.fail(BACKEND_ERROR, f"{fmt.name}: {gen.error or 'empty caption'}")
+    def _generate(self, jobs: list[_Job], retry: bool = False) -> None:
+        generations = self.backend.generate([j.request for j in jobs])
+        for job, gen in zip(jobs, generations, strict=True):
+            job.attempts += 1
+            texts = [t.strip() for t in gen.texts]
+            if gen.error is not None or not texts or not texts[0]:
+                if retry:  # a failed retry keeps the earlier answer, which will be trimmed
+                    job.meta["retry_error"] = gen.error or "empty caption"
+                    continue
+                job.sample.fail(BACKEND_ERROR, f"{job.fmt.name}: {gen.error or 'empty caption'}")
+                job.texts = []
+                continue
+            job.texts = texts
+            job.meta.update(gen.meta)
+
+    @staticmethod
+    def _too_long(job: _Job) -> bool:
+        fmt = job.fmt
+        return fmt.target is not None and fmt.count(job.texts[0]) > fmt.target.max
+
+    @staticmethod
+    def _firmer(job: _Job) -> _Job:
+        fmt = job.fmt
+        instruction = fmt.policy.firmer.format(limit=fmt.target.max, unit=fmt.target.unit)
+        base = job.request
+        job.request = VLMRequest(prompt=f"{base.prompt}\n\n{instruction}", images=base.images, n=base.n,
+                                 system=base.system, params=base.params, tag=f"{base.tag}#retry{job.attempts}")
+        return job
+
+    def _store(self, job: _Job) -> None:
+        if not job.texts:
             return
-        meta = dict(gen.meta)
-        if len(texts) > 1:
-            meta["candidates"] = texts[1:]
+        fmt, text = job.fmt, job.texts[0]
+        outcome = FIRST_TRY if job.attempts == 1 else REGENERATED
+        if self._too_long(job):
+            text, outcome = trim(text, fmt.target.max, fmt.count, fmt.policy.trim_at), TRIMMED
+            if not text:
+                job.sample.fail(BACKEND_ERROR, f"{fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
+                return
+        meta = dict(job.meta)
+        if len(job.texts) > 1:
+            meta["candidates"] = job.texts[1:]
+        meta["length"] = length_meta(text, fmt.target, job.attempts, outcome)
         key = self.key_for(fmt)
-        sample.captions[key] = Caption(text=texts[0], source=key, model=self.backend.model_id,
-                                       prompt_id=fmt.prompt_id, meta=meta)
+        job.sample.captions[key] = Caption(text=text, source=key, model=self.backend.model_id,
+                                           prompt_id=fmt.template.prompt_id, meta=meta)
