@@ -26,3 +26,15 @@ def make_config(data_dir, out_dir, stages=None, **sections):
     }
     config.update(sections)
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Folder holding the tiny random models of every family (`tiny_models / "qwen2_vl"` …), built
+    once and cached under .cache/tiny_models keyed by the build version."""
+    from pathlib import Path
+
+    from capmill.testing.tiny_models import cached_tiny_models
+
+    root = os.environ.get("CAPMILL_TINY_MODELS_CACHE") or Path(__file__).resolve().parent.parent / ".cache" / "tiny_models"
+    return cached_tiny_models(root)

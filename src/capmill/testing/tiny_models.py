@@ -1,0 +1,381 @@
+"""Tiny random models of every family capmill drives, saved the way the hub serves real ones.
+
+Each family gets a randomly initialised model (hidden size 32–64, two layers), its processor or
+tokenizer and a chat template, written with `save_pretrained`, so the real `AutoModel*` /
+`AutoProcessor` loading code reads them exactly as it reads a downloaded checkpoint. Tokenizers
+are byte-level BPE trained on the spot on a small English corpus; the CLIP tokenizer uses the real
+CLIP BPE merges that open_clip ships. Their outputs are gibberish: they exist so that loading,
+chat templates, image placeholders, batching and generation can be tested without weights.
+
+    python -m capmill.testing.tiny_models DIR      # writes DIR/<family>/ for every family
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+# Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
+# older version are rebuilt.
+BUILD_VERSION = "1"
+
+FAMILIES = ("clip", "siglip", "blip", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm")
+
+_WORDS = """
+a an the this that of in on at with by for from and or to is are was be it its one two three
+photo picture image view scene close up shot of dog cat bird horse cow sheep person man woman
+child boy girl people group crowd car bus truck bicycle train boat plane street road city house
+building bridge tower window door table chair sofa bed kitchen room garden park tree flower grass
+field forest mountain hill river lake sea beach sky cloud sun snow rain water red blue green yellow
+black white brown grey orange pink purple small large big little old young new wooden metal stone
+glass sitting standing walking running playing eating holding looking lying riding flying next near
+under over behind beside front left right top bottom middle background foreground describe write
+short long caption sentence words only what you can see main subject doing reply alone detailed
+paragraph objects colours colors positions text visible count details describe everything
+""".split()
+
+
+def _corpus() -> list[str]:
+    """Sentences to train the tokenizers on: the word list plus capmill's own format prompts, so
+    prompts tokenize into few tokens and the tiny models stay fast."""
+    import random
+
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)]
+    formats = Path(__file__).resolve().parent.parent / "prompts" / "formats"
+    for path in sorted(formats.glob("*.yaml")):
+        lines.append(path.read_text(encoding="utf-8"))
+    lines.append(" ".join(_WORDS).capitalize() + ". 0123456789 ,.;:!?'\"()-")
+    return lines
+
+
+def _bpe_tokenizer(special: list[str], vocab_size: int = 700):
+    """A byte-level BPE `tokenizers.Tokenizer` with `special` registered as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer)
+    return tok
+
+
+def _hf_tokenizer(special: list[str], *, chat_template: str | None = None, **roles):
+    """A transformers fast tokenizer around a freshly trained BPE. `roles` names bos/eos/pad/unk
+    among `special`; every other entry of `special` is an extra special token."""
+    from transformers import PreTrainedTokenizerFast
+
+    named = set(roles.values())
+    extra = [t for t in special if t not in named]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(special), **roles,
+                                        extra_special_tokens=extra, padding_side="left")
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def _seed() -> None:
+    import torch
+
+    torch.manual_seed(0)
+
+
+def _save(model, processor, out: Path) -> None:
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+# --- chat templates ---------------------------------------------------------------------------
+# Written for these models in the conventions of each family; a message's content is a string or
+# a list of {"type": "image"} / {"type": "text", "text": ...} parts.
+
+_CHATML_VL = (
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m.role + '\\n' -}}"
+    "{%- if m.content is string -%}{{- m.content -}}"
+    "{%- else -%}{%- for part in m.content -%}"
+    "{%- if part.type == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+_CHATML_TEXT = (
+    "{%- for m in messages -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+_LLAMA3_TEXT = (
+    "{{- '<|begin_of_text|>' -}}"
+    "{%- for m in messages -%}"
+    "{{- '<|start_header_id|>' + m.role + '<|end_header_id|>\\n\\n' + m.content + '<|eot_id|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+)
+
+_LLAVA = (
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'system' -%}{{- (m.content if m.content is string else m.content[0].text) + '\\n' -}}"
+    "{%- else -%}{{- m.role | upper + ': ' -}}"
+    "{%- if m.content is string -%}{{- m.content -}}"
+    "{%- else -%}{%- for part in m.content -%}"
+    "{%- if part.type == 'image' -%}{{- '<image>\\n' -}}{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{- '\\n' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+_IDEFICS3 = (
+    "{{- '<|im_start|>' -}}"
+    "{%- for m in messages -%}{{- m.role | capitalize + ':' -}}"
+    "{%- if m.content is string -%}{{- ' ' + m.content -}}"
+    "{%- else -%}{%- for part in m.content -%}"
+    "{%- if part.type == 'image' -%}{{- '<image>' -}}{%- elif part.type == 'text' -%}{{- ' ' + part.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{- '<end_of_utterance>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}"
+)
+
+
+# --- families ---------------------------------------------------------------------------------
+
+def _clip_bpe_tokenizer():
+    """CLIPTokenizer from the real CLIP BPE merges shipped inside open_clip (49,408 tokens)."""
+    import open_clip
+    from transformers import CLIPTokenizer
+    from open_clip.tokenizer import bytes_to_unicode
+
+    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
+    # The same slice open_clip's SimpleTokenizer takes: skip the header, 49152-256-2 merges.
+    merges = [tuple(m.split()) for m in merges[1 : 49152 - 256 - 2 + 1]]
+    vocab = list(bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges)
+
+
+def build_clip(out: Path) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = _clip_bpe_tokenizer()
+    _seed()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    _save(CLIPModel(config), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer), out)
+
+
+def build_siglip(out: Path) -> None:
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    tokenizer = _hf_tokenizer(["<pad>", "</s>", "<unk>"], pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.padding_side = "right"
+    _seed()
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=None,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+    )
+    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    _save(SiglipModel(config), SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer), out)
+
+
+def build_blip(out: Path) -> None:
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    tokenizer = _hf_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]"],
+                              pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                              bos_token="[DEC]")
+    tokenizer.padding_side = "right"
+    _seed()
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.sep_token_id, sep_token_id=tokenizer.sep_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    _save(BlipForConditionalGeneration(config), BlipProcessor(image_processor=image_processor, tokenizer=tokenizer), out)
+
+
+def _llama_text(tokenizer, **extra) -> dict:
+    return dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def build_llava(out: Path) -> None:
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = _hf_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], chat_template=_LLAVA,
+                              unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    _seed()
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+                           projection_dim=32),
+        text_config=_llama_text(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=_LLAVA)
+    _save(LlavaForConditionalGeneration(config), processor, out)
+
+
+def build_qwen2_vl(out: Path) -> None:
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = _hf_tokenizer(special, chat_template=_CHATML_VL, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    ids = tokenizer.convert_tokens_to_ids
+    _seed()
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=ids("<|endoftext|>")),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    # A pixel budget of 4–16 merged tokens per image keeps the model fast on a CPU.
+    budget = dict(min_pixels=56 * 56, max_pixels=112 * 112)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**budget),
+                                 video_processor=Qwen2VLVideoProcessor(**budget),
+                                 tokenizer=tokenizer, chat_template=_CHATML_VL)
+    _save(Qwen2VLForConditionalGeneration(config), processor, out)
+
+
+def build_idefics3(out: Path) -> None:
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    grid = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    special = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+               "<global-img>", *grid]
+    tokenizer = _hf_tokenizer(special, chat_template=_IDEFICS3, bos_token="<|im_start|>",
+                              eos_token="<end_of_utterance>", pad_token="<|endoftext|>")
+    _seed()
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        text_config=_llama_text(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    # Sub-images of 32 px (the vision tower's size) → (32/8)² patches / 2² = 4 tokens each.
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=_IDEFICS3)
+    _save(Idefics3ForConditionalGeneration(config), processor, out)
+
+
+def build_qwen2_lm(out: Path) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = _hf_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], chat_template=_CHATML_TEXT,
+                              eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    _seed()
+    ids = tokenizer.convert_tokens_to_ids
+    # head_dim 64, the smallest that every attention kernel (vLLM's CPU backend too) accepts.
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=2048,
+                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=ids("<|endoftext|>"), tie_word_embeddings=True)
+    _save(Qwen2ForCausalLM(config), tokenizer, out)
+
+
+def build_llama_lm(out: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tokenizer = _hf_tokenizer(special, chat_template=_LLAMA3_TEXT, bos_token="<|begin_of_text|>",
+                              eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
+    _seed()
+    _save(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in _llama_text(tokenizer).items() if k != "model_type"})),
+          tokenizer, out)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "llava": build_llava,
+    "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
+}
+
+
+def build_all(dest: str | os.PathLike, families: tuple[str, ...] = FAMILIES) -> Path:
+    """Write `dest/<family>/` for every family; returns `dest`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for family in families:
+        BUILDERS[family](dest / family)
+    return dest
+
+
+def cached_tiny_models(cache_root: str | os.PathLike) -> Path:
+    """The tiny models under `cache_root/<version>/`, built once. Concurrent callers (parallel test
+    sessions) each build into a private folder and the first to finish renames it into place, so a
+    reader never sees a half-written model."""
+    import transformers
+
+    final = Path(cache_root) / f"v{BUILD_VERSION}-transformers{transformers.__version__}"
+    if (final / ".complete").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
+    try:
+        build_all(scratch)
+        (scratch / ".complete").touch()
+        try:
+            os.rename(scratch, final)
+        except OSError:
+            if not (final / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m capmill.testing.tiny_models DIR", file=sys.stderr)
+        return 2
+    dest = build_all(args[0])
+    for family in FAMILIES:
+        print(dest / family)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The tiny models load through the real Auto* classes and generate end to end."""
+
+import json
+
+import pytest
+
+from capmill.testing.tiny_models import FAMILIES
+
+
+def test_every_family_is_saved_with_its_processor(tiny_models):
+    for family in FAMILIES:
+        folder = tiny_models / family
+        assert (folder / "config.json").is_file(), family
+        assert (folder / "model.safetensors").is_file(), family
+        assert (folder / "tokenizer_config.json").is_file(), family
+        config = json.loads((folder / "config.json").read_text())
+        assert config.get("hidden_size", config.get("text_config", {}).get("hidden_size", 0)) <= 128, family
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+def test_chat_vlm_generates_with_image_placeholders(tiny_models, family):
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_models / family)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_models / family)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the photo."}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[[Image.new("RGB", (90, 60), "red")]], text=[text], return_tensors="pt")
+    image_token_id = processor.image_token_id
+    # The processor expanded the template's one placeholder into the image's feature tokens.
+    assert int((inputs["input_ids"] == image_token_id).sum()) > 1
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4 or processor.tokenizer.eos_token_id in out[0].tolist()
+
+
+def test_clip_tokenizer_is_the_real_clip_bpe(tiny_models):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "clip")
+    assert len(tokenizer) == 49408
+    # Ids of the real CLIP vocabulary: "a photo of a dog".
+    assert tokenizer("a photo of a dog").input_ids == [49406, 320, 1125, 539, 320, 1929, 49407]
+
+
+def test_cli_writes_every_family(tmp_path):
+    from capmill.testing import tiny_models
+
+    assert tiny_models.main([str(tmp_path / "m")]) == 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(FAMILIES)
