@@ -59,7 +59,7 @@ _END = object()
 
 
 @dataclass
-class _ShardState:
+class ShardState:
     shard: Shard
     stats: ShardStats
     error: BaseException | None = None
@@ -105,7 +105,7 @@ class LocalExecutor:
         budget = [limit]
         budget_lock = threading.Lock()
         pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="capmill-decode")
-        all_states: list[_ShardState] = []
+        all_states: list[ShardState] = []
 
         def put(q: queue.Queue, item) -> bool:
             while not stop.is_set():
@@ -125,7 +125,7 @@ class LocalExecutor:
                 budget[0] -= allowed
                 return allowed
 
-        def read_shard(state: _ShardState) -> None:
+        def read_shard(state: ShardState) -> None:
             start = time.perf_counter()
             try:
                 batch: list[Sample] = []
@@ -157,7 +157,7 @@ class LocalExecutor:
                     if not stop.is_set():
                         slots.release()
                     break
-                state = _ShardState(shard, ShardStats(shard.name))
+                state = ShardState(shard, ShardStats(shard.name))
                 all_states.append(state)
                 t = threading.Thread(target=read_shard, args=(state,), name=f"capmill-read-{shard.name}", daemon=True)
                 t.start()
@@ -175,29 +175,16 @@ class LocalExecutor:
                 try:
                     if payload is _END:
                         try:
-                            self._finish(state, run, out, summary, progress)
+                            finish_shard(state, run, out, summary, progress)
                         except Exception as e:  # the commit record could not be written
-                            _abort(state)
+                            abort_shard(state)
                             summary.failed_shards[state.shard.name] = f"{state.shard.source}: commit failed: {e}"
                         finally:
                             slots.release()
                         continue
                     if state.error is not None:
                         continue
-                    if not state.writers:
-                        state.writers = open_writers(run.output, out.path, state.shard.name)
-                        state.rejects = open_rejects(run.output, out.path, state.shard.name)
-                    start = time.perf_counter()
-                    for sample in payload:
-                        state.stats.count(sample)
-                        if sample.status == DROPPED:
-                            if state.rejects is not None:
-                                state.rejects.write(sample)
-                        else:
-                            for w in state.writers:
-                                w.write(sample)
-                    release_images(payload)
-                    state.stats.seconds["write"] += time.perf_counter() - start
+                    write_samples(state, payload, run, out)
                     progress.advance(samples=len(payload))
                 except Exception as e:  # disk full, permission: this shard fails, others go on
                     state.error = e
@@ -233,7 +220,7 @@ class LocalExecutor:
             writer.join(timeout=60)
             for state in all_states:
                 if not state.committed:
-                    _abort(state)
+                    abort_shard(state)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -241,39 +228,60 @@ class LocalExecutor:
                 stage.teardown()
         return summary
 
-    def _finish(self, state: _ShardState, run: RunConfig, out: OutputDir, summary: RunSummary, progress: Progress) -> None:
-        if state.error is None and not state.writers:  # an empty shard still gets its (empty) outputs
-            try:
-                state.writers = open_writers(run.output, out.path, state.shard.name)
-                state.rejects = open_rejects(run.output, out.path, state.shard.name)
-            except Exception as e:
-                state.error = e
-        if state.error is not None:
-            _abort(state)
-            summary.failed_shards[state.shard.name] = f"{state.shard.source}: {type(state.error).__name__}: {state.error}"
-            return
-        start = time.perf_counter()
+
+def write_samples(state: ShardState, samples: list[Sample], run: RunConfig, out: OutputDir) -> None:
+    """Write one batch of a shard in order (dropped samples to the rejects), opening the
+    shard's writers on its first batch; shared with the Ray executor."""
+    if not state.writers:
+        state.writers = open_writers(run.output, out.path, state.shard.name)
+        state.rejects = open_rejects(run.output, out.path, state.shard.name)
+    start = time.perf_counter()
+    for sample in samples:
+        state.stats.count(sample)
+        if sample.status == DROPPED:
+            if state.rejects is not None:
+                state.rejects.write(sample)
+        else:
+            for w in state.writers:
+                w.write(sample)
+    release_images(samples)
+    state.stats.seconds["write"] += time.perf_counter() - start
+
+
+def finish_shard(state: ShardState, run: RunConfig, out: OutputDir, summary: RunSummary, progress: Progress) -> None:
+    """Commit a shard whose every sample is written (or fail it); shared with the Ray executor."""
+    if state.error is None and not state.writers:  # an empty shard still gets its (empty) outputs
         try:
-            for w in [*state.writers, *([state.rejects] if state.rejects else [])]:
-                state.stats.outputs.extend(w.commit())
+            state.writers = open_writers(run.output, out.path, state.shard.name)
+            state.rejects = open_rejects(run.output, out.path, state.shard.name)
         except Exception as e:
             state.error = e
-            _abort(state)
-            summary.failed_shards[state.shard.name] = f"{state.shard.source}: commit failed: {e}"
-            return
-        state.stats.seconds["write"] += time.perf_counter() - start
-        stats = state.stats.to_dict()
-        out.commit(state.shard.name, stats)  # the commit record, written last
-        state.committed = True
-        summary.add_shard(stats)
-        progress.advance(shards=1)
+    if state.error is not None:
+        abort_shard(state)
+        summary.failed_shards[state.shard.name] = f"{state.shard.source}: {type(state.error).__name__}: {state.error}"
+        return
+    start = time.perf_counter()
+    try:
+        for w in [*state.writers, *([state.rejects] if state.rejects else [])]:
+            state.stats.outputs.extend(w.commit())
+    except Exception as e:
+        state.error = e
+        abort_shard(state)
+        summary.failed_shards[state.shard.name] = f"{state.shard.source}: commit failed: {e}"
+        return
+    state.stats.seconds["write"] += time.perf_counter() - start
+    stats = state.stats.to_dict()
+    out.commit(state.shard.name, stats)  # the commit record, written last
+    state.committed = True
+    summary.add_shard(stats)
+    progress.advance(shards=1)
 
 
 def _decode(batch: list[Sample], config) -> tuple[list[Sample], float]:
     return batch, decode_batch(batch, config)
 
 
-def _abort(state: _ShardState) -> None:
+def abort_shard(state: ShardState) -> None:
     for w in [*state.writers, *([state.rejects] if state.rejects else [])]:
         try:
             w.abort()
