@@ -166,10 +166,12 @@ def truncate_to(text: str, limit: int, count: Callable[[str], int]) -> str:
     return " ".join(words[:lo])
 
 
-def length_meta(text: str, target: LengthTarget | None, attempts: int, outcome: str) -> dict[str, Any]:
-    """What `meta["length"]` records for a caption: sizes, the target, and how it was met."""
-    meta: dict[str, Any] = {"words": count_words(text), "clip_tokens": clip_tokens_or_none(text),
-                            "attempts": attempts, "outcome": outcome}
+def length_meta(text: str, target: LengthTarget | None, attempts: int, outcome: str | None) -> dict[str, Any]:
+    """What `meta["length"]` records for a caption: sizes, the target, and how it was met
+    (`outcome` None for captions without a length policy, e.g. fused ones)."""
+    meta: dict[str, Any] = {"words": count_words(text), "clip_tokens": clip_tokens_or_none(text), "attempts": attempts}
+    if outcome is not None:
+        meta["outcome"] = outcome
     if target is not None:
         meta["target"] = {"unit": target.unit, "max": target.max,
                           **({"tokenizer": target.tokenizer} if target.unit == "tokens" else {})}

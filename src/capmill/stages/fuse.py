@@ -25,7 +25,7 @@ from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import delimited, delimited_caption, safe_alt_text
 from capmill.sample import BACKEND_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
-from capmill.stages.caption_length import FIRST_TRY, length_meta, token_counter, truncate_to
+from capmill.stages.caption_length import length_meta, token_counter, truncate_to
 from capmill.stages.fuse_guards import GuardConfig, first_failure
 
 FUSE_SLOTS = {"alt_text", "caption", "language_rule"}
@@ -149,7 +149,7 @@ class FuseStage(Stage):
 
     def _store(self, sample: Sample, text: str, fallback: str | None = None, inputs: dict | None = None,
                rejected: str | None = None, error: str | None = None, backend_meta: dict | None = None) -> None:
-        meta: dict = {**(backend_meta or {}), "fallback": fallback, "length": length_meta(text, None, 1, FIRST_TRY)}
+        meta: dict = {**(backend_meta or {}), "fallback": fallback, "length": length_meta(text, None, 1, None)}
         if inputs:
             meta["inputs"] = inputs
         if rejected is not None:
