@@ -16,6 +16,7 @@ from capmill.errors import CapmillError, SampleError
 from capmill.media.image import ImageConfig, decode_image
 from capmill.sample import DECODE_ERROR, DROPPED, READ_ERROR, STAGE_ERROR, Sample
 from capmill.stages.base import Stage
+from capmill.stages.caption_report import CaptionTally
 
 
 @dataclass
@@ -29,9 +30,13 @@ class ShardStats:
     seconds: defaultdict = field(default_factory=lambda: defaultdict(float))
     outputs: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Caption lengths, length-policy outcomes and fusion fallbacks per caption key.
+    captions: CaptionTally = field(default_factory=CaptionTally)
 
     def count(self, sample: Sample) -> None:
         self.samples += 1
+        if sample.status != DROPPED:
+            self.captions.add(sample)
         self.by_status[sample.status] += 1
         if sample.status == DROPPED:
             self.drops[sample.error or "unspecified"] += 1
@@ -48,6 +53,7 @@ class ShardStats:
             "drops": dict(sorted(self.drops.items())),
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
             "outputs": self.outputs,
+            "captions": self.captions.to_dict(),
             **self.extra,
         }
 

@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from capmill.stages.caption_report import CaptionTally
+
 
 class Progress:
     """A tqdm bar on a terminal; a plain log line every `interval` seconds otherwise.
@@ -79,6 +81,7 @@ class RunSummary:
     wall_seconds: float = 0.0
     samples: int = 0
     interrupted: bool = False
+    captions: CaptionTally = field(default_factory=CaptionTally)
 
     def add_shard(self, stats: dict[str, Any]) -> None:
         self.shards_done += 1
@@ -87,6 +90,7 @@ class RunSummary:
         self.drops.update(stats["drops"])
         for name, value in stats["seconds"].items():
             self.seconds[name] += value
+        self.captions.merge(stats.get("captions"))
 
     @property
     def ok(self) -> bool:
@@ -115,6 +119,9 @@ class RunSummary:
             for name, secs in self.seconds.items():
                 per = 1000 * secs / self.samples if self.samples else 0.0
                 lines.append(f"{name:<24}{secs:>10.2f}{per:>12.2f}")
+        if self.captions.keys:
+            lines.append("")
+            lines.append(self.captions.render())
         for shard, reason in sorted(self.failed_shards.items()):
             lines.append(f"FAILED shard {shard}: {reason}")
         if self.interrupted:

@@ -15,6 +15,8 @@ COMMANDS = {
     "inspect": "inspect",
     "eval": "eval",
     "report": "report",
+    "export": "export",
+    "recipes": "recipes",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -8,7 +8,7 @@ import sys
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run the pipeline a config describes")
-    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("config", help="run config (YAML), or a packaged recipe: NAME or recipes/NAME.yaml (see `capmill recipes list`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set executor.batch_size=32 (repeatable)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="process only the first N samples")
@@ -21,9 +21,10 @@ def add_parser(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from capmill.cli.main import EXIT_FAILED, EXIT_OK
     from capmill.config import load_config
+    from capmill.recipes import resolve_config_path
     from capmill.run import run
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(resolve_config_path(args.config), args.overrides)
     summary = run(config, force=args.force, limit=args.limit, dry_run=args.dry_run, progress=not args.no_progress)
     if args.dry_run:
         print(f"config OK: {summary.shards_total} shard(s) to read from {config.input.type} input, "
