@@ -16,12 +16,13 @@ from pydantic import Field, ValidationError
 from capmill.components import StageSpec, Strict
 from capmill.errors import ConfigError
 from capmill.executors.local import LocalExecutorConfig
+from capmill.executors.ray import RayExecutorConfig
 from capmill.media.image import ImageConfig
 from capmill.readers import FolderInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
 from capmill.writers.output import OutputConfig
 
 InputSpec = Annotated[WebDatasetInput | ParquetInput | FolderInput | JsonlInput | RunOutputInput, Field(discriminator="type")]
-ExecutorSpec = Annotated[LocalExecutorConfig, Field(discriminator="type")]
+ExecutorSpec = Annotated[LocalExecutorConfig | RayExecutorConfig, Field(discriminator="type")]
 
 
 class RunConfig(Strict):
