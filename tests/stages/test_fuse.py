@@ -1,0 +1,182 @@
+"""The fuse stage (CapsFusion / VeCLIP) and its guards."""
+
+import json
+
+import pytest
+
+from capmill.config import parse_config
+from capmill.errors import ConfigError
+from capmill.run import run
+from capmill.sample import Caption, Sample
+from capmill.stages.base import RunContext
+from capmill.stages.fuse import FuseStageConfig, clean_output
+from capmill.stages.fuse_guards import (
+    GuardConfig,
+    entities,
+    first_failure,
+    is_concatenation,
+    is_copy,
+    is_empty,
+    is_off_topic,
+    is_refusal,
+    is_runaway,
+    lost_entity_share,
+)
+from conftest import make_config
+
+ALT = "NASA portrait of astronaut Eileen Collins in her flight suit, 1999"
+CAP = "A woman in an orange suit smiles in front of a flag."
+GOOD = "A 1999 NASA portrait of astronaut Eileen Collins smiling in an orange flight suit in front of a flag."
+G = GuardConfig()
+
+
+def test_good_fusion_passes_every_guard():
+    assert first_failure(GOOD, ALT, CAP, G) is None
+
+
+@pytest.mark.parametrize(("output", "reason"), [
+    ("", "empty"),
+    ("  ...  ", "empty"),
+    ("I'm sorry, but I cannot help with that.", "refusal"),
+    ("As an AI language model, I see a woman.", "refusal"),
+    (" ".join(["woman orange suit flag"] * 40), "runaway"),
+    ("a woman in an orange suit " * 3 + "NASA Eileen Collins 1999 flag", "runaway"),
+    (CAP, "copy"),
+    (ALT, "copy"),
+    (ALT + ". " + CAP, "concatenation"),
+    (CAP + " " + ALT, "concatenation"),
+    ("PWNED", "off_topic"),
+    ("A woman in an orange suit smiles in front of a flag at an event.", "lost_entities"),
+])
+def test_guard_reasons(output, reason):
+    assert first_failure(output, ALT, CAP, G) == reason
+
+
+def test_guard_functions_individually():
+    assert is_empty("", ALT, CAP, G) and not is_empty("x", ALT, CAP, G)
+    assert is_refusal("Unfortunately, I can't see the image.", ALT, CAP, G)
+    assert not is_refusal("Sorry-looking dog on a porch.", ALT, CAP, G)
+    assert is_runaway("a b c d " * 3, ALT, CAP, G)
+    assert not is_runaway(GOOD, ALT, CAP, G)
+    assert is_copy(CAP.upper(), ALT, CAP, G)  # case and punctuation do not hide a copy
+    assert is_concatenation(f"{CAP} {ALT}", ALT, CAP, G) and not is_concatenation(GOOD, ALT, CAP, G)
+    assert is_off_topic("Buy cheap watches today.", ALT, CAP, G) and not is_off_topic(GOOD, ALT, CAP, G)
+    assert entities(ALT) == {"nasa", "eileen", "collins", "1999"}
+    assert lost_entity_share("A woman named Collins.", ALT) == 0.75
+    assert lost_entity_share("anything", "a plain lowercase alt text") == 0.0
+
+
+def test_tolerance_is_configurable():
+    lossy = "Astronaut Collins smiles in an orange suit in front of a flag."
+    assert first_failure(lossy, ALT, CAP, G) == "lost_entities"  # 3 of 4 lost > 0.5
+    assert first_failure(lossy, ALT, CAP, GuardConfig(max_lost_entities=0.8)) is None
+
+
+def test_clean_output_strips_labels_and_quotes():
+    assert clean_output('  Caption: "A dog on a beach."  ') == "A dog on a beach."
+
+
+def _fuse(responses, template="capsfusion", **cfg):
+    stage = FuseStageConfig(backend={"type": "fake", "responses": responses}, template=template, **cfg).build()
+    stage.setup(RunContext())
+    return stage
+
+
+def _sample(alt=ALT, cap=CAP, key="k"):
+    return Sample(key=key, alt_text=alt, captions={"dsc": Caption(text=cap, source="dsc")})
+
+
+def test_fused_caption_is_stored_under_the_template_name():
+    stage = _fuse([GOOD])
+    [s] = stage.process([_sample()])
+    fused = s.captions["capsfusion"]
+    assert fused.text == GOOD and fused.meta["fallback"] is None and fused.prompt_id == "capsfusion@1"
+    assert s.alt_text == ALT and s.captions["dsc"].text == CAP  # inputs are never overwritten
+    assert fused.meta["length"]["words"] == len(GOOD.split())
+
+
+def test_rejected_output_falls_back_to_the_caption_with_its_reason():
+    stage = _fuse(["I'm sorry, I can't do that."])
+    [s] = stage.process([_sample()])
+    fused = s.captions["capsfusion"]
+    assert fused.text == CAP and fused.meta["fallback"] == "refusal"
+    assert fused.meta["rejected"].startswith("I'm sorry")
+    stage = _fuse(["PWNED"], prefer="alt_text")
+    [s] = stage.process([_sample()])
+    assert s.captions["capsfusion"].text == ALT
+
+
+def test_empty_alt_text_keeps_the_caption_without_calling_the_llm():
+    stage = _fuse([])
+    [a, b] = stage.process([_sample(alt=""), _sample(alt=None, key="k2")])
+    for s in (a, b):
+        assert s.captions["capsfusion"].text == CAP
+        assert s.captions["capsfusion"].meta["fallback"] == "empty_alt_text"
+    assert stage.backend.prompts == []
+
+
+def test_published_decoding_defaults_and_one_batched_call():
+    stage = _fuse([GOOD, GOOD, GOOD])
+    seen = []
+    inner = stage.backend.chat
+    stage.backend.chat = lambda reqs: (seen.extend(reqs), inner(reqs))[1]
+    stage.process([_sample(key=f"k{i}") for i in range(3)])
+    assert stage.backend.batch_sizes == [3]
+    assert {(r.params.num_beams, r.params.max_new_tokens, r.params.temperature) for r in seen} == {(3, 80, 0.0)}
+    system, user = seen[0].messages
+    assert system["role"] == "system" and "never follow" in system["content"]
+    assert "<alt_text>" in user["content"] and "<caption>" in user["content"]
+
+
+def test_budget_truncates_the_alt_text_first():
+    stage = _fuse([GOOD], input_budget=40, budget_tokenizer="clip")
+    long_alt = "Eileen Collins " + " ".join(f"word{i}" for i in range(200))
+    alt_cut, cap_cut, cut = stage.fit_budget(long_alt, CAP)
+    assert cut and cap_cut == CAP and alt_cut.startswith("Eileen Collins")
+    assert stage.count(alt_cut) + stage.count(CAP) <= 40
+    huge_cap = " ".join(["tree"] * 100)
+    alt_cut, cap_cut, cut = stage.fit_budget("Eiffel Tower", huge_cap)
+    assert alt_cut == "" and stage.count(cap_cut) <= 40
+    [s] = stage.process([_sample(alt=long_alt)])
+    assert s.captions["capsfusion"].meta["inputs"]["alt_text_truncated"] is True
+    assert "word150" not in stage.backend.prompts[0]
+
+
+def test_other_language_alt_text_is_kept_and_language_is_an_option():
+    alt = "Der Kölner Dom bei Nacht, 2019"
+    stage = _fuse(["Cologne Cathedral (Kölner Dom) lit up at night in 2019, seen across a square."])
+    [s] = stage.process([_sample(alt=alt, cap="A large gothic cathedral lit up at night across a square.")])
+    assert s.alt_text == alt
+    assert "language of the second text" in stage.backend.prompts[0]
+    assert s.captions["capsfusion"].meta["fallback"] is None
+    german = _fuse([], language="German")
+    german.process([_sample(alt=alt)])
+    assert "Write in German." in german.backend.prompts[0]
+    keep = _fuse([], language="alt_text")
+    keep.process([_sample(alt=alt)])
+    assert "language of the first text" in keep.backend.prompts[0]
+
+
+def test_veclip_template_and_config_errors(tmp_path):
+    stage = _fuse([], template="veclip", caption="ssc")
+    s = Sample(key="k", alt_text=ALT, captions={"ssc": Caption(text=CAP, source="ssc")})
+    stage.process([s])
+    assert "visual details" in stage.backend.prompts[0] and "veclip" in s.captions
+    with pytest.raises(ConfigError, match="overwrite"):
+        FuseStageConfig(backend={"type": "fake"}, caption="dsc", store_as="dsc").build()
+    (tmp_path / "t.yaml").write_text("name: t\ntemplate: '{alt_text} {image_url}'\n")
+    with pytest.raises(ConfigError, match=r"\{image_url\}"):
+        FuseStageConfig(backend={"type": "fake"}, template=str(tmp_path / "t.yaml")).build()
+
+
+def test_fallbacks_are_counted_by_reason_in_shard_stats(tmp_path, wds):
+    cfg = make_config(tmp_path / "data", tmp_path / "out", stages=[
+        {"type": "caption", "formats": ["dsc"], "backend": {"type": "fake"}},
+        {"type": "fuse", "caption": "dsc", "backend": {"type": "fake", "responses": ["I'm sorry."] * 3 + [""] * 2}},
+    ])
+    summary = run(parse_config(cfg), progress=False)
+    stats = json.loads((tmp_path / "out" / "_stats" / "00000.json").read_text())
+    fallbacks = stats["captions"]["capsfusion"]["fallbacks"]
+    assert fallbacks["refusal"] == 3 and fallbacks["empty"] == 2
+    assert summary.captions.keys["capsfusion"].count == 24
+    assert "refusal 3" in summary.render()
