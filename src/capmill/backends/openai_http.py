@@ -1,0 +1,482 @@
+"""OpenAI-compatible chat-completions backend (`type: openai`): vLLM serve, SGLang, Ollama,
+llama.cpp server and hosted APIs.
+
+A batch of requests goes out concurrently (at most `concurrency` in flight) from an asyncio
+loop that the backend runs in its own thread, so the stage calling `generate` from an ordinary
+thread simply blocks until the whole batch is answered, however often it calls.
+
+Per logical request (one `VLMRequest`/`ChatRequest`):
+- 429, 408 and 5xx answers, timeouts and dropped connections are retried with exponential
+  backoff and jitter; a `Retry-After` header replaces the backoff for that wait;
+- at most `max_retries` retries, never more, and never past `deadline_s` (counted from the first
+  attempt, so time spent queueing behind our own concurrency limit does not count);
+- a malformed answer, a refusal or any other 4xx becomes that request's `Generation.error`
+  (the caption stage turns it into the sample's `backend_error`) and is not retried: the server
+  would say the same again.
+
+The API key is read from the environment variable named by `api_key_env`; it is sent only as
+the `Authorization` header and is scrubbed from every error text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import io
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
+from capmill.components import BackendConfig
+from capmill.errors import SetupError
+
+if TYPE_CHECKING:
+    import httpx
+    from PIL import Image
+
+log = logging.getLogger("capmill.backends.openai")
+
+# Answers worth another attempt: rate limits, request timeouts and server-side failures.
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class OpenAIBackendConfig(BackendConfig):
+    type: Literal["openai"] = "openai"
+    # The API root, ending in /v1 for most servers (vLLM, SGLang, Ollama, OpenAI).
+    base_url: str = "http://127.0.0.1:8000/v1"
+    # The model name the server knows (vLLM: the path or id given to `vllm serve`, or its
+    # --served-model-name).
+    model: str
+    # Name of the environment variable holding the API key; None sends no key. The key itself
+    # never appears in a config, so configs can be shared and logged.
+    api_key_env: str | None = None
+    # Requests in flight at once. A local vLLM/SGLang batches them on the GPU, so this is its
+    # effective batch size; hosted APIs limit it through their rate limits.
+    concurrency: int = Field(16, ge=1)
+    # One attempt may take this long before it is abandoned and retried.
+    attempt_timeout_s: float = Field(120.0, gt=0)
+    # Total time for one request, retries and waits included, from its first attempt.
+    deadline_s: float = Field(600.0, gt=0)
+    # Retries per request after the first attempt (the retry budget).
+    max_retries: int = Field(4, ge=0)
+    # Backoff before retry k is about backoff_s * 2**k (jittered, capped at backoff_max_s).
+    backoff_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    # How `n` candidates are asked for: `api` sends the API's `n`; `separate` sends n requests
+    # with seeds seed, seed+1, ...; `auto` sends `n` and, when a server returns fewer choices
+    # (Ollama and some hosted APIs ignore `n`), asks for the missing ones separately from then on.
+    n_candidates: Literal["auto", "api", "separate"] = "auto"
+    # Images travel inline as base64 data URLs in this format.
+    image_format: Literal["jpeg", "png", "webp"] = "jpeg"
+    image_quality: int = Field(90, ge=1, le=100)
+    # Downscale images above this many pixels before sending (None: send as decoded). Servers
+    # resize again to their model's budget; this only bounds the upload.
+    max_pixels: int | None = Field(None, ge=1)
+    # Default decoding settings; a request's own params replace them.
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    # The field that caps output length: `max_tokens` (vLLM, SGLang, Ollama, most APIs) or
+    # `max_completion_tokens` (newer OpenAI models, which reject `max_tokens`).
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    # Extra fields merged into every request body (e.g. {top_k: 20} for vLLM, or
+    # {chat_template_kwargs: {enable_thinking: false}}).
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    # Extra, non-secret HTTP headers. Keys go through api_key_env only.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Check at load that the server answers and serves `model` (GET /models).
+    probe: bool = True
+    probe_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secrets_in_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(k.lower() in ("authorization", "api-key", "x-api-key") for k in v):
+            raise ValueError("put the API key in an environment variable and name it in api_key_env, not in headers")
+        return v
+
+    @model_validator(mode="after")
+    def _check_params(self) -> OpenAIBackendConfig:
+        if self.backoff_max_s < self.backoff_s:
+            raise ValueError("backoff_max_s must be at least backoff_s")
+        return self
+
+    def build(self) -> OpenAIChatBackend:
+        return OpenAIChatBackend(self)
+
+    def model_ids(self) -> list[str]:
+        return [self.model]
+
+
+@dataclass(slots=True)
+class _Answer:
+    """The outcome of one HTTP request with its retries."""
+
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class _RetryableError(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _FinalError(Exception):
+    """The server answered, and asking again would give the same answer."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds: either delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_delay(retry: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, so retries of many
+    requests that failed together spread out instead of hitting the server in step."""
+    ceiling = min(cap, base * (2 ** retry))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def sampling_fields(params: GenerationParams, max_tokens_field: str = "max_tokens") -> dict[str, Any]:
+    """GenerationParams → chat-completions body fields. `repetition_penalty` is a vLLM/SGLang
+    extension and is only sent when set. Beam search is not part of the API: `num_beams` is not
+    sent, so a beam request decodes greedily (or samples, at its temperature) and the
+    Generation's meta records `beams_ignored`."""
+    body: dict[str, Any] = {max_tokens_field: params.max_new_tokens, "temperature": params.temperature,
+                            "top_p": params.top_p}
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.repetition_penalty is not None:
+        body["repetition_penalty"] = params.repetition_penalty
+    return body
+
+
+def image_data_url(image: Image.Image, fmt: str = "jpeg", quality: int = 90, max_pixels: int | None = None) -> str:
+    """A decoded image as a base64 data URL, downscaled to `max_pixels` when it is larger."""
+    from capmill.backends.common import fit_pixel_budget
+
+    img = fit_pixel_budget(image, max_pixels)
+    if fmt == "jpeg" and img.mode != "RGB":
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper(), **({"quality": quality} if fmt in ("jpeg", "webp") else {}))
+    return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def vlm_messages(request: VLMRequest, image_urls: list[str]) -> list[dict[str, Any]]:
+    """Images first, then the prompt, in one user turn: the order most VLM chat templates
+    were trained with."""
+    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
+    content.append({"type": "text", "text": request.prompt})
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def parse_completion(payload: Any) -> tuple[list[str], list[str | None], dict[str, int]]:
+    """Texts, finish reasons and usage of a chat-completions answer; _FinalError when it is not
+    one or when the model refused."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list) or not payload["choices"]:
+        raise _FinalError("malformed response: no choices")
+    texts, reasons = [], []
+    for choice in payload["choices"]:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise _FinalError("malformed response: a choice has no message")
+        if message.get("refusal"):
+            raise _FinalError(f"refused: {str(message['refusal'])[:200]}")
+        if choice.get("finish_reason") == "content_filter":
+            raise _FinalError("refused: the server's content filter stopped the answer")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise _FinalError("malformed response: message content is not text")
+        texts.append(content)
+        reasons.append(choice.get("finish_reason"))
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    return texts, reasons, {k: v for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int)}
+
+
+class _LoopThread:
+    """An asyncio loop running in a daemon thread; `call` runs a coroutine there and waits."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class OpenAIChatBackend:
+    """Implements VisionLanguageModel and LanguageModel over /chat/completions."""
+
+    def __init__(self, config: OpenAIBackendConfig):
+        self.config = config
+        self.model_id = config.model
+        self._key: str | None = None
+        self._runner: _LoopThread | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+        # Whether the server honours `n`; None until the first multi-candidate answer says.
+        self._n_honoured: bool | None = None
+        self._rng = random.Random(config.params.seed)
+        # Counters for logs and tests: attempts and retries over the backend's life.
+        self.stats = {"requests": 0, "attempts": 0, "retries": 0, "errors": 0}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.config.model!r}, base_url={self.config.base_url!r})"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def load(self) -> None:
+        if self._runner is not None:
+            return
+        try:
+            import httpx  # noqa: F401
+        except ImportError:
+            raise SetupError("the openai backend needs httpx: pip install 'capmill[http]'") from None
+        cfg = self.config
+        if cfg.api_key_env:
+            self._key = os.environ.get(cfg.api_key_env) or None
+            if self._key is None:
+                # Local servers (vLLM, SGLang, Ollama) usually need no key; a server that does
+                # answers 401 to the probe below, which then names the variable to set.
+                log.warning("environment variable %s is not set; sending requests without an API key", cfg.api_key_env)
+        self._runner = _LoopThread(f"capmill-openai-{cfg.model}")
+        try:
+            self._runner.call(self._open())
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._runner is None:
+            return
+        try:
+            if self._client is not None:
+                self._runner.call(self._client.aclose())
+        finally:
+            self._runner.stop()
+            self._runner = self._client = self._slots = None
+
+    async def _open(self) -> None:
+        import httpx
+
+        cfg = self.config
+        headers = {"User-Agent": "capmill", **cfg.headers}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        # One pooled connection per slot, so no request waits for a connection it cannot get.
+        limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+        self._client = httpx.AsyncClient(base_url=cfg.base_url, headers=headers, limits=limits,
+                                         timeout=httpx.Timeout(cfg.attempt_timeout_s))
+        self._slots = asyncio.Semaphore(cfg.concurrency)
+        if cfg.probe:
+            await self._probe()
+
+    async def _probe(self) -> None:
+        import httpx
+
+        cfg = self.config
+        try:
+            response = await self._client.get("/models", timeout=cfg.probe_timeout_s)
+        except httpx.HTTPError as e:
+            raise SetupError(
+                f"no OpenAI-compatible server answers at {cfg.base_url} ({type(e).__name__}: {self._scrub(str(e))}). "
+                f"Start it (for example `vllm serve {cfg.model} --port 8000`) or correct base_url."
+            ) from None
+        if response.status_code in (401, 403):
+            hint = (f"check the key in ${cfg.api_key_env}" if self._key else
+                    f"set the environment variable {cfg.api_key_env}" if cfg.api_key_env else
+                    "name the environment variable holding the key in api_key_env")
+            raise SetupError(f"{cfg.base_url} refused access (HTTP {response.status_code}): {hint}")
+        if response.status_code == 404:
+            return  # servers without a model listing (some proxies): the first request will tell
+        if response.status_code >= 400:
+            raise SetupError(f"{cfg.base_url}/models answered HTTP {response.status_code}: {self._scrub(response.text[:200])}")
+        try:
+            served = [m["id"] for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            return  # a listing we cannot read is no reason to refuse to run
+        if served and cfg.model not in served:
+            shown = ", ".join(served[:20]) + (" …" if len(served) > 20 else "")
+            raise SetupError(f"{cfg.base_url} does not serve model {cfg.model!r}; it serves: {shown}")
+
+    # ---- protocol methods ------------------------------------------------------------------
+
+    def generate(self, requests: list[VLMRequest]) -> list[Generation]:
+        cfg = self.config
+        # Images are encoded here, in the caller's thread, so the event loop only moves bytes.
+        bodies = []
+        for r in requests:
+            urls = [image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels) for img in r.images]
+            bodies.append(vlm_messages(r, urls))
+        return self._run([(messages, r.n, r.params, r.tag) for messages, r in zip(bodies, requests, strict=True)])
+
+    def chat(self, requests: list[ChatRequest]) -> list[Generation]:
+        return self._run([(list(r.messages), r.n, r.params, r.tag) for r in requests])
+
+    def _run(self, jobs: list[tuple[list[dict[str, Any]], int, GenerationParams | None, str]]) -> list[Generation]:
+        if self._runner is None:
+            raise SetupError("the openai backend is not loaded: call load() first")
+        if not jobs:
+            return []
+        return self._runner.call(self._gather(jobs))
+
+    async def _gather(self, jobs) -> list[Generation]:
+        return list(await asyncio.gather(*(self._candidates(m, n, p, tag) for m, n, p, tag in jobs)))
+
+    # ---- one logical request ---------------------------------------------------------------
+
+    async def _candidates(self, messages: list[dict[str, Any]], n: int, params: GenerationParams | None,
+                          tag: str) -> Generation:
+        cfg = self.config
+        params = params or cfg.params
+        body = {"model": cfg.model, "messages": messages, **sampling_fields(params, cfg.max_tokens_field),
+                **cfg.extra_body}
+        use_api_n = n > 1 and (cfg.n_candidates == "api" or (cfg.n_candidates == "auto" and self._n_honoured is not False))
+        answers: list[_Answer] = []
+        if n == 1 or use_api_n:
+            first = await self._complete({**body, "n": n} if n > 1 else body, tag)
+            answers.append(first)
+            if n > 1 and first.error is None and cfg.n_candidates == "auto":
+                self._n_honoured = len(first.texts) >= n
+        missing = n - sum(len(a.texts) for a in answers)
+        if missing > 0 and not any(a.error for a in answers) and cfg.n_candidates != "api":
+            # Separate requests need distinct seeds, or a seeded server returns n copies.
+            seed0 = params.seed if params.seed is not None else 0
+            extra = await asyncio.gather(*(
+                self._complete({**body, **({"seed": seed0 + i} if params.seed is not None else {})}, f"{tag}#{i}")
+                for i in range(n - missing, n)
+            ))
+            answers.extend(extra)
+        generation = self._to_generation(answers, n)
+        if params.num_beams > 1:
+            generation.meta["beams_ignored"] = params.num_beams
+        return generation
+
+    def _to_generation(self, answers: list[_Answer], n: int) -> Generation:
+        texts = [t for a in answers for t in a.texts][:n]
+        errors = [a.error for a in answers if a.error]
+        meta: dict[str, Any] = {
+            "backend": "openai",
+            "attempts": sum(a.attempts for a in answers),
+            "finish_reasons": [r for a in answers for r in a.finish_reasons][:n],
+        }
+        usage: dict[str, int] = {}
+        for a in answers:
+            for k, v in a.usage.items():
+                usage[k] = usage.get(k, 0) + v
+        if usage:
+            meta["usage"] = usage
+        if errors:
+            self.stats["errors"] += 1
+            return Generation(texts=[], error=errors[0], meta=meta)
+        return Generation(texts=texts, meta=meta)
+
+    async def _complete(self, body: dict[str, Any], tag: str) -> _Answer:
+        """One HTTP request with retries, within the retry budget and the deadline."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        answer = _Answer()
+        self.stats["requests"] += 1
+        deadline: float | None = None
+        last = "no attempt made"
+        while True:
+            async with self._slots:
+                # The deadline starts with the first attempt: waiting for a free slot is our
+                # own queueing, not the server's slowness.
+                if deadline is None:
+                    deadline = loop.time() + cfg.deadline_s
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    answer.error = f"deadline of {cfg.deadline_s:g}s passed after {answer.attempts} attempt(s); last: {last}"
+                    return answer
+                answer.attempts += 1
+                self.stats["attempts"] += 1
+                try:
+                    answer.texts, answer.finish_reasons, answer.usage = await self._attempt(body, min(cfg.attempt_timeout_s, remaining))
+                    return answer
+                except _FinalError as e:
+                    answer.error = self._scrub(str(e))
+                    return answer
+                except _RetryableError as e:
+                    last, retry_after = self._scrub(e.reason), e.retry_after
+            # Out of the slot while waiting, so a backing-off request does not hold up others.
+            retries_done = answer.attempts - 1
+            if retries_done >= cfg.max_retries:
+                answer.error = f"gave up after {answer.attempts} attempt(s) (max_retries={cfg.max_retries}); last: {last}"
+                return answer
+            delay = retry_after if retry_after is not None else backoff_delay(retries_done, cfg.backoff_s, cfg.backoff_max_s, self._rng)
+            remaining = deadline - loop.time()
+            if delay >= remaining:
+                answer.error = (f"deadline of {cfg.deadline_s:g}s would pass before the next attempt "
+                                f"(wait {delay:.1f}s, {max(remaining, 0):.1f}s left) after {answer.attempts} attempt(s); last: {last}")
+                return answer
+            self.stats["retries"] += 1
+            log.debug("retrying %s in %.2fs after: %s", tag, delay, last)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int]]:
+        import httpx
+
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._client.post("/chat/completions", json=body)
+        except TimeoutError:
+            raise _RetryableError(f"no answer within {timeout:.1f}s") from None
+        except httpx.TimeoutException:
+            raise _RetryableError(f"no answer within {timeout:.1f}s") from None
+        except httpx.TransportError as e:
+            raise _RetryableError(f"{type(e).__name__}: {e}") from None
+        if response.status_code in RETRY_STATUS:
+            raise _RetryableError(f"HTTP {response.status_code}: {response.text[:200]}",
+                                  retry_after_seconds(response.headers.get("retry-after")))
+        if response.status_code >= 400:
+            raise _FinalError(f"HTTP {response.status_code}: {response.text[:300]}")
+        try:
+            payload = response.json()
+        except ValueError as e:
+            raise _FinalError(f"malformed response (not JSON: {e})") from None
+        return parse_completion(payload)
+
+    def _scrub(self, text: str) -> str:
+        """Error texts may quote server answers; a server echoing the key must not leak it."""
+        return text.replace(self._key, "***") if self._key else text
