@@ -15,6 +15,7 @@ COMMANDS = {
     "inspect": "inspect",
     "eval": "eval",
     "report": "report",
+    "models": "models",
     "export": "export",
     "recipes": "recipes",
 }

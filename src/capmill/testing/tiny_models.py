@@ -22,9 +22,10 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "1"
+BUILD_VERSION = "3"
 
-FAMILIES = ("clip", "siglip", "blip", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm")
+# open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`.
+FAMILIES = ("clip", "siglip", "blip", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip")
 
 _WORDS = """
 a an the this that of in on at with by for from and or to is are was be it its one two three
@@ -312,7 +313,7 @@ def build_qwen2_lm(out: Path) -> None:
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=2048,
                          bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
-                         pad_token_id=ids("<|endoftext|>"), tie_word_embeddings=True)
+                         pad_token_id=ids("<|endoftext|>"), tie_word_embeddings=False)
     _save(Qwen2ForCausalLM(config), tokenizer, out)
 
 
@@ -327,9 +328,31 @@ def build_llama_lm(out: Path) -> None:
           tokenizer, out)
 
 
+def build_open_clip(out: Path) -> None:
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    _seed()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }, indent=2))
+    model = open_clip.CLIP(**model_cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "llava": build_llava,
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
+    "open_clip": build_open_clip,
 }
 
 

@@ -1,0 +1,92 @@
+"""Where a model comes from and whether it can be had offline.
+
+A backend's `model` is either a local folder (or file) or a Hugging Face hub id. Before any
+`from_pretrained` runs, `resolve_model` turns it into a local path or raises one `SetupError`
+that names the model, how to fetch it and how to point the config at a local copy — instead of
+a hub client traceback halfway through loading. `capmill models` prints `locate` for every model
+of a config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from capmill.errors import SetupError
+
+LOCAL, HUB_CACHE, HUB, MISSING, BUNDLED = "local folder", "hub cache", "hub", "missing", "bundled"
+
+# owner/name as the hub spells repository ids.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    model: str
+    source: str  # LOCAL, HUB_CACHE, HUB, MISSING or BUNDLED
+    path: str | None  # local path when one exists
+    offline: bool  # usable without network
+
+    def describe(self) -> str:
+        return self.path if self.path and self.path != self.model else self.source
+
+
+def fetch_hint(model: str) -> str:
+    if _HUB_ID.match(model):
+        folder = f"models/{model.rsplit('/', 1)[-1]}"
+        return (f"fetch it with `hf download {model} --local-dir {folder}` on a machine with network "
+                f"and set `model: {folder}` in the config, or point `model` at any local folder holding it")
+    return "point `model` at a local folder holding the model files (config.json, weights, processor files)"
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _cached_snapshot(model: str, revision: str | None) -> str | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
+        return None
+
+
+def locate(model: str, revision: str | None = None) -> ModelLocation:
+    """Where `model` would be loaded from, without downloading anything."""
+    expanded = os.path.expanduser(model)
+    if os.path.exists(expanded):
+        return ModelLocation(model, LOCAL, os.path.abspath(expanded), True)
+    if not _HUB_ID.match(model):
+        return ModelLocation(model, MISSING, None, False)
+    cached = _cached_snapshot(model, revision)
+    if cached is not None:
+        return ModelLocation(model, HUB_CACHE, cached, True)
+    return ModelLocation(model, HUB, None, False)
+
+
+def resolve_model(model: str, revision: str | None = None, what: str = "model") -> str:
+    """A local path for `model`, downloading it when the hub is reachable; `SetupError` otherwise."""
+    where = locate(model, revision)
+    if where.path is not None:
+        return where.path
+    if where.source == MISSING:
+        raise SetupError(f"{what} {model!r} not found: no such folder, and it is not a hub id (owner/name). "
+                         + fetch_hint(model))
+    if _hub_offline():
+        raise SetupError(f"{what} {model!r} is not in the local hub cache and the hub is offline "
+                         f"(HF_HUB_OFFLINE is set); {fetch_hint(model)}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model, revision=revision)
+    except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError) as e:
+        # HfHubHTTPError covers unknown repos, gated repos and bad revisions; OSError covers a
+        # network that cannot reach the hub.
+        raise SetupError(f"{what} {model!r} could not be fetched from the hub ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); {fetch_hint(model)}") from e

@@ -1,0 +1,124 @@
+"""Helpers every model backend shares: prompt hygiene against a model's own special tokens,
+images fitted to a pixel budget, decoding settings, device and dtype choice.
+
+Nothing here imports torch at module level; functions that need it import it when called.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from capmill.prompts.safety import neutralise_special_tokens
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from capmill.backends.base import GenerationParams
+
+# Visible look-alikes for the brackets that special tokens are made of: a reader still sees what
+# the text said, the tokenizer no longer matches the token.
+_LOOKALIKE = str.maketrans({"<": "‹", ">": "›", "[": "⟦", "]": "⟧", "|": "¦"})
+_WORDLIKE = re.compile(r"^[\w\s]*$")
+
+
+def model_special_tokens(tokenizer: Any) -> list[str]:
+    """Every string `tokenizer` reads as one special or added token (chat markers, image
+    placeholders, grid tags), longest first; plain-word and whitespace added tokens are left out
+    because they tokenize the same as ordinary text would."""
+    found = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        found.add(str(getattr(added, "content", added)))
+    return sorted((t for t in found if t and len(t) > 1 and not _WORDLIKE.match(t)), key=len, reverse=True)
+
+
+def neutralise_for(text: str, special_tokens: Iterable[str]) -> str:
+    """`text` with every known special-token shape and every one of `special_tokens` broken, so
+    that none of it reaches a tokenizer as a special token."""
+    text = neutralise_special_tokens(text)
+    for token in special_tokens:
+        if token in text:
+            broken = token.translate(_LOOKALIKE)
+            if broken == token:  # no bracket to swap: split it with a visible space instead
+                broken = token[0] + " " + token[1:]
+            text = text.replace(token, broken)
+    return text
+
+
+def fit_pixel_budget(image: Image.Image, max_pixels: int | None) -> Image.Image:
+    """`image` scaled down (aspect kept) so that width × height ≤ `max_pixels`; never scaled up.
+    Sending a huge image whole makes the processor spend seconds and gigabytes on pixels the model
+    throws away."""
+    if max_pixels is None or image.width * image.height <= max_pixels:
+        return image
+    from PIL import Image as PILImage
+
+    scale = math.sqrt(max_pixels / (image.width * image.height))
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, PILImage.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def greedy(params: GenerationParams) -> bool:
+    return params.temperature == 0
+
+
+def hf_generate_kwargs(params: GenerationParams, n: int) -> dict[str, Any]:
+    """`GenerationParams` and a candidate count as keyword arguments of transformers' `generate`.
+
+    Greedy decoding cannot give n different candidates, so n > 1 without sampling becomes beam
+    search with max(n, num_beams) beams returning the n best (the usual way to get ranked
+    alternatives from a deterministic decoder).
+    """
+    kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "num_return_sequences": n}
+    if params.repetition_penalty is not None:
+        kwargs["repetition_penalty"] = params.repetition_penalty
+    if greedy(params):
+        beams = max(params.num_beams, n if n > 1 else 1)
+        kwargs.update(do_sample=False, num_beams=beams)
+        # Unset sampling knobs that a model's generation_config may carry, so transformers does not
+        # warn that they are ignored.
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                      num_beams=params.num_beams, top_k=None)
+    return kwargs
+
+
+def pick_device(requested: str = "auto") -> str:
+    """CUDA, then Apple MPS, then CPU, unless the config names one."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> Any:
+    """bfloat16 on a GPU that supports it (half the memory, same range as float32), float16 on
+    MPS, float32 on CPU where half precision is slow; or the dtype the config names."""
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.startswith("mps"):
+        return torch.float16
+    return torch.float32
+
+
+def import_torch_stack(extra: str = "transformers") -> None:
+    """Fail at setup with the install line when the model stack is missing."""
+    from capmill.errors import SetupError
+
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise SetupError(f"this backend needs {e.name}: install it with `pip install 'capmill[{extra}]'`") from e

@@ -1,0 +1,346 @@
+"""Local models through Hugging Face transformers: vision-language models and text chat models.
+
+One backend type, `transformers`, serves both roles; which one a model plays is read from its
+config when it loads. A model registered for image-text-to-text (LLaVA, Qwen2-VL/2.5-VL,
+Idefics3/SmolVLM, BLIP, …) loads with `AutoModelForImageTextToText` + `AutoProcessor` and answers
+`generate` (captions), `chat` (text only) and `token_logits`; any other model loads with
+`AutoModelForCausalLM` + `AutoTokenizer` and answers `chat`.
+
+    backend: {type: transformers, model: HuggingFaceTB/SmolVLM-256M-Instruct}
+    backend: {type: transformers, model: models/qwen2_lm, params: {max_new_tokens: 200}}
+
+Batching: requests with the same decoding settings go through one `generate` call per chunk of
+`batch_size`, left-padded, so outputs match one-by-one decoding. Prompts are rendered with the
+model's own chat template after every one of the model's special tokens in the text has been
+neutralised. Models without a chat template (BLIP) caption unconditionally, or continue
+`caption_prefix` when it is set; their instruction prompts are not used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from capmill.backends.availability import resolve_model
+from capmill.backends.base import ChatRequest, Generation, GenerationParams, TokenLogits, VLMRequest
+from capmill.backends.common import (
+    fit_pixel_budget,
+    hf_generate_kwargs,
+    import_torch_stack,
+    model_special_tokens,
+    neutralise_for,
+    pick_device,
+    pick_dtype,
+)
+from capmill.components import BackendConfig
+from capmill.errors import ConfigError, SetupError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class TransformersConfig(BackendConfig):
+    type: Literal["transformers"] = "transformers"
+    # Hub id (owner/name) or local folder.
+    model: str
+    revision: str | None = None
+    # "auto" picks CUDA, then MPS, then CPU.
+    device: str = "auto"
+    # "auto": bfloat16 on GPU, float32 on CPU.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # Runs Python code shipped with the model; off unless you trust its author.
+    trust_remote_code: bool = False
+    # Requests per `generate` call; larger is faster until memory runs out.
+    batch_size: int = Field(8, ge=1)
+    # Decoding defaults for requests that carry no params of their own.
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    # Largest image (width × height) handed to the processor; bigger ones are scaled down first.
+    # Default: derived from the model's image processor.
+    max_pixels: int | None = Field(None, ge=1)
+    # Text that models without a chat template (BLIP) continue, e.g. "a picture of".
+    caption_prefix: str | None = None
+    # e.g. "sdpa" or "flash_attention_2"; None lets transformers choose.
+    attn_implementation: str | None = None
+
+    def build(self) -> TransformersBackend:
+        return TransformersBackend(self)
+
+    def model_ids(self) -> list[str]:
+        return [self.model]
+
+
+def is_vision_language(hf_config: Any) -> bool:
+    """Whether a model config belongs to an image-text-to-text model."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if hf_config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return True
+    auto_map = getattr(hf_config, "auto_map", None) or {}
+    return any(k in auto_map for k in ("AutoModelForImageTextToText", "AutoModelForVision2Seq"))
+
+
+def processor_pixel_budget(image_processor: Any) -> int | None:
+    """The largest image worth sending to `image_processor`, in pixels."""
+    size = getattr(image_processor, "size", None) or {}
+    size = {k: v for k, v in dict(size).items() if isinstance(v, int)}
+    explicit = getattr(image_processor, "max_pixels", None) or size.get("max_pixels")
+    if isinstance(explicit, int):
+        return explicit
+    if hasattr(image_processor, "merge_size") and "longest_edge" in size:
+        # Qwen2-VL-style processors keep their pixel budget (not a side) in size["longest_edge"].
+        return size["longest_edge"]
+    sides = [v for k, v in size.items() if k in ("height", "width", "shortest_edge", "longest_edge")]
+    sides += [v for v in (getattr(image_processor, "max_image_size", None) or {}).values() if isinstance(v, int)]
+    if not sides:
+        return None
+    # Four times the model's side leaves the processor's own resampling room to work on.
+    return (4 * max(sides)) ** 2
+
+
+class TransformersBackend:
+    """VisionLanguageModel and LanguageModel through transformers (see the module docstring)."""
+
+    def __init__(self, config: TransformersConfig):
+        self.config = config
+        self.model_id = config.model
+        self.model: Any = None
+        self.processor: Any = None
+        self.tokenizer: Any = None
+        self.vision = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        import_torch_stack()
+        from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
+                                  AutoTokenizer)
+
+        cfg = self.config
+        path = resolve_model(cfg.model, cfg.revision)
+        shared = {"trust_remote_code": cfg.trust_remote_code}
+        try:
+            hf_config = AutoConfig.from_pretrained(path, **shared)
+        except (OSError, ValueError) as e:
+            raise SetupError(f"model {cfg.model!r}: no usable config.json in {path} ({e}); point `model` at a "
+                             "folder saved with save_pretrained or a hub id") from e
+        self.vision = is_vision_language(hf_config)
+        try:
+            if self.vision:
+                self.processor = AutoProcessor.from_pretrained(path, **shared)
+                self.tokenizer = getattr(self.processor, "tokenizer", None)
+                if getattr(self.processor, "image_processor", None) is None or self.tokenizer is None:
+                    raise SetupError(
+                        f"model {cfg.model!r} is a vision-language model but {path} holds no complete processor "
+                        "(preprocessor_config.json / processor_config.json and tokenizer files); download the "
+                        "whole repository, not only the weights")
+                model_class = AutoModelForImageTextToText
+            else:
+                self.tokenizer = AutoTokenizer.from_pretrained(path, **shared)
+                model_class = AutoModelForCausalLM
+        except (OSError, ValueError, TypeError) as e:
+            raise SetupError(f"model {cfg.model!r}: its processor/tokenizer in {path} could not be loaded "
+                             f"({type(e).__name__}: {e}); the folder needs the tokenizer and processor files "
+                             "the model was saved with") from e
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+        try:
+            model = model_class.from_pretrained(path, dtype=self.dtype, **shared, **extra)
+        except (OSError, ValueError) as e:
+            raise SetupError(f"model {cfg.model!r}: weights in {path} could not be loaded ({e})") from e
+        self.model = model.to(self.device).eval()
+        # Left padding keeps every prompt's last token at the end of the row, where generation
+        # continues; right padding would make batched outputs differ from one-by-one ones.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.special_tokens = model_special_tokens(self.tokenizer)
+        self.chat_template = getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
+        if self.chat_template is None and not self.vision:
+            raise SetupError(f"model {cfg.model!r} has no chat template; use an instruction-tuned (chat) model")
+        self.max_pixels = cfg.max_pixels or (processor_pixel_budget(self.processor.image_processor)
+                                             if self.vision else None)
+
+    def close(self) -> None:
+        self.model = self.processor = self.tokenizer = None
+
+    # --- prompts ------------------------------------------------------------------------------
+
+    def neutralise(self, text: str) -> str:
+        return neutralise_for(text, self.special_tokens)
+
+    def render(self, request: VLMRequest) -> str:
+        """The prompt text of `request` as the model sees it before image tokens are expanded."""
+        if self.chat_template is None:
+            return self.neutralise(self.config.caption_prefix or "")
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
+        content.append({"type": "text", "text": self.neutralise(request.prompt)})
+        messages = []
+        if request.system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self.neutralise(request.system)}]})
+        messages.append({"role": "user", "content": content})
+        return self._apply_template(messages)
+
+    def render_chat(self, request: ChatRequest) -> str:
+        messages = [{"role": m["role"], "content": self.neutralise(m["content"])} for m in request.messages]
+        return self._apply_template(messages)
+
+    def _apply_template(self, messages: list[dict[str, Any]]) -> str:
+        owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _prepare_images(self, images: list[Image.Image]) -> list[Image.Image]:
+        return [fit_pixel_budget(im if im.mode == "RGB" else im.convert("RGB"), self.max_pixels) for im in images]
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def generate(self, requests: list[VLMRequest]) -> list[Generation]:
+        self._require_loaded()
+        if not self.vision:
+            raise ConfigError(f"model {self.model_id!r} is a text-only language model; captioning needs a "
+                              "vision-language model (e.g. HuggingFaceTB/SmolVLM-256M-Instruct)")
+        return self._batched(requests, self._vlm_inputs)
+
+    def chat(self, requests: list[ChatRequest]) -> list[Generation]:
+        self._require_loaded()
+        if self.chat_template is None:
+            raise ConfigError(f"model {self.model_id!r} has no chat template and cannot chat")
+        return self._batched(requests, self._chat_inputs)
+
+    def _require_loaded(self) -> None:
+        if self.model is None:
+            raise SetupError(f"backend for {self.model_id!r} used before load()")
+
+    def _vlm_inputs(self, requests: list[VLMRequest]) -> Any:
+        texts = [self.render(r) for r in requests]
+        images = [self._prepare_images(r.images) for r in requests]
+        if self.chat_template is None:  # BLIP-style: one image per request, optional shared prefix
+            if any(len(im) != 1 for im in images):
+                raise ValueError("this model takes exactly one image per request")
+            kwargs = {"text": texts} if self.config.caption_prefix else {}
+            return self.processor(images=[im[0] for im in images], return_tensors="pt", padding=True, **kwargs)
+        kwargs = {"images": images} if any(images) else {}
+        # The template already placed BOS and turn markers; the tokenizer must not add its own.
+        return self.processor(text=texts, return_tensors="pt", padding=True, add_special_tokens=False, **kwargs)
+
+    def _chat_inputs(self, requests: list[ChatRequest]) -> Any:
+        texts = [self.render_chat(r) for r in requests]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def _batched(self, requests: list, make_inputs) -> list[Generation]:
+        """One generate per chunk of requests sharing decoding settings; a chunk that fails is
+        retried request by request so only the culprit gets the error."""
+        results: list[Generation | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            params = r.params or self.config.params
+            groups[(r.n, params.model_dump_json())].append(i)
+        size = self.config.batch_size
+        for (n, _), indices in groups.items():
+            params = requests[indices[0]].params or self.config.params
+            for start in range(0, len(indices), size):
+                chunk = indices[start:start + size]
+                self._run_chunk([requests[i] for i in chunk], chunk, results, make_inputs, params, n)
+        return results  # type: ignore[return-value]
+
+    def _run_chunk(self, reqs, indices, results, make_inputs, params, n) -> None:
+        try:
+            for i, gen in zip(indices, self._generate(make_inputs(reqs), params, n), strict=True):
+                results[i] = gen
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:
+            # RuntimeError includes out-of-memory; ValueError/TypeError come from processors that
+            # refuse an input (wrong image count, unsupported mode).
+            if len(reqs) > 1:
+                for req, i in zip(reqs, indices, strict=True):
+                    self._run_chunk([req], [i], results, make_inputs, params, n)
+            else:
+                log.warning("%s: request %r failed: %s", self.model_id, reqs[0].tag, e)
+                results[indices[0]] = Generation(error=f"{type(e).__name__}: {e}", meta={"backend": "transformers"})
+
+    def _generate(self, inputs: Any, params: GenerationParams, n: int) -> list[Generation]:
+        import torch
+
+        inputs = self._to_device(inputs)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        kwargs = hf_generate_kwargs(params, n)
+        if self.chat_template is not None:  # BLIP's generate sets its own pad id
+            kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        prompt_len = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
+        # Decoder-only models return prompt + answer; BLIP's decoder returns [BOS] + prefix + answer.
+        new = out if self.chat_template is None else out[:, prompt_len:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        if self.chat_template is None and self.config.caption_prefix:
+            prefix = self.config.caption_prefix.strip().lower()
+            texts = [t.strip()[len(prefix):] if t.strip().lower().startswith(prefix) else t for t in texts]
+        pad = self.tokenizer.pad_token_id
+        lengths = (new != pad).sum(dim=1).tolist() if pad is not None else [new.shape[1]] * len(texts)
+        prompt_tokens = (inputs["attention_mask"].sum(dim=1).tolist() if "attention_mask" in inputs
+                         else [prompt_len] * (len(texts) // n))
+        gens = []
+        for j in range(len(texts) // n):
+            gens.append(Generation(texts=[t.strip() for t in texts[j * n:(j + 1) * n]], meta={
+                "backend": "transformers",
+                "prompt_tokens": int(prompt_tokens[j]),
+                "completion_tokens": [int(x) for x in lengths[j * n:(j + 1) * n]],
+                "truncated": [int(x) >= params.max_new_tokens for x in lengths[j * n:(j + 1) * n]],
+            }))
+        return gens
+
+    def _to_device(self, inputs: Any) -> Any:
+        import torch
+
+        moved = {}
+        for key, value in inputs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device, dtype=self.dtype) if value.is_floating_point() else value.to(self.device)
+            moved[key] = value
+        return moved
+
+    # --- forced-continuation logits -----------------------------------------------------------
+
+    def token_logits(self, image: Image.Image | None, prompt: str, continuation: str) -> TokenLogits:
+        """Raw logit of each token of `continuation` after `prompt`, with the image and without it
+        (ScaleCap, Xing et al. 2025: a token whose logit barely drops without the image is a
+        language-prior guess rather than something seen). Without an image both lists are the
+        text-only logits."""
+        self._require_loaded()
+        if not self.vision or self.chat_template is None:
+            raise ConfigError(f"token_logits needs a chat vision-language model; {self.model_id!r} is not one")
+        ids = self.tokenizer(self.neutralise(continuation), add_special_tokens=False)["input_ids"]
+        if not ids:
+            return TokenLogits(tokens=[], token_ids=[], with_image=[], without_image=[])
+        without = self._forced(VLMRequest(prompt=prompt), ids)
+        with_image = self._forced(VLMRequest(prompt=prompt, images=[image]), ids) if image is not None else without
+        return TokenLogits(tokens=[self.tokenizer.decode([t]) for t in ids], token_ids=list(ids),
+                           with_image=with_image, without_image=without)
+
+    def _forced(self, request: VLMRequest, continuation_ids: list[int]) -> list[float]:
+        import torch
+
+        inputs = dict(self._vlm_inputs([request]))
+        length, k = inputs["input_ids"].shape[1], len(continuation_ids)
+        tail = torch.tensor([continuation_ids], dtype=inputs["input_ids"].dtype)
+        # Append the continuation to every per-token tensor: its ids, attention ones, zeros for
+        # token-type masks (text, not image).
+        for key, value in list(inputs.items()):
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (1, length):
+                fill = tail if key == "input_ids" else (torch.ones_like(tail) if key == "attention_mask"
+                                                        else torch.zeros_like(tail))
+                inputs[key] = torch.cat([value, fill.to(value.dtype)], dim=1)
+        inputs = self._to_device(inputs)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits[0]
+        # The logit at position t scores the token at t + 1.
+        rows = logits[length - 1:length - 1 + k].float()
+        picked = rows.gather(1, torch.tensor(continuation_ids, device=rows.device)[:, None])[:, 0]
+        return picked.cpu().tolist()
