@@ -94,3 +94,9 @@ def test_truncate_to_budget():
 def test_length_target_needs_a_positive_max():
     with pytest.raises(ValueError):
         LengthTarget(unit="words", max=0)
+
+
+def test_trim_cuts_inside_a_word_only_when_no_word_fits():
+    blob = "x$%&" * 60  # one "word" that CLIP splits into far more than 77 tokens
+    out = trim(blob + " tail.", 77, count_clip_tokens)
+    assert out and blob.startswith(out) and count_clip_tokens(out) <= 77

@@ -129,7 +129,8 @@ def trim(text: str, limit: int, count: Callable[[str], int], at: str = "sentence
     """The longest prefix of whole sentences (or list items) that fits `limit`.
 
     When even the first piece is too long, its words are cut to fit and it is closed with a
-    period, so a trimmed caption is always within the limit and never ends mid-word.
+    period, so a trimmed caption is always within the limit and ends on a whole word (unless
+    not one word fits, when the first word is cut).
     """
     pieces = split_sentences(text) if at == "sentence" else split_items(text)
     joiner = " " if at == "sentence" else ", "
@@ -148,7 +149,19 @@ def trim(text: str, limit: int, count: Callable[[str], int], at: str = "sentence
             lo = mid
         else:
             hi = mid - 1
-    return (" ".join(words[:lo]).rstrip(",;:.") + ".") if lo else ""
+    if lo:
+        return " ".join(words[:lo]).rstrip(",;:.") + "."
+    # Not even one word fits (a run of symbols with no spaces tokenises into dozens of
+    # pieces): keep the longest character prefix of it that does.
+    first = words[0] if words else ""
+    lo, hi = 0, len(first)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(first[:mid]) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return first[:lo]
 
 
 def truncate_to(text: str, limit: int, count: Callable[[str], int]) -> str:
