@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
@@ -73,13 +74,9 @@ class RayExecutorConfig(Strict):
         return RayExecutor(self)
 
 
-def import_ray(local_cluster: bool):
+def import_ray():
     """Import Ray, or say how to install it. Never falls back to the local executor."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if local_cluster:
-        # Read at import by Ray: a Linux node then takes 127.0.0.1 as its address, so every
-        # server of the private cluster listens on loopback only.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -88,19 +85,50 @@ def import_ray(local_cluster: bool):
     return ray
 
 
+@contextmanager
+def _loopback_node():
+    """While starting or joining a cluster on 127.0.0.1, keep Ray from replacing the loopback
+    address by the machine's routable one. Ray does so unless this switch (its
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER setting, read when Ray is imported) is off; with it off
+    every server of a private cluster listens on 127.0.0.1 only, and a second driver on the same
+    machine reaches it there."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def start_local_cluster(num_cpus: int | None = None, num_gpus: int | None = None,
                         object_store_memory_gb: float | None = None, log_to_driver: bool = True) -> None:
     """A private single-node cluster on 127.0.0.1 without dashboard; `ray.shutdown()` stops it."""
-    ray = import_ray(local_cluster=True)
-    ray.init(
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        object_store_memory=int(object_store_memory_gb * 1024**3) if object_store_memory_gb else None,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=log_to_driver,
-        configure_logging=False,
-    )
+    ray = import_ray()
+    with _loopback_node():
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            object_store_memory=int(object_store_memory_gb * 1024**3) if object_store_memory_gb else None,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=log_to_driver,
+            configure_logging=False,
+        )
+    address = ray.get_runtime_context().gcs_address
+    if not address.startswith("127.0.0.1:"):
+        ray.shutdown()
+        raise SetupError(f"the local Ray cluster did not bind to 127.0.0.1 (it took {address}); "
+                         f"start one yourself and pass its address as executor.address")
+
+
+def join_cluster(address: str, runtime_env: dict[str, Any] | None = None) -> None:
+    ray = import_ray()
+    host = address.removeprefix("ray://").rsplit(":", 1)[0]
+    loopback = _loopback_node() if host in ("127.0.0.1", "localhost") else nullcontext()
+    with loopback:
+        ray.init(address=address, runtime_env=runtime_env or None, configure_logging=False)
 
 
 @dataclass
@@ -121,7 +149,7 @@ class RayExecutor:
     def run(self, run: RunConfig, reader: Reader, pending: list[Shard], out: OutputDir,
             summary: RunSummary, progress: Progress, limit: int | None = None) -> RunSummary:
         cfg = self.config
-        ray = import_ray(local_cluster=cfg.address is None)
+        ray = import_ray()
         for stage_cfg in run.stages:  # config errors surface here, before any worker starts
             stage_cfg.build()
         caps = _limit_caps(reader, pending, limit) if limit is not None else None
@@ -142,7 +170,7 @@ class RayExecutor:
         if ray.is_initialized():  # the caller manages the cluster (notebooks, tests)
             return False
         if cfg.address is not None:
-            ray.init(address=cfg.address, runtime_env=cfg.runtime_env or None, configure_logging=False)
+            join_cluster(cfg.address, cfg.runtime_env)
             return True
         needed = cfg.decode_cpus + sum(s.resources.cpus * s.resources.concurrency for s in run.stages)
         num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))

@@ -1,0 +1,245 @@
+"""The Ray executor gives the records, files and commit behaviour of a local run.
+
+One private Ray cluster on 127.0.0.1 serves the whole module (starting one costs ~5 s); each
+test compares a Ray run with a local run of the same config, file by file and record by record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from typing import Literal
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from capmill.components import StageConfig
+from capmill.config import parse_config
+from capmill.errors import SetupError
+from capmill.run import run
+from capmill.sample import Sample
+from capmill.stages.base import RunContext, Stage
+from capmill.testing import write_webdataset
+
+pytestmark = pytest.mark.timeout(240)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+class FaultStageConfig(StageConfig):
+    """Test double: a stage that fails on purpose, in the ways a worker can fail."""
+
+    type: Literal["fault"] = "fault"
+    # SIGKILL the process running this stage on the first sample whose key is `kill_at`, once:
+    # the marker file is created first, so the restarted worker passes through.
+    kill_at: str | None = None
+    kill_marker: str | None = None
+    raise_on: list[str] = []
+    fail_setup: bool = False
+
+    def build(self) -> FaultStage:
+        return FaultStage(self)
+
+
+class FaultStage(Stage):
+    config: FaultStageConfig
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        if self.config.fail_setup:
+            raise SetupError("fault stage: model /nowhere not found; fetch it with `capmill models pull`")
+
+    def process_one(self, sample: Sample) -> Sample:
+        cfg = self.config
+        if sample.key == cfg.kill_at and not os.path.exists(cfg.kill_marker):
+            open(cfg.kill_marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if sample.key in cfg.raise_on:
+            raise ValueError(f"cannot handle {sample.key}")
+        sample.meta["fault_stage"] = "passed"
+        return sample
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray.data", reason="needs ray[data]: pip install 'capmill[ray]'")
+    # Workers import this module to unpickle the test double stage.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, ROOT, os.environ.get("PYTHONPATH")) if p)
+    import ray
+
+    from capmill.executors.ray import start_local_cluster
+
+    # Logical CPUs: enough for the read task and three one-CPU stage actors on a 2-core machine.
+    start_local_cluster(num_cpus=4, object_store_memory_gb=0.2, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def config(data, out, stages, executor="local", **output):
+    return {
+        "input": {"type": "webdataset", "path": f"{data}/*.tar"},
+        "output": {"path": str(out), "writers": ["webdataset", "parquet"], **output},
+        "executor": {"type": executor, "batch_size": 4},
+        "stages": stages,
+    }
+
+
+def snapshot(out):
+    """What a consumer reads: file names, tar bytes, parquet rows (rejects too), stats without timings."""
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "_run.json")
+    tars = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    tables = {p.relative_to(out).as_posix(): pq.read_table(p).to_pylist() for p in out.rglob("*.parquet")}
+    stats = {}
+    for p in (out / "_stats").glob("*.json"):
+        s = json.loads(p.read_text())
+        s.pop("seconds")
+        stats[p.name] = s
+    return files, tars, tables, stats
+
+
+def run_both(tmp_path, stages, **output):
+    data = tmp_path / "data"
+    local = run(parse_config(config(data, tmp_path / "local", stages, **output)), progress=False)
+    on_ray = run(parse_config(config(data, tmp_path / "ray", stages, "ray", **output)), progress=False)
+    return local, on_ray
+
+
+def test_cluster_listens_on_loopback_only(ray_cluster):
+    import ray
+
+    assert ray_cluster.startswith("127.0.0.1:")
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+
+
+def test_same_records_files_and_stats_as_local(tmp_path, ray_cluster):
+    write_webdataset(tmp_path / "data", shards=3, per_shard=8, corrupt=True)
+    stages = [
+        {"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc", "dsc"]},
+        FaultStageConfig(raise_on=["000009"]),  # a stage that raises on one sample
+        {"type": "clip_score", "backend": {"type": "fake"}, "fields": ["alt_text", "dsc"]},
+        {"type": "filter", "rules": [{"score": "clip:alt_text", "min": 0.0}]},
+    ]
+    local, on_ray = run_both(tmp_path, stages, rejects=True)
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    # The comparison covers every kind of row: written, failed in decode, failed in a stage, dropped.
+    rows = pq.read_table(tmp_path / "ray" / "00001.parquet").to_pylist()
+    failed = next(r for r in rows if r["key"] == "000009")
+    assert failed["status"] == "stage_error" and "fault: ValueError: cannot handle 000009" in failed["error"]
+    statuses = {r["status"] for p in (tmp_path / "ray").glob("*.parquet") for r in pq.read_table(p).to_pylist()}
+    assert {"ok", "decode_error", "stage_error"} <= statuses
+    assert on_ray.drops and on_ray.drops == local.drops
+    assert (on_ray.shards_done, on_ray.samples, on_ray.by_status) == (local.shards_done, local.samples, local.by_status)
+    assert set(on_ray.seconds) == set(local.seconds) and {"read", "decode", "caption", "fault", "write"} <= set(on_ray.seconds)
+    assert "caption" in on_ray.render() and on_ray.ok
+
+
+def test_readme_quickstart_config_runs_on_ray_by_changing_the_executor_line(tmp_path, ray_cluster):
+    write_webdataset(tmp_path / "data", shards=3, per_shard=5)
+    quickstart = (
+        f'input: {{type: webdataset, path: "{tmp_path}/data/{{00000..00002}}.tar"}}\n'
+        "output: {path: OUT, writers: [webdataset, parquet]}\n"
+        "executor: {type: local, batch_size: 8}\n"
+        "stages:\n  - {type: caption, backend: {type: fake}, formats: [ssc, dsc]}\n"
+    )
+    local_cfg = yaml.safe_load(quickstart.replace("OUT", str(tmp_path / "local")))
+    ray_cfg = yaml.safe_load(quickstart.replace("OUT", str(tmp_path / "ray"))
+                             .replace("executor: {type: local, batch_size: 8}", "executor: {type: ray, batch_size: 8}"))
+    assert run(parse_config(local_cfg), progress=False).ok
+    assert run(parse_config(ray_cfg), progress=False).ok
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+def test_unreadable_shard_is_named_and_the_others_commit(tmp_path, ray_cluster):
+    write_webdataset(tmp_path / "data", shards=3, per_shard=4, photos=False)
+    bad = tmp_path / "data" / "00001.tar"
+    bad.write_bytes(bad.read_bytes()[:700])  # cut inside a member
+    stages = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]}]
+    local, on_ray = run_both(tmp_path, stages)
+    assert set(on_ray.failed_shards) == {"00001"} and on_ray.failed_shards == local.failed_shards
+    assert str(bad) in on_ray.failed_shards["00001"]
+    assert sorted(p.stem for p in (tmp_path / "ray" / "_stats").glob("*.json")) == ["00000", "00002"]
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+def test_worker_killed_mid_shard_is_replaced_and_its_shard_redone_once(tmp_path, ray_cluster):
+    write_webdataset(tmp_path / "data", shards=3, per_shard=8, photos=False)
+    marker = tmp_path / "killed"
+    stages = lambda: [  # noqa: E731
+        {"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]},
+        FaultStageConfig(kill_at="000013", kill_marker=str(marker)),  # fifth sample of shard 00001
+    ]
+    on_ray = run(parse_config(config(tmp_path / "data", tmp_path / "ray", stages(), "ray")), progress=False)
+    assert marker.exists()  # the worker did die
+    assert on_ray.ok and on_ray.shards_done == 3 and on_ray.samples == 24
+    # The reference, with the marker in place so the double passes through.
+    assert run(parse_config(config(tmp_path / "data", tmp_path / "local", stages())), progress=False).ok
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    for tar in (tmp_path / "ray").glob("*.tar"):
+        with tarfile.open(tar) as t:
+            names = t.getnames()
+        assert len(names) == len(set(names)) == 8 * 3  # whole, and nothing twice
+
+
+def test_killed_driver_then_rerun_resumes_to_the_uninterrupted_output(tmp_path, ray_cluster):
+    write_webdataset(tmp_path / "data", shards=6, per_shard=4, photos=False)
+    slow = [{"type": "caption", "backend": {"type": "fake", "delay_s": 0.25}, "formats": ["ssc"]}]
+    fast = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]}]
+    assert run(parse_config(config(tmp_path / "data", tmp_path / "local", fast)), progress=False).ok
+
+    out = tmp_path / "ray"
+    cfg = config(tmp_path / "data", out, slow, "ray")
+    cfg["executor"].update(address=ray_cluster, batch_size=1)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "capmill.cli.main", "run", str(path), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None and not list((out / "_stats").glob("*.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    committed = {p.stem for p in (out / "_stats").glob("*.json")}
+    assert 1 <= len(committed) < 6, err[-3000:]
+
+    # The delay is in the hashed config; resume the same config in this process.
+    resumed = run(parse_config({**cfg, "executor": {"type": "ray", "batch_size": 4}}), progress=False)
+    assert resumed.ok and resumed.shards_skipped == len(committed) and resumed.shards_done == 6 - len(committed)
+    assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
+    assert snapshot(out) == snapshot(tmp_path / "local")
+
+
+def test_limit_takes_the_same_first_samples_as_local(tmp_path, ray_cluster):
+    write_webdataset(tmp_path / "data", shards=3, per_shard=4, photos=False)
+    stages = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]}]
+    data = tmp_path / "data"
+    local = run(parse_config(config(data, tmp_path / "local", stages)), progress=False, limit=6)
+    on_ray = run(parse_config(config(data, tmp_path / "ray", stages, "ray")), progress=False, limit=6)
+    assert local.samples == on_ray.samples == 6
+    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+
+
+def test_stage_setup_error_reaches_the_user_as_itself(tmp_path, ray_cluster):
+    write_webdataset(tmp_path / "data", shards=1, per_shard=2, photos=False)
+    cfg = config(tmp_path / "data", tmp_path / "ray", [FaultStageConfig(fail_setup=True)], "ray")
+    with pytest.raises(SetupError, match="capmill models pull"):
+        run(parse_config(cfg), progress=False)
+    assert not list((tmp_path / "ray" / "_stats").glob("*.json"))
+
+
+def test_ray_missing_gives_the_install_hint_and_no_fallback(tmp_path, monkeypatch):
+    write_webdataset(tmp_path / "data", shards=1, per_shard=2, photos=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    stages = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]}]
+    with pytest.raises(SetupError, match=r"pip install 'capmill\[ray\]'"):
+        run(parse_config(config(tmp_path / "data", tmp_path / "ray", stages, "ray")), progress=False)
+    assert not list((tmp_path / "ray").glob("*.tar"))
