@@ -27,7 +27,6 @@ from capmill.testing.shards import generated
 
 from tests.conftest import make_config
 
-pytest.importorskip("httpx")
 pytest.importorskip("aiohttp")
 
 KEY = "sk-test-9f8e7d6c5b4a"

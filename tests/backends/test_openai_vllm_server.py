@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -41,7 +42,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def vllm_server(tiny_models, tmp_path_factory):
     """`vllm serve` on 127.0.0.1 and a free port for the session; its base URL."""
-    import httpx
 
     if not (VENV / ".installed").exists():
         why = (VENV / ".failed").read_text().strip() if (VENV / ".failed").exists() else "it has not been built"
@@ -65,9 +65,10 @@ def vllm_server(tiny_models, tmp_path_factory):
             if proc.poll() is not None:
                 pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:  # refused while starting; URLError and timeouts are OSErrors too
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"vllm serve did not answer within {STARTUP_S}s:\n{log_path.read_text()[-3000:]}")

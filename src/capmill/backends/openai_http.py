@@ -24,6 +24,7 @@ import asyncio
 import base64
 import email.utils
 import io
+import json
 import logging
 import os
 import random
@@ -39,7 +40,7 @@ from capmill.components import BackendConfig
 from capmill.errors import SetupError
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
     from PIL import Image
 
 log = logging.getLogger("capmill.backends.openai")
@@ -252,7 +253,7 @@ class OpenAIChatBackend:
         self.model_id = config.model
         self._key: str | None = None
         self._runner: _LoopThread | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         # Whether the server honours `n`; None until the first multi-candidate answer says.
         self._n_honoured: bool | None = None
@@ -269,9 +270,9 @@ class OpenAIChatBackend:
         if self._runner is not None:
             return
         try:
-            import httpx  # noqa: F401
+            import aiohttp  # noqa: F401
         except ImportError:
-            raise SetupError("the openai backend needs httpx: pip install 'capmill[http]'") from None
+            raise SetupError("the openai backend needs aiohttp: pip install 'capmill[http]'") from None
         cfg = self.config
         if cfg.api_key_env:
             self._key = os.environ.get(cfg.api_key_env) or None
@@ -291,48 +292,52 @@ class OpenAIChatBackend:
             return
         try:
             if self._client is not None:
-                self._runner.call(self._client.aclose())
+                self._runner.call(self._client.close())
         finally:
             self._runner.stop()
             self._runner = self._client = self._slots = None
 
     async def _open(self) -> None:
-        import httpx
+        import aiohttp
 
         cfg = self.config
         headers = {"User-Agent": "capmill", **cfg.headers}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         # One pooled connection per slot, so no request waits for a connection it cannot get.
-        limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
-        self._client = httpx.AsyncClient(base_url=cfg.base_url, headers=headers, limits=limits,
-                                         timeout=httpx.Timeout(cfg.attempt_timeout_s))
+        # aiohttp rather than httpx: httpcore's pool rescans every connection for every request,
+        # which costs more CPU than the requests themselves from a few dozen connections on.
+        connector = aiohttp.TCPConnector(limit=cfg.concurrency, limit_per_host=cfg.concurrency)
+        self._client = aiohttp.ClientSession(headers=headers, connector=connector,
+                                             timeout=aiohttp.ClientTimeout(total=None))
         self._slots = asyncio.Semaphore(cfg.concurrency)
         if cfg.probe:
             await self._probe()
 
     async def _probe(self) -> None:
-        import httpx
+        import aiohttp
 
         cfg = self.config
         try:
-            response = await self._client.get("/models", timeout=cfg.probe_timeout_s)
-        except httpx.HTTPError as e:
+            async with asyncio.timeout(cfg.probe_timeout_s):
+                async with self._client.get(f"{cfg.base_url}/models") as response:
+                    status, text = response.status, await response.text(errors="replace")
+        except (aiohttp.ClientError, TimeoutError) as e:
             raise SetupError(
                 f"no OpenAI-compatible server answers at {cfg.base_url} ({type(e).__name__}: {self._scrub(str(e))}). "
                 f"Start it (for example `vllm serve {cfg.model} --port 8000`) or correct base_url."
             ) from None
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             hint = (f"check the key in ${cfg.api_key_env}" if self._key else
                     f"set the environment variable {cfg.api_key_env}" if cfg.api_key_env else
                     "name the environment variable holding the key in api_key_env")
-            raise SetupError(f"{cfg.base_url} refused access (HTTP {response.status_code}): {hint}")
-        if response.status_code == 404:
+            raise SetupError(f"{cfg.base_url} refused access (HTTP {status}): {hint}")
+        if status == 404:
             return  # servers without a model listing (some proxies): the first request will tell
-        if response.status_code >= 400:
-            raise SetupError(f"{cfg.base_url}/models answered HTTP {response.status_code}: {self._scrub(response.text[:200])}")
+        if status >= 400:
+            raise SetupError(f"{cfg.base_url}/models answered HTTP {status}: {self._scrub(text[:200])}")
         try:
-            served = [m["id"] for m in response.json()["data"]]
+            served = [m["id"] for m in json.loads(text)["data"]]
         except (ValueError, KeyError, TypeError):
             return  # a listing we cannot read is no reason to refuse to run
         if served and cfg.model not in served:
@@ -455,24 +460,25 @@ class OpenAIChatBackend:
             await asyncio.sleep(delay)
 
     async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int]]:
-        import httpx
+        import aiohttp
 
         try:
+            # The whole exchange, body included, within the attempt's time.
             async with asyncio.timeout(timeout):
-                response = await self._client.post("/chat/completions", json=body)
+                async with self._client.post(f"{self.config.base_url}/chat/completions", json=body) as response:
+                    status, retry_after = response.status, response.headers.get("Retry-After")
+                    text = await response.text(errors="replace")
         except TimeoutError:
             raise _RetryableError(f"no answer within {timeout:.1f}s") from None
-        except httpx.TimeoutException:
-            raise _RetryableError(f"no answer within {timeout:.1f}s") from None
-        except httpx.TransportError as e:
+        except aiohttp.ClientError as e:
+            # Refused or dropped connections, bodies cut off mid-transfer.
             raise _RetryableError(f"{type(e).__name__}: {e}") from None
-        if response.status_code in RETRY_STATUS:
-            raise _RetryableError(f"HTTP {response.status_code}: {response.text[:200]}",
-                                  retry_after_seconds(response.headers.get("retry-after")))
-        if response.status_code >= 400:
-            raise _FinalError(f"HTTP {response.status_code}: {response.text[:300]}")
+        if status in RETRY_STATUS:
+            raise _RetryableError(f"HTTP {status}: {text[:200]}", retry_after_seconds(retry_after))
+        if status >= 400:
+            raise _FinalError(f"HTTP {status}: {text[:300]}")
         try:
-            payload = response.json()
+            payload = json.loads(text)
         except ValueError as e:
             raise _FinalError(f"malformed response (not JSON: {e})") from None
         return parse_completion(payload)

@@ -157,7 +157,9 @@ class FaultServer:
         # timeout so stop() does not wait for abandoned slow answers.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        # A backlog above any client concurrency we test: a full backlog drops SYNs, which the
+        # client retries only after a second.
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -232,3 +234,33 @@ class FaultServer:
         with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as img:
             img.load()
             return img.size
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m capmill.testing.fault_server [--latency S] [--rate-limit P] ...`: serve until
+    interrupted, printing the base URL first (benchmarks run it in its own process so that the
+    server does not share the client's interpreter)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
+    parser.add_argument("--model", default="fault-model")
+    parser.add_argument("--seed", type=int, default=0)
+    for name in OUTCOMES:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0, help=f"rate of {name} faults")
+    args = parser.parse_args(argv)
+    faults = Faults(**{name: getattr(args, name) for name in OUTCOMES})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with FaultServer(faults, latency_s=args.latency, model=args.model, seed=args.seed) as server:
+        print(server.base_url, flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
