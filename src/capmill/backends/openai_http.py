@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
+from capmill.backends.common import neutralise_for
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 
@@ -91,6 +92,12 @@ class OpenAIBackendConfig(BackendConfig):
     extra_body: dict[str, Any] = Field(default_factory=dict)
     # Extra, non-secret HTTP headers. Keys go through api_key_env only.
     headers: dict[str, str] = Field(default_factory=dict)
+    # The server's tokenizer is out of reach, so every text sent has the special-token shapes of
+    # the common model families broken (`<|im_start|>` → `‹¦im_start¦›`, see prompts/safety.py),
+    # plus any model-specific tokens listed here. A chat marker or image placeholder inside an
+    # AltText would otherwise reach the server's tokenizer as the real token (one `<|image_pad|>`
+    # too many crashes a Qwen2.5-VL worker in vLLM).
+    special_tokens: list[str] = Field(default_factory=list)
     # Check at load that the server answers and serves `model` (GET /models).
     probe: bool = True
     probe_timeout_s: float = Field(10.0, gt=0)
@@ -193,14 +200,14 @@ def image_data_url(image: Image.Image, fmt: str = "jpeg", quality: int = 90, max
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
-def vlm_messages(request: VLMRequest, image_urls: list[str]) -> list[dict[str, Any]]:
+def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: list[str] | tuple = ()) -> list[dict[str, Any]]:
     """Images first, then the prompt, in one user turn: the order most VLM chat templates
-    were trained with."""
+    were trained with. Texts have special-token shapes neutralised."""
     content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
-    content.append({"type": "text", "text": request.prompt})
+    content.append({"type": "text", "text": neutralise_for(request.prompt, special_tokens)})
     messages: list[dict[str, Any]] = []
     if request.system:
-        messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "system", "content": neutralise_for(request.system, special_tokens)})
     messages.append({"role": "user", "content": content})
     return messages
 
@@ -352,11 +359,13 @@ class OpenAIChatBackend:
         bodies = []
         for r in requests:
             urls = [image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels) for img in r.images]
-            bodies.append(vlm_messages(r, urls))
+            bodies.append(vlm_messages(r, urls, cfg.special_tokens))
         return self._run([(messages, r.n, r.params, r.tag) for messages, r in zip(bodies, requests, strict=True)])
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
-        return self._run([(list(r.messages), r.n, r.params, r.tag) for r in requests])
+        tokens = self.config.special_tokens
+        return self._run([([{**m, "content": neutralise_for(m["content"], tokens)} for m in r.messages], r.n, r.params, r.tag)
+                          for r in requests])
 
     def _run(self, jobs: list[tuple[list[dict[str, Any]], int, GenerationParams | None, str]]) -> list[Generation]:
         if self._runner is None:
