@@ -181,6 +181,9 @@ class RayExecutor:
         cfg = self.config
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # capmill's own bar reports the run
+        # A stage's SetupError reaches the driver as itself (not a UserCodeException wrapping
+        # its text), so the run fails with the error's advice, as a local run does.
+        context.raise_original_map_exception = True
         reencode = run.output.reencode is not None
         ds = ray.data.from_items([{"shard": i} for i in range(len(work))], override_num_blocks=len(work))
         ds = ds.map_batches(read_shards, batch_size=1, batch_format="pyarrow", num_cpus=cfg.decode_cpus,

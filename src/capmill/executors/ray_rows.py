@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from capmill.errors import CapmillError
 from capmill.pipeline import decode_batch, run_stages
 from capmill.sample import Sample
 from capmill.stages.base import RunContext
@@ -137,11 +138,19 @@ class StageWorker:
     """
 
     def __init__(self, stage_config, context: dict[str, Any], keep_pixels: bool):
-        self.stage = stage_config.build()
-        self.stage.setup(RunContext(**context))
         self.keep_pixels = keep_pixels
+        self.setup_error: CapmillError | None = None
+        self.stage = stage_config.build()
+        try:
+            self.stage.setup(RunContext(**context))
+        except CapmillError as e:
+            # Ray reports an actor that fails in its constructor by message only; raised from a
+            # batch instead, the error reaches the driver as itself, with its advice.
+            self.setup_error = e
 
     def __call__(self, batch):
+        if self.setup_error is not None:
+            raise self.setup_error
         rows = batch.to_pylist()
         out = [row for row in rows if row["end"]]
         by_shard: dict[int, list[dict[str, Any]]] = {}
