@@ -243,3 +243,25 @@ def test_ray_missing_gives_the_install_hint_and_no_fallback(tmp_path, monkeypatc
     with pytest.raises(SetupError, match=r"pip install 'capmill\[ray\]'"):
         run(parse_config(config(tmp_path / "data", tmp_path / "ray", stages, "ray")), progress=False)
     assert not list((tmp_path / "ray").glob("*.tar"))
+
+
+def test_tiny_real_models_give_the_same_records_as_local(tmp_path, ray_cluster, tiny_models):
+    write_webdataset(tmp_path / "data", shards=2, per_shard=4)
+    stages = [
+        {"type": "caption", "formats": ["ssc"], "backend": {"type": "transformers", "model": str(tiny_models / "qwen2_vl"),
+                                                             "params": {"max_new_tokens": 6}}},
+        {"type": "clip_score", "fields": ["alt_text", "ssc"], "backend": {"type": "clip", "model": str(tiny_models / "clip")}},
+    ]
+    local, on_ray = run_both(tmp_path, stages)
+    assert local.ok and on_ray.ok and local.by_status == on_ray.by_status == {"ok": 8}
+    ray_files, ray_tars, ray_tables, ray_stats = snapshot(tmp_path / "ray")
+    local_files, local_tars, local_tables, local_stats = snapshot(tmp_path / "local")
+    assert (ray_files, ray_stats) == (local_files, local_stats)
+    for name, rows in local_tables.items():
+        for mine, theirs in zip(ray_tables[name], rows, strict=True):
+            assert {k: v for k, v in mine.items() if not k.startswith("score.") and k != "record"} == \
+                   {k: v for k, v in theirs.items() if not k.startswith("score.") and k != "record"}
+            for key in (k for k in theirs if k.startswith("score.")):
+                # Ray workers run torch with one thread per CPU they hold; a different reduction
+                # order may move the last bits of a float32 cosine.
+                assert mine[key] == pytest.approx(theirs[key], abs=1e-5)
