@@ -132,6 +132,9 @@ class CaptionStage(Stage):
                 )))
         if not jobs:
             return batch
+        # Format-major order: a backend chunking the list gets prompts of one template together,
+        # so padding within a chunk stays small.
+        jobs.sort(key=lambda j: self.formats.index(j.fmt))
         self._generate(jobs)
         retry_round = 0
         while True:
