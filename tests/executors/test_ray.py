@@ -75,8 +75,8 @@ def ray_cluster():
 
     from capmill.executors.ray import start_local_cluster
 
-    # Logical CPUs: enough for the read task and three one-CPU stage actors on a 2-core machine.
-    start_local_cluster(num_cpus=4, object_store_memory_gb=0.2, log_to_driver=False)
+    # Logical CPUs: the actors of up to four one-CPU stages plus read/decode tasks (on 2 cores).
+    start_local_cluster(num_cpus=6, object_store_memory_gb=0.2, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -19,7 +19,10 @@ shard is never committed twice or half.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
@@ -158,6 +161,7 @@ class RayExecutor:
             return summary
         started = self._connect(ray, run)
         try:
+            self._check_capacity(ray, run)
             self._run(ray, run, work, caps, out, summary, progress)
         finally:
             if started:
@@ -172,10 +176,24 @@ class RayExecutor:
         if cfg.address is not None:
             join_cluster(cfg.address, cfg.runtime_env)
             return True
-        needed = cfg.decode_cpus + sum(s.resources.cpus * s.resources.concurrency for s in run.stages)
-        num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, int(needed + 0.999))
+        num_cpus = cfg.num_cpus or max(os.cpu_count() or 1, math.ceil(self._cpus_needed(run)))
         start_local_cluster(num_cpus, cfg.num_gpus, cfg.object_store_memory_gb)
         return True
+
+    def _cpus_needed(self, run: RunConfig) -> float:
+        """Every stage's actor pool at full size, plus one read/decode task."""
+        return self.config.decode_cpus + sum(s.resources.cpus * s.resources.concurrency for s in run.stages)
+
+    def _check_capacity(self, ray, run: RunConfig) -> None:
+        # Actor pools hold their CPUs for the whole run: with fewer CPUs than the pools and one
+        # read/decode task need, Ray Data waits for resources that never come.
+        total = ray.cluster_resources().get("CPU", 0.0)
+        needed = self._cpus_needed(run)
+        if total < needed:
+            logging.getLogger("capmill").warning(
+                "the Ray cluster offers %s CPUs but the stages' actor pools and one read/decode task need %s; "
+                "the run waits until the cluster grows (lower stages' resources.cpus or concurrency, or add nodes)",
+                total, needed)
 
     def _dataset(self, ray, run: RunConfig, work: list[Shard], caps: dict[int, int] | None):
         cfg = self.config
@@ -191,26 +209,28 @@ class RayExecutor:
                                        "rows_per_block": cfg.batch_size})
         ds = ds.map_batches(decode_rows, batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=cfg.decode_cpus,
                             fn_kwargs={"image_config": run.image, "keep_pixels": bool(run.stages) or reencode})
-        # Ray Data already restarts dead actors and retries their batches without limit; other
-        # values go through its (deprecated) generic remote arguments.
-        retries = {name: value for name, value in
-                   (("max_restarts", cfg.max_restarts), ("max_task_retries", cfg.max_task_retries)) if value != -1}
+        # Given explicitly (Ray Data's generic remote arguments), these actor-only settings also
+        # keep Ray Data from fusing the read/decode tasks into the first stage's actors, where
+        # decoding would run only as wide as that stage's pool.
+        retries = {"max_restarts": cfg.max_restarts, "max_task_retries": cfg.max_task_retries}
         stage_context = {"out_dir": run.output.path, "image": run.image, "seed": run.seed, "input": run.input}
         for i, stage_cfg in enumerate(run.stages):
             res = stage_cfg.resources
             last = i == len(run.stages) - 1
-            ds = ds.map_batches(
-                StageWorker,
-                fn_constructor_kwargs={"stage_config": stage_cfg, "context": stage_context,
-                                       "keep_pixels": reencode or not last},
-                compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-                batch_size=cfg.batch_size,
-                batch_format="pyarrow",
-                num_cpus=res.cpus,
-                num_gpus=res.gpus or None,
-                memory=res.memory_gb * 1024**3 if res.memory_gb else None,
-                **retries,
-            )
+            with warnings.catch_warnings():  # the generic remote arguments are deprecated after 2.60
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ds = ds.map_batches(
+                    StageWorker,
+                    fn_constructor_kwargs={"stage_config": stage_cfg, "context": stage_context,
+                                           "keep_pixels": reencode or not last},
+                    compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+                    batch_size=cfg.batch_size,
+                    batch_format="pyarrow",
+                    num_cpus=res.cpus,
+                    num_gpus=res.gpus or None,
+                    memory=res.memory_gb * 1024**3 if res.memory_gb else None,
+                    **retries,
+                )
         return ds
 
     def _run(self, ray, run: RunConfig, work: list[Shard], caps, out: OutputDir, summary: RunSummary,
