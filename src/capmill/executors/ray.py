@@ -197,11 +197,6 @@ class RayExecutor:
 
     def _dataset(self, ray, run: RunConfig, work: list[Shard], caps: dict[int, int] | None):
         cfg = self.config
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # capmill's own bar reports the run
-        # A stage's SetupError reaches the driver as itself (not a UserCodeException wrapping
-        # its text), so the run fails with the error's advice, as a local run does.
-        context.raise_original_map_exception = True
         reencode = run.output.reencode is not None
         ds = ray.data.from_items([{"shard": i} for i in range(len(work))], override_num_blocks=len(work))
         ds = ds.map_batches(read_shards, batch_size=1, batch_format="pyarrow", num_cpus=cfg.decode_cpus,
@@ -240,6 +235,12 @@ class RayExecutor:
         for p in shards:
             p.state.stats.seconds["read"] = 0.0  # first in the summary, as in a local run
         writer = _OrderedWriter(run, out, summary, progress, keys, with_pixels=run.output.reencode is not None)
+        context = ray.data.DataContext.get_current()
+        saved = context.enable_progress_bars, context.raise_original_map_exception
+        context.enable_progress_bars = False  # capmill's own bar reports the run
+        # A stage's SetupError reaches the driver as itself (not a UserCodeException wrapping
+        # its text), so the run fails with the error's advice, as a local run does.
+        context.raise_original_map_exception = True
         try:
             for block in self._dataset(ray, run, work, caps).iter_batches(batch_size=None, batch_format="pyarrow"):
                 for row in block.to_pylist():
@@ -255,6 +256,8 @@ class RayExecutor:
             if cause is not None:  # a stage's setup or config error, raised in a worker
                 raise cause from None
             raise
+        finally:
+            context.enable_progress_bars, context.raise_original_map_exception = saved
         for p in shards:
             if not p.done:  # cannot happen unless Ray lost rows; never commit such a shard
                 abort_shard(p.state)
