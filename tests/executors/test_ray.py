@@ -42,6 +42,8 @@ class FaultStageConfig(StageConfig):
     kill_marker: str | None = None
     raise_on: list[str] = []
     fail_setup: bool = False
+    # Record in each sample's meta the GPUs Ray gave the process running this stage.
+    report_gpus: bool = False
 
     def build(self) -> FaultStage:
         return FaultStage(self)
@@ -63,6 +65,10 @@ class FaultStage(Stage):
         if sample.key in cfg.raise_on:
             raise ValueError(f"cannot handle {sample.key}")
         sample.meta["fault_stage"] = "passed"
+        if cfg.report_gpus:
+            import ray
+
+            sample.meta["ray_gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
         return sample
 
 
@@ -265,3 +271,31 @@ def test_tiny_real_models_give_the_same_records_as_local(tmp_path, ray_cluster, 
                 # Ray workers run torch with one thread per CPU they hold; a different reduction
                 # order may move the last bits of a float32 cosine.
                 assert mine[key] == pytest.approx(theirs[key], abs=1e-5)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU for a GPU actor")
+def test_gpu_stage_runs_on_a_gpu_actor(tmp_path, ray_cluster, tiny_models):
+    import ray
+
+    assert ray.cluster_resources().get("GPU", 0) >= 1
+    write_webdataset(tmp_path / "data", shards=2, per_shard=3)
+    stages = [
+        {"type": "caption", "formats": ["ssc"], "resources": {"gpus": 1},
+         "backend": {"type": "transformers", "model": str(tiny_models / "qwen2_vl"), "device": "cuda",
+                     "params": {"max_new_tokens": 6}}},
+        FaultStageConfig(report_gpus=True, resources={"gpus": 0.5}),
+    ]
+    on_ray = run(parse_config(config(tmp_path / "data", tmp_path / "ray", stages, "ray")), progress=False)
+    assert on_ray.ok and on_ray.by_status == {"ok": 6}
+    rows = [json.loads(r["record"]) for p in (tmp_path / "ray").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
+    assert all(r["meta"]["ray_gpu_ids"] for r in rows)  # the actor held a GPU
+    assert all(r["captions"]["ssc"]["text"] for r in rows)
