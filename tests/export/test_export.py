@@ -11,7 +11,7 @@ from capmill.config import parse_config
 from capmill.errors import ConfigError
 from capmill.export import MixConfig, MixSampler, export_config, export_run
 from capmill.run import run
-from conftest import make_config
+from tests.conftest import make_config
 
 TEXTS = {"alt_text": "alt", "ssc": "short", "dsc": "dense"}
 

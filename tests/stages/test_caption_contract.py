@@ -10,7 +10,7 @@ import pytest
 from capmill import registry
 from capmill.config import parse_config
 from capmill.run import run
-from conftest import make_config
+from tests.conftest import make_config
 
 pytestmark = pytest.mark.skipif(
     "transformers" not in registry.available(registry.BACKENDS),

@@ -9,7 +9,7 @@ from capmill.run import run
 from capmill.sample import Sample
 from capmill.stages.base import RunContext
 from capmill.stages.caption import CaptionStageConfig
-from conftest import make_config
+from tests.conftest import make_config
 
 LONG_30 = " ".join(["word"] * 29) + " end."
 

@@ -23,7 +23,7 @@ from capmill.stages.fuse_guards import (
     is_runaway,
     lost_entity_share,
 )
-from conftest import make_config
+from tests.conftest import make_config
 
 ALT = "NASA portrait of astronaut Eileen Collins in her flight suit, 1999"
 CAP = "A woman in an orange suit smiles in front of a flag."
