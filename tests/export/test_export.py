@@ -43,6 +43,19 @@ def test_sampler_falls_back_to_what_a_sample_has():
     assert s.choose("k", {}) == ""
 
 
+def test_join_alt_text_gives_the_tldr_training_text():
+    s = MixSampler(MixConfig(p_synthetic=1.0, synthetic=["dsc"], join_alt_text=True))
+    from capmill.sample import Caption, Sample
+
+    sample = Sample(key="k", alt_text=" a dog ", captions={"dsc": Caption(text="A brown dog runs.", source="dsc")})
+    assert s.text_for(sample)[:2] == ("alt_text+dsc", "a dog; A brown dog runs.")
+    sample.alt_text = ""  # nothing to join: the caption alone
+    assert s.text_for(sample)[:2] == ("dsc", "A brown dog runs.")
+    plain = MixSampler(MixConfig(p_synthetic=0.0, join_alt_text=True))
+    sample.alt_text = "a dog"
+    assert plain.text_for(sample)[:2] == ("alt_text", "a dog")  # an AltText draw stays as it is
+
+
 def test_overrides_and_bad_target():
     cfg = export_config("clip", 3, ["mix.p_synthetic=0.4", "mix.synthetic=[dsc]"])
     assert (cfg.mix.p_synthetic, cfg.mix.synthetic, cfg.seed) == (0.4, ["dsc"], 3)

@@ -196,8 +196,18 @@ class TransformersBackend:
         owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
         return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def _prepare_images(self, images: list[Image.Image]) -> list[Image.Image]:
-        return [fit_pixel_budget(im if im.mode == "RGB" else im.convert("RGB"), self.max_pixels) for im in images]
+    def _prepare_images(self, images: list[Image.Image], done: dict[int, Image.Image] | None = None
+                        ) -> list[Image.Image]:
+        """RGB within the pixel budget. `done` maps id(original) → prepared image for one batch:
+        the formats of a sample share one image object, which is then resized once, not once per
+        format (its originals stay referenced by the requests, so ids are not reused meanwhile)."""
+        done = {} if done is None else done
+        out = []
+        for im in images:
+            if id(im) not in done:
+                done[id(im)] = fit_pixel_budget(im if im.mode == "RGB" else im.convert("RGB"), self.max_pixels)
+            out.append(done[id(im)])
+        return out
 
     # --- generation ---------------------------------------------------------------------------
 
@@ -220,7 +230,8 @@ class TransformersBackend:
 
     def _vlm_inputs(self, requests: list[VLMRequest]) -> Any:
         texts = [self.render(r) for r in requests]
-        images = [self._prepare_images(r.images) for r in requests]
+        prepared: dict[int, Image.Image] = {}
+        images = [self._prepare_images(r.images, prepared) for r in requests]
         if self.chat_template is None:  # BLIP-style: one image per request, optional shared prefix
             if any(len(im) != 1 for im in images):
                 raise ValueError("this model takes exactly one image per request")

@@ -28,6 +28,10 @@ class MixConfig(Strict):
     p_synthetic: float = Field(0.5, ge=0, le=1)
     # Caption keys drawn uniformly when the draw is synthetic (those the sample has).
     synthetic: list[str] = Field(default_factory=lambda: ["ssc", "dsc"], min_length=1)
+    # Prepend the AltText to a drawn synthetic caption ("ALT; CAPTION"), the training text of
+    # TL;DR ("Too Large; Data Reduction for Vision-Language Pre-Training", ICCV 2023).
+    join_alt_text: bool = False
+    join_separator: str = "; "
 
 
 # Per-target defaults (the paper's findings above); `--set mix.…` overrides any of them.
@@ -64,6 +68,17 @@ class MixSampler:
 
     def choose_for(self, sample: Sample) -> str:
         return self.choose(sample.key, texts_of(sample))
+
+    def text_for(self, sample: Sample) -> tuple[str, str, dict[str, str]]:
+        """(source name, training text, every text by name) for `sample`. With `join_alt_text`
+        a synthetic draw reads "ALT; CAPTION" and its source "alt_text+NAME"."""
+        texts = texts_of(sample)
+        chosen = self.choose(sample.key, texts)
+        if not chosen:
+            return "", "", texts
+        if self.config.join_alt_text and chosen != ALT_TEXT and texts.get(ALT_TEXT):
+            return f"{ALT_TEXT}+{chosen}", f"{texts[ALT_TEXT]}{self.config.join_separator}{texts[chosen]}", texts
+        return chosen, texts[chosen], texts
 
 
 def texts_of(sample: Sample) -> dict[str, str]:

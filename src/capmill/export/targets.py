@@ -73,10 +73,9 @@ class ClipExporter(Exporter):
         self.shard = _TarShard(os.path.join(self.out, f"{name}.tar"))
 
     def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
-        texts = texts_of(sample)
-        chosen = self.sampler.choose(sample.key, texts)
+        chosen, text, texts = self.sampler.text_for(sample)
         self.shard.add(f"{sample.key}.{ext}", image)
-        self.shard.add(f"{sample.key}.txt", texts[chosen].encode("utf-8"))
+        self.shard.add(f"{sample.key}.txt", text.encode("utf-8"))
         self.shard.add(f"{sample.key}.json", _json({"key": sample.key, "text_source": chosen, "texts": texts}))
         return chosen
 
@@ -100,15 +99,14 @@ class MllmExporter(Exporter):
         self.first = True
 
     def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
-        texts = texts_of(sample)
-        chosen = self.sampler.choose(sample.key, texts)
+        chosen, text, _ = self.sampler.text_for(sample)
         image_rel = f"images/{sample.key}.{ext}"
         with open(os.path.join(self.out, image_rel), "wb") as f:
             f.write(image)
         instruction = self.instructions[sample_rng(self.config.seed, sample.key, "instruction").randrange(len(self.instructions))]
         record = {"id": sample.key, "image": image_rel, "text_source": chosen, "conversations": [
             {"from": "human", "value": f"<image>\n{instruction}"},
-            {"from": "gpt", "value": texts[chosen]},
+            {"from": "gpt", "value": text},
         ]}
         self.file.write(("\n" if self.first else ",\n") + json.dumps(record, ensure_ascii=False))
         self.first = False
@@ -133,15 +131,14 @@ class DiffusionExporter(Exporter):
             os.makedirs(self.folder, exist_ok=True)
 
     def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
-        texts = texts_of(sample)
-        chosen = self.sampler.choose(sample.key, texts)
+        chosen, text, _ = self.sampler.text_for(sample)
         if self.config.diffusion_format == "sidecar":
             with open(os.path.join(self.folder, f"{sample.key}.{ext}"), "wb") as f:
                 f.write(image)
             with open(os.path.join(self.folder, f"{sample.key}.txt"), "w", encoding="utf-8") as f:
-                f.write(texts[chosen])
+                f.write(text)
         else:
-            self.rows.append({"key": sample.key, "caption": texts[chosen], "caption_source": chosen,
+            self.rows.append({"key": sample.key, "caption": text, "caption_source": chosen,
                               "alt_text": sample.alt_text, "image": image, "image_ext": ext})
         return chosen
 

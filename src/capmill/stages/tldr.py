@@ -5,7 +5,7 @@ embed every image, k-means them into k clusters (1,000 at CC3M scale), keep ever
 each cluster (N = 5, the first always), and intersect with the better half of the dataset by
 image–text score. CC3M shrank from 2.82M to 0.67M pairs with equal or better retrieval. (The
 paper's other half, writing a new caption and training on original + "; " + new, is a caption
-stage plus an export choice.)
+stage plus `capmill export ... --set mix.join_alt_text=true`.)
 
 Two passes (see capmill.stages.prepass). `setup` reads the WHOLE input once (the stride needs
 every member of a cluster), embeds each image with `scorer`, takes the image–AltText cosine (or
