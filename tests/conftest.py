@@ -28,6 +28,32 @@ def make_config(data_dir, out_dir, stages=None, **sections):
     return config
 
 
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def snapshot(out, ignore: frozenset[str] = frozenset()):
+    """Everything a consumer of run output `out` reads: file names, tar bytes, parquet rows
+    (rejects too), stats without timings. Files named in `ignore` are left out."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name not in ignore)
+    tars = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    tables = {p.relative_to(out).as_posix(): pq.read_table(p).to_pylist() for p in out.rglob("*.parquet")}
+    stats = {}
+    for p in (out / "_stats").glob("*.json"):
+        s = json.loads(p.read_text())
+        s.pop("seconds")
+        stats[p.name] = s
+    return files, tars, tables, stats
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     """Folder holding the tiny random models of every family (`tiny_models / "qwen2_vl"` …), built

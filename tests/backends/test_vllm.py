@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from capmill.backends.base import GenerationParams
 from capmill.backends.vllm import VLLMBackendConfig, beam_kwargs, sampling_kwargs, template_messages, vlm_messages
 from capmill.config import parse_config
 from capmill.errors import SetupError
-from tests.conftest import make_config
+from tests.conftest import cuda_available, make_config
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("CAPMILL_VLLM_VENV", REPO / ".venv-vllm"))
@@ -147,16 +146,9 @@ def test_in_process_llm_on_cpu(tiny_models, tmp_path):
 # ---- GPU ----------------------------------------------------------------------------------
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU for vllm.LLM")
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU for vllm.LLM")
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM: pip install 'capmill[vllm]'")
 def test_caption_with_vllm_on_gpu(tiny_models, tmp_path):
     import pyarrow.parquet as pq

@@ -1,4 +1,3 @@
-import io
 import resource
 
 import numpy as np

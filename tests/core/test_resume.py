@@ -8,14 +8,13 @@ import subprocess
 import sys
 import time
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from capmill.config import parse_config
 from capmill.run import run
 from capmill.testing import write_webdataset
-from tests.conftest import make_config
+from tests.conftest import make_config, snapshot
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,18 +32,6 @@ def capmill(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "capmill.cli.main", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
-
-def snapshot(out):
-    """Everything a consumer reads: file names, tar bytes, parquet rows, stats without timings."""
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    tars = {p.name: p.read_bytes() for p in out.glob("*.tar")}
-    tables = {p.name: pq.read_table(p).to_pylist() for p in out.glob("*.parquet")}
-    stats = {}
-    for p in (out / "_stats").glob("*.json"):
-        s = json.loads(p.read_text())
-        s.pop("seconds")
-        stats[p.name] = s
-    return files, tars, tables, stats
 
 
 def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(tmp_path):

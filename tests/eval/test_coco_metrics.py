@@ -6,7 +6,7 @@ import pytest
 
 from capmill.cli.main import main as cli
 from capmill.eval.coco import COCO_NAMES, CocoScorers
-from capmill.testing import items, write_parquet
+from capmill.testing import items
 from tests.eval.conftest import write_coco_refs
 
 

@@ -26,6 +26,10 @@ from capmill.run import run
 from capmill.sample import Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.testing import write_webdataset
+from tests.conftest import cuda_available, snapshot
+
+# _run.json names the executor, the one thing that may differ between the two runs.
+RUN_JSON = frozenset({"_run.json"})
 
 pytestmark = pytest.mark.timeout(240)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -98,18 +102,6 @@ def config(data, out, stages, executor="local", **output):
     }
 
 
-def snapshot(out):
-    """What a consumer reads: file names, tar bytes, parquet rows (rejects too), stats without timings."""
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "_run.json")
-    tars = {p.name: p.read_bytes() for p in out.glob("*.tar")}
-    tables = {p.relative_to(out).as_posix(): pq.read_table(p).to_pylist() for p in out.rglob("*.parquet")}
-    stats = {}
-    for p in (out / "_stats").glob("*.json"):
-        s = json.loads(p.read_text())
-        s.pop("seconds")
-        stats[p.name] = s
-    return files, tars, tables, stats
-
 
 def run_both(tmp_path, stages, **output):
     data = tmp_path / "data"
@@ -134,7 +126,7 @@ def test_same_records_files_and_stats_as_local(tmp_path, ray_cluster):
         {"type": "filter", "rules": [{"score": "clip:alt_text", "min": 0.0}]},
     ]
     local, on_ray = run_both(tmp_path, stages, rejects=True)
-    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
     # The comparison covers every kind of row: written, failed in decode, failed in a stage, dropped.
     rows = pq.read_table(tmp_path / "ray" / "00001.parquet").to_pylist()
     failed = next(r for r in rows if r["key"] == "000009")
@@ -160,7 +152,7 @@ def test_readme_quickstart_config_runs_on_ray_by_changing_the_executor_line(tmp_
                              .replace("executor: {type: local, batch_size: 8}", "executor: {type: ray, batch_size: 8}"))
     assert run(parse_config(local_cfg), progress=False).ok
     assert run(parse_config(ray_cfg), progress=False).ok
-    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
 
 
 def test_unreadable_shard_is_named_and_the_others_commit(tmp_path, ray_cluster):
@@ -172,7 +164,7 @@ def test_unreadable_shard_is_named_and_the_others_commit(tmp_path, ray_cluster):
     assert set(on_ray.failed_shards) == {"00001"} and on_ray.failed_shards == local.failed_shards
     assert str(bad) in on_ray.failed_shards["00001"]
     assert sorted(p.stem for p in (tmp_path / "ray" / "_stats").glob("*.json")) == ["00000", "00002"]
-    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
 
 
 def test_worker_killed_mid_shard_is_replaced_and_its_shard_redone_once(tmp_path, ray_cluster):
@@ -187,7 +179,7 @@ def test_worker_killed_mid_shard_is_replaced_and_its_shard_redone_once(tmp_path,
     assert on_ray.ok and on_ray.shards_done == 3 and on_ray.samples == 24
     # The reference, with the marker in place so the double passes through.
     assert run(parse_config(config(tmp_path / "data", tmp_path / "local", stages())), progress=False).ok
-    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
     for tar in (tmp_path / "ray").glob("*.tar"):
         with tarfile.open(tar) as t:
             names = t.getnames()
@@ -220,7 +212,7 @@ def test_killed_driver_then_rerun_resumes_to_the_uninterrupted_output(tmp_path, 
     resumed = run(parse_config({**cfg, "executor": {"type": "ray", "batch_size": 4}}), progress=False)
     assert resumed.ok and resumed.shards_skipped == len(committed) and resumed.shards_done == 6 - len(committed)
     assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
-    assert snapshot(out) == snapshot(tmp_path / "local")
+    assert snapshot(out, RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
 
 
 def test_limit_takes_the_same_first_samples_as_local(tmp_path, ray_cluster):
@@ -230,7 +222,7 @@ def test_limit_takes_the_same_first_samples_as_local(tmp_path, ray_cluster):
     local = run(parse_config(config(data, tmp_path / "local", stages)), progress=False, limit=6)
     on_ray = run(parse_config(config(data, tmp_path / "ray", stages, "ray")), progress=False, limit=6)
     assert local.samples == on_ray.samples == 6
-    assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "local")
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
 
 
 def test_stage_setup_error_reaches_the_user_as_itself(tmp_path, ray_cluster):
@@ -260,8 +252,8 @@ def test_tiny_real_models_give_the_same_records_as_local(tmp_path, ray_cluster, 
     ]
     local, on_ray = run_both(tmp_path, stages)
     assert local.ok and on_ray.ok and local.by_status == on_ray.by_status == {"ok": 8}
-    ray_files, ray_tars, ray_tables, ray_stats = snapshot(tmp_path / "ray")
-    local_files, local_tars, local_tables, local_stats = snapshot(tmp_path / "local")
+    ray_files, ray_tars, ray_tables, ray_stats = snapshot(tmp_path / "ray", RUN_JSON)
+    local_files, local_tars, local_tables, local_stats = snapshot(tmp_path / "local", RUN_JSON)
     assert (ray_files, ray_stats) == (local_files, local_stats)
     for name, rows in local_tables.items():
         for mine, theirs in zip(ray_tables[name], rows, strict=True):
@@ -273,16 +265,9 @@ def test_tiny_real_models_give_the_same_records_as_local(tmp_path, ray_cluster, 
                 assert mine[key] == pytest.approx(theirs[key], abs=1e-5)
 
 
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU for a GPU actor")
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU for a GPU actor")
 def test_gpu_stage_runs_on_a_gpu_actor(tmp_path, ray_cluster, tiny_models):
     import ray
 

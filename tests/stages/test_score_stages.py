@@ -18,7 +18,7 @@ from capmill.stages.dedup import DedupStageConfig, normalise_text
 from capmill.stages.filter import FilterRule, FilterStageConfig
 from capmill.stages.score import ClipScoreStageConfig, clipscore_from_cosine
 from capmill.stages.text_similarity import TextSimilarityStageConfig
-from capmill.stages.tldr import TldrStageConfig, kmeans, select
+from capmill.stages.tldr import kmeans, select
 from capmill.testing import generated, write_webdataset
 from tests.conftest import make_config
 

@@ -151,7 +151,6 @@ class RayExecutor:
 
     def run(self, run: RunConfig, reader: Reader, pending: list[Shard], out: OutputDir,
             summary: RunSummary, progress: Progress, limit: int | None = None) -> RunSummary:
-        cfg = self.config
         ray = import_ray()
         for stage_cfg in run.stages:  # config errors surface here, before any worker starts
             stage_cfg.build()
