@@ -40,6 +40,44 @@ def test_batched_greedy_equals_one_by_one(tiny_models, family):
     assert together[0].meta["completion_tokens"][0] >= 1
 
 
+@pytest.mark.parametrize("sizes", ["same", "mixed"])
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_an_image_shared_by_several_formats_is_preprocessed_once(tiny_models, family, sizes):
+    import torch
+
+    backend = _backend(tiny_models, family, batch_size=16)
+    dims = [(160, 120)] * 3 if sizes == "same" else [(160, 120), (90, 200), (64, 64)]
+    images = [Image.new("RGB", d, c) for d, c in zip(dims, [(200, 30, 30), (20, 160, 60), (10, 10, 240)])]
+    # Three formats of each image, every request of an image carrying the same object.
+    requests = [VLMRequest(prompt=f"Format {f}: describe.", images=[im]) for im in images for f in range(3)]
+    wrapper = backend.processor.image_processor
+    inner = wrapper.inner
+
+    class Counting:  # the model's processor, counting its calls
+        calls = 0
+
+        def __call__(self, *args, **kwargs):
+            Counting.calls += 1
+            return inner(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    wrapper.inner = Counting()
+    shared = backend._vlm_inputs(requests)
+    if sizes == "same":
+        assert Counting.calls == 3  # once per distinct image, not once per request
+    shared_texts = [g.texts for g in backend.generate(requests)]
+    backend.processor.image_processor = inner  # the model's own processor over the whole batch
+    whole, whole_texts = backend._vlm_inputs(requests), [g.texts for g in backend.generate(requests)]
+    # Exact either way: Idefics3 pads tiles across a batch, so images with different tile
+    # counts go to its processor whole.
+    assert set(shared.keys()) == set(whole.keys())
+    for key in whole:
+        assert torch.equal(shared[key], whole[key]), key
+    assert shared_texts == whole_texts
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "blip"])
 def test_n_candidates_greedy_and_sampled(tiny_models, family):
     backend = _backend(tiny_models, family)

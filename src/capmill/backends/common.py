@@ -57,7 +57,9 @@ def fit_pixel_budget(image: Image.Image, max_pixels: int | None) -> Image.Image:
 
     scale = math.sqrt(max_pixels / (image.width * image.height))
     size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-    return image.resize(size, PILImage.Resampling.LANCZOS, reducing_gap=3.0)
+    # Bicubic after a box reduction by whole factors (reducing_gap): what PIL's thumbnail does,
+    # several times faster than Lanczos on the full image, and the processor resizes again anyway.
+    return image.resize(size, PILImage.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 def greedy(params: GenerationParams) -> bool:

@@ -102,6 +102,62 @@ def processor_pixel_budget(image_processor: Any) -> int | None:
     return (4 * max(sides)) ** 2
 
 
+class OncePerImage:
+    """The model's image processor, preprocessing each distinct image of a call once.
+
+    The caption stage asks for several formats of one image in one batch, every request carrying
+    the same image object. The processor would resize, normalise and patchify that image once per
+    request; this wrapper runs it once per distinct image and assembles the batch output from the
+    per-image results, which is exact wherever each output is per-image along its first axis
+    (pixel values, patch grids, tile counts). Any other shape of input or output (several images
+    per request, tiles padded across the batch to differing sizes) goes to the processor whole.
+    Everything else is the wrapped processor's own.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, images: Any, *args: Any, **kwargs: Any) -> Any:
+        from PIL import Image as PILImage
+
+        nested = isinstance(images, list) and all(isinstance(x, list) for x in images)
+        flat = [x[0] if nested else x for x in images] if isinstance(images, list) else None
+        if (flat is None or (nested and any(len(x) != 1 for x in images))
+                or not all(isinstance(im, PILImage.Image) for im in flat) or len({id(im) for im in flat}) == len(flat)):
+            return self.inner(images, *args, **kwargs)
+        done: dict[int, Any] = {}
+        for im in flat:
+            if id(im) not in done:
+                done[id(im)] = self.inner([[im]] if nested else [im], *args, **kwargs)
+        try:
+            return _concat_features([done[id(im)] for im in flat])
+        except (TypeError, ValueError, RuntimeError):  # outputs not per-image along axis 0
+            return self.inner(images, *args, **kwargs)
+
+
+def _concat_features(parts: list[Any]) -> Any:
+    """Per-image processor outputs joined along the first axis, as one call over all would give."""
+    import torch
+    from transformers import BatchFeature
+
+    first = parts[0]
+    if set(first.keys()) != set().union(*(p.keys() for p in parts)):
+        raise ValueError("per-image outputs differ in their keys")
+    joined: dict[str, Any] = {}
+    for key, value in first.items():
+        values = [p[key] for p in parts]
+        if isinstance(value, torch.Tensor):
+            joined[key] = torch.cat(values, dim=0)
+        elif isinstance(value, list):
+            joined[key] = [x for v in values for x in v]
+        else:
+            raise TypeError(f"cannot join {type(value).__name__} outputs of {key!r}")
+    return BatchFeature(joined, tensor_type=None)
+
+
 class TransformersBackend:
     """VisionLanguageModel and LanguageModel through transformers (see the module docstring)."""
 
@@ -112,6 +168,7 @@ class TransformersBackend:
         self.processor: Any = None
         self.tokenizer: Any = None
         self.vision = False
+        self._rendered: dict[tuple[str | None, str, int], str] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -167,6 +224,8 @@ class TransformersBackend:
             raise SetupError(f"model {cfg.model!r} has no chat template; use an instruction-tuned (chat) model")
         self.max_pixels = cfg.max_pixels or (processor_pixel_budget(self.processor.image_processor)
                                              if self.vision else None)
+        if self.vision:
+            self.processor.image_processor = OncePerImage(self.processor.image_processor)
 
     def close(self) -> None:
         self.model = self.processor = self.tokenizer = None
@@ -180,11 +239,20 @@ class TransformersBackend:
         """The prompt text of `request` as the model sees it before image tokens are expanded."""
         if self.chat_template is None:
             return self.neutralise(self.config.caption_prefix or "")
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
-        content.append({"type": "text", "text": self.neutralise(request.prompt)})
+        key = (request.system, request.prompt, len(request.images))
+        text = self._rendered.get(key)
+        if text is None:  # a format's prompt repeats for every sample that has no AltText slot
+            if len(self._rendered) >= 4096:
+                self._rendered.clear()
+            text = self._rendered[key] = self._render(*key)
+        return text
+
+    def _render(self, system: str | None, prompt: str, n_images: int) -> str:
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+        content.append({"type": "text", "text": self.neutralise(prompt)})
         messages = []
-        if request.system:
-            messages.append({"role": "system", "content": [{"type": "text", "text": self.neutralise(request.system)}]})
+        if system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self.neutralise(system)}]})
         messages.append({"role": "user", "content": content})
         return self._apply_template(messages)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -72,6 +72,7 @@ def _clip_tokenizer():
     return SimpleTokenizer()
 
 
+@lru_cache(maxsize=8192)  # each caption is counted by the length check and again by the report
 def count_clip_tokens(text: str) -> int:
     """CLIP BPE tokens including the start and end tokens (the text tower's context is 77)."""
     return len(_clip_tokenizer().encode(text)) + 2
@@ -88,7 +89,7 @@ def _hf_counter(name: str) -> Callable[[str], int]:
     except (OSError, ValueError) as e:
         raise SetupError(
             f"could not load tokenizer {name!r} for a length target ({e}); use 'clip', a local tokenizer "
-            f"folder, or download it first (huggingface-cli download {name})"
+            f"folder, or download it first (hf download {name})"
         ) from None
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
