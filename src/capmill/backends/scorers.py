@@ -118,6 +118,13 @@ class ClipScorer(_Scorer):
         return self._chunks(_rgb(images), self._encode_images)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
+        if self.padding != "max_length" and len(texts) > self.config.batch_size:
+            # Chunks of similar length pad less: encode in length order, return in input order.
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            out = self._chunks([texts[i] for i in order], self._encode_texts)
+            restored = out.copy()
+            restored[order] = out
+            return restored
         return self._chunks(list(texts), self._encode_texts)
 
     def _encode_images(self, images: list[Image.Image]) -> Any:

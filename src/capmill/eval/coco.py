@@ -14,6 +14,8 @@ candidate with the best (CIDEr-D + SPICE)/2 and averages those; it needs SPICE.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -125,7 +127,8 @@ class CocoScorers:
 
             scorers.append((Spice(), ["SPICE"]))
         for scorer, names in scorers:
-            corpus, items = scorer.compute_score(gts, res)
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's BLEU prints debug lines
+                corpus, items = scorer.compute_score(gts, res)
             if len(names) == 1:
                 corpus, items = [corpus], [items]
             yield scorer, {n: (c, i) for n, c, i in zip(names, corpus, items, strict=True)}
