@@ -53,3 +53,17 @@ def test_minilm_embedder_offline():
     sims = vectors @ vectors.T
     # The real model knows that the first two say the same thing.
     assert sims[0, 1] > 0.5 > sims[0, 2]
+
+
+def test_scorer_composites_transparency_over_white_like_the_pipeline(tiny_models):
+    from PIL import Image
+
+    from capmill.backends.scorers import ClipScorerConfig
+
+    scorer = ClipScorerConfig(model=str(tiny_models / "clip"), device="cpu").build()
+    scorer.load()
+    clear = Image.new("RGBA", (64, 48), (0, 0, 0, 0))  # fully transparent: white once composited
+    white = Image.new("RGB", (64, 48), (255, 255, 255))
+    black = Image.new("RGB", (64, 48), (0, 0, 0))
+    a, w, b = scorer.embed_images([clear, white, black])
+    assert abs(float(a @ w) - 1.0) < 1e-6 and float(a @ b) < 1.0 - 1e-4

@@ -192,9 +192,11 @@ def image_data_url(image: Image.Image, fmt: str = "jpeg", quality: int = 90, max
     """A decoded image as a base64 data URL, downscaled to `max_pixels` when it is larger."""
     from capmill.backends.common import fit_pixel_budget
 
+    from capmill.media.image import to_rgb
+
     img = fit_pixel_budget(image, max_pixels)
-    if fmt == "jpeg" and img.mode != "RGB":
-        img = img.convert("RGB")
+    if fmt == "jpeg":
+        img = to_rgb(img)
     buf = io.BytesIO()
     img.save(buf, format=fmt.upper(), **({"quality": quality} if fmt in ("jpeg", "webp") else {}))
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"

@@ -38,7 +38,9 @@ def _normalised(chunks: list[Any], dim: int) -> np.ndarray:
 
 
 def _rgb(images: list[Image.Image]) -> list[Image.Image]:
-    return [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+    from capmill.media.image import to_rgb
+
+    return [to_rgb(im) for im in images]
 
 
 class _Scorer:

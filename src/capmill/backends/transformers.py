@@ -37,6 +37,7 @@ from capmill.backends.common import (
 )
 from capmill.components import BackendConfig
 from capmill.errors import ConfigError, SetupError
+from capmill.media.image import to_rgb
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -273,7 +274,7 @@ class TransformersBackend:
         out = []
         for im in images:
             if id(im) not in done:
-                done[id(im)] = fit_pixel_budget(im if im.mode == "RGB" else im.convert("RGB"), self.max_pixels)
+                done[id(im)] = fit_pixel_budget(to_rgb(im), self.max_pixels)
             out.append(done[id(im)])
         return out
 

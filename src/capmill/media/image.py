@@ -33,7 +33,9 @@ class ImageConfig(Strict):
     decode: bool = True
 
 
-def _to_rgb(img):
+def to_rgb(img):
+    """`img` as 8-bit RGB: alpha composited over white, palette and 16-bit or float greyscale
+    scaled to 8 bits, every other mode converted; an RGB image is returned as is."""
     from PIL import Image
 
     mode = img.mode
@@ -93,7 +95,7 @@ def decode_image(data: bytes, config: ImageConfig):
         img.load()
         if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when there is nothing to do
             img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
+        img = to_rgb(img)
         if config.max_side and max(img.size) > config.max_side:
             img.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC)
     except ImageDecodeError:
