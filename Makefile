@@ -30,8 +30,11 @@ test: $(VENV)/.dev system-deps .venv-vllm/.installed
 test-fast: $(VENV)/.dev
 	$(PY) -m pytest -q -m "not slow"
 
+# Every CPU benchmark of BENCHMARKS.md, one after another (about 10 min on 2 cores).
+# benchmarks/gpu_transformers.py needs a CUDA GPU and is run by hand.
+BENCHMARKS := datapath backend_batching formats_one_pass http_concurrency clipscore eval_time ray_vs_local
 bench: $(VENV)/.dev
-	$(PY) benchmarks/datapath.py
+	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) benchmarks/$$b.py; done
 
 # vLLM's CPU build in its own venv (it pins another torch), for the tests that drive a real
 # `vllm serve` over HTTP; about 1.5 min once. Where it cannot be installed the script says why and

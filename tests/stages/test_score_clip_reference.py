@@ -90,7 +90,7 @@ def test_clipscore_matches_formula_and_torchmetrics(tiny_clip):
     metric = CLIPScore(model_name_or_path=lambda: (TensorFeatures(model), processor))
     theirs = []
     for image, text in zip(images, texts):
-        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
         metric.reset()
         metric.update(pixels, "A photo depicts " + text)
         theirs.append(2.5 * max(float(metric.compute()) / 100, 0.0))  # torchmetrics: max(100·cos, 0)
