@@ -13,7 +13,8 @@ Two parts, both on the first CUDA device:
    real `from_pretrained` path, captions the same images at batch 1, 8, 32 and 64 with greedy
    decoding. Random weights never emit the end token, so every caption is exactly `--tokens`
    long: the figures are the cost of that many tokens per image, which is what a real model
-   pays for a caption of that length. `--models` is a folder made by
+   pays for a caption of that length. Then three prompts per image in one pass (the image
+   preprocessed and encoded once for all three) against one pass per prompt. `--models` is a folder made by
    `python -m capmill.testing.tiny_models` (its Qwen2-VL tokenizer and processor are reused).
 """
 
@@ -150,6 +151,45 @@ def throughput(model_dir: Path, images, batches: list[int], tokens: int) -> list
     return rows
 
 
+FORMAT_PROMPTS = ["Write one short sentence naming the main subject of this image.",
+                  "Describe this image in one detailed paragraph.",
+                  "Describe every object in this image with its colour, position and count."]
+
+
+def formats_one_pass(model_dir: Path, images, tokens: int, batch: int = 48, device: str = "cuda") -> dict:
+    """Three prompts per image: in one pass (the three requests of an image share one image
+    object, so it is preprocessed and encoded once) vs one pass per prompt, same batch size."""
+    import torch
+
+    from capmill.backends.base import GenerationParams, VLMRequest
+    from capmill.backends.transformers import TransformersConfig
+
+    backend = TransformersConfig(model=str(model_dir), device=device, batch_size=batch,
+                                 params=GenerationParams(max_new_tokens=tokens)).build()
+    backend.load()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    together = [VLMRequest(prompt=p, images=[im]) for im in images for p in FORMAT_PROMPTS]
+    apart = [[VLMRequest(prompt=p, images=[im]) for im in images] for p in FORMAT_PROMPTS]
+
+    def timed(groups) -> float:
+        sync()
+        start = time.perf_counter()
+        for requests in groups:
+            for i in range(0, len(requests), batch):
+                backend.generate(requests[i:i + batch])
+        sync()
+        return time.perf_counter() - start
+
+    timed([together[:batch]])  # warm-up
+    one, separate = min(timed([together]) for _ in range(2)), min(timed(apart) for _ in range(2))
+    backend.close()
+    n = len(together)
+    row = {"captions": n, "one_pass_s": one, "separate_s": separate, "speedup": separate / one}
+    print(f"\n3 prompts × {len(images)} images, batch {batch}: one pass {n / one:.1f} captions/s, "
+          f"separate {n / separate:.1f} captions/s, {separate / one:.2f}× ")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", required=True, help="folder of tiny models")
@@ -189,6 +229,7 @@ def main() -> None:
     model_dir = build_qwen2_vl_2b_shape(models, work / "qwen2_vl_2b_shape")
     result["build_seconds"] = round(time.perf_counter() - start, 1)
     result["throughput"] = throughput(model_dir, images, [int(b) for b in args.batches.split(",")], args.tokens)
+    result["formats_one_pass"] = formats_one_pass(model_dir, images[:48], args.tokens)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -45,6 +45,8 @@ def test_batched_greedy_equals_one_by_one(tiny_models, family):
 def test_an_image_shared_by_several_formats_is_preprocessed_once(tiny_models, family, sizes):
     import torch
 
+    from capmill.backends.transformers import SHARED_IMAGES
+
     backend = _backend(tiny_models, family, batch_size=16)
     dims = [(160, 120)] * 3 if sizes == "same" else [(160, 120), (90, 200), (64, 64)]
     images = [Image.new("RGB", d, c) for d, c in zip(dims, [(200, 30, 30), (20, 160, 60), (10, 10, 240)])]
@@ -72,10 +74,54 @@ def test_an_image_shared_by_several_formats_is_preprocessed_once(tiny_models, fa
     whole, whole_texts = backend._vlm_inputs(requests), [g.texts for g in backend.generate(requests)]
     # Exact either way: Idefics3 pads tiles across a batch, so images with different tile
     # counts go to its processor whole.
+    shared.pop(SHARED_IMAGES, None)
     assert set(shared.keys()) == set(whole.keys())
     for key in whole:
         assert torch.equal(shared[key], whole[key]), key
     assert shared_texts == whole_texts
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+def test_the_formats_of_one_image_share_one_vision_encoding(tiny_models, family, monkeypatch):
+    import functools
+    import inspect
+
+    import numpy as np
+    import torch
+
+    from capmill.backends.transformers import SHARED_IMAGES
+
+    backend = _backend(tiny_models, family, batch_size=16)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)) for _ in range(3)]
+    requests = [VLMRequest(prompt=f"Format {f}: describe.", images=[im]) for im in images for f in range(3)]
+    inputs = backend._vlm_inputs(requests)
+    shared = inputs.pop(SHARED_IMAGES)
+    assert len(shared.parts) == 3 and shared.index == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    inputs = backend._to_device(inputs)
+    encoder = backend.model.base_model.get_image_features
+    keys = [k for k in inspect.signature(encoder).parameters if k in inputs]
+    seen = []
+
+    @functools.wraps(encoder)  # keeps the signature generate and the backend read
+    def spy(**kwargs):
+        seen.append(kwargs["pixel_values"].numel())
+        return encoder(**kwargs)
+
+    monkeypatch.setattr(backend.model.base_model, "get_image_features", spy)
+    with torch.inference_mode():
+        model_inputs = backend._encode_shared_images(inputs, shared)
+        every = encoder(**{k: inputs[k] for k in keys}, return_dict=True).pooler_output
+    assert model_inputs is not None and not set(keys) & set(model_inputs)
+    assert seen == [inputs["pixel_values"].numel() // 3]  # the vision tower saw each image once
+    features = model_inputs["mm_encoder_outputs"]["image"].pooler_output
+    assert len(features) == len(every) == 9
+    for mine, theirs in zip(features, every):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    monkeypatch.undo()
+    together = [g.texts for g in backend.generate(requests)]
+    monkeypatch.setattr(backend, "_encode_shared_images", lambda inputs, shared: None)  # generate encodes all
+    assert [g.texts for g in backend.generate(requests)] == together
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "blip"])

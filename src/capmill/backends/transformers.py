@@ -18,8 +18,10 @@ neutralised. Models without a chat template (BLIP) caption unconditionally, or c
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -103,6 +105,10 @@ def processor_pixel_budget(image_processor: Any) -> int | None:
     return (4 * max(sides)) ** 2
 
 
+# Key under which `_vlm_inputs` hands the batch's SharedImages to `_generate`.
+SHARED_IMAGES = "capmill_shared_images"
+
+
 class OncePerImage:
     """The model's image processor, preprocessing each distinct image of a call once.
 
@@ -113,10 +119,15 @@ class OncePerImage:
     (pixel values, patch grids, tile counts). Any other shape of input or output (several images
     per request, tiles padded across the batch to differing sizes) goes to the processor whole.
     Everything else is the wrapped processor's own.
+
+    After a call that shared images, `shared` holds the per-distinct-image outputs and which of
+    them each image of the batch is, so the backend can run the vision tower once per distinct
+    image too (`TransformersBackend._encode_shared_images`); otherwise it is None.
     """
 
     def __init__(self, inner: Any):
         self.inner = inner
+        self.shared: SharedImages | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -124,6 +135,7 @@ class OncePerImage:
     def __call__(self, images: Any, *args: Any, **kwargs: Any) -> Any:
         from PIL import Image as PILImage
 
+        self.shared = None
         nested = isinstance(images, list) and all(isinstance(x, list) for x in images)
         flat = [x[0] if nested else x for x in images] if isinstance(images, list) else None
         if (flat is None or (nested and any(len(x) != 1 for x in images))
@@ -134,9 +146,21 @@ class OncePerImage:
             if id(im) not in done:
                 done[id(im)] = self.inner([[im]] if nested else [im], *args, **kwargs)
         try:
-            return _concat_features([done[id(im)] for im in flat])
+            joined = _concat_features([done[id(im)] for im in flat])
         except (TypeError, ValueError, RuntimeError):  # outputs not per-image along axis 0
             return self.inner(images, *args, **kwargs)
+        slot = {key: i for i, key in enumerate(done)}
+        self.shared = SharedImages(list(done.values()), [slot[id(im)] for im in flat])
+        return joined
+
+
+@dataclass
+class SharedImages:
+    """A batch's distinct images: their processor outputs, and for each image of the batch (in
+    order) the index of its distinct image."""
+
+    parts: list[Any]
+    index: list[int]
 
 
 def _concat_features(parts: list[Any]) -> Any:
@@ -308,7 +332,13 @@ class TransformersBackend:
             return self.processor(images=[im[0] for im in images], return_tensors="pt", padding=True, **kwargs)
         kwargs = {"images": images} if any(images) else {}
         # The template already placed BOS and turn markers; the tokenizer must not add its own.
-        return self.processor(text=texts, return_tensors="pt", padding=True, add_special_tokens=False, **kwargs)
+        sharing = self.processor.image_processor
+        if isinstance(sharing, OncePerImage):
+            sharing.shared = None
+        inputs = self.processor(text=texts, return_tensors="pt", padding=True, add_special_tokens=False, **kwargs)
+        if isinstance(sharing, OncePerImage) and sharing.shared is not None:
+            inputs[SHARED_IMAGES] = sharing.shared
+        return inputs
 
     def _chat_inputs(self, requests: list[ChatRequest]) -> Any:
         texts = [self.render_chat(r) for r in requests]
@@ -347,6 +377,7 @@ class TransformersBackend:
     def _generate(self, inputs: Any, params: GenerationParams, n: int) -> list[Generation]:
         import torch
 
+        shared = inputs.pop(SHARED_IMAGES, None)
         inputs = self._to_device(inputs)
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -354,7 +385,10 @@ class TransformersBackend:
         if self.chat_template is not None:  # BLIP's generate sets its own pad id
             kwargs["pad_token_id"] = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs)
+            model_inputs = inputs
+            if shared is not None and n == 1 and params.num_beams == 1:
+                model_inputs = self._encode_shared_images(inputs, shared) or inputs
+            out = self.model.generate(**model_inputs, **kwargs)
         prompt_len = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
         # Decoder-only models return prompt + answer; BLIP's decoder returns [BOS] + prefix + answer.
         new = out if self.chat_template is None else out[:, prompt_len:]
@@ -375,6 +409,35 @@ class TransformersBackend:
                 "truncated": [int(x) >= params.max_new_tokens for x in lengths[j * n:(j + 1) * n]],
             }))
         return gens
+
+    def _encode_shared_images(self, inputs: dict[str, Any], shared: SharedImages) -> dict[str, Any] | None:
+        """`inputs` with the vision tower already run once per distinct image, or None where the
+        model cannot take that.
+
+        transformers' `generate` encodes the images of a batch before prefill with the base
+        model's `get_image_features` and passes the result as `mm_encoder_outputs`; this does the
+        same on the distinct images alone and hands each request its image's features, so the
+        formats of one image share one encoding. Models whose `forward` takes no
+        `mm_encoder_outputs`, whose encoder reads inputs that are not per image, or whose
+        features do not come back one entry per image, are left to `generate` as they are.
+        """
+        model = self.model
+        encoder = getattr(model.base_model, "get_image_features", None)
+        supports = getattr(model, "_supports_mm_encoder_outputs", None)
+        if encoder is None or supports is None or not supports() or "image" not in getattr(model, "input_modalities", ()):
+            return None
+        keys = [k for k in inspect.signature(encoder).parameters if k != "kwargs" and k in inputs]
+        if "pixel_values" not in keys or any(k not in shared.parts[0] for k in keys):
+            return None
+        unique = self._to_device(_concat_features(shared.parts))
+        encoded = encoder(**{k: unique[k] for k in keys}, return_dict=True)
+        features = encoded.pooler_output
+        if not isinstance(features, (list, tuple)) or len(features) != len(shared.parts):
+            return None
+        encoded.pooler_output = type(features)(features[i] for i in shared.index)
+        rest = {k: v for k, v in inputs.items() if k not in keys}
+        rest["mm_encoder_outputs"] = {"image": encoded}
+        return rest
 
     def _to_device(self, inputs: Any) -> Any:
         import torch
@@ -408,6 +471,7 @@ class TransformersBackend:
         import torch
 
         inputs = dict(self._vlm_inputs([request]))
+        inputs.pop(SHARED_IMAGES, None)
         length, k = inputs["input_ids"].shape[1], len(continuation_ids)
         tail = torch.tensor([continuation_ids], dtype=inputs["input_ids"].dtype)
         # Append the continuation to every per-token tensor: its ids, attention ones, zeros for
