@@ -165,29 +165,15 @@ class TorchMetrics:
     name = "torchmetrics CLIPScore"
 
     def __init__(self, model_dir: str, tensors, texts, batch: int, images=None):
-        import torch
-        from torchmetrics.multimodal.clip_score import CLIPScore
         from transformers import CLIPModel, CLIPProcessor
+
+        from capmill.testing.reference import torchmetrics_clip_score
 
         model = CLIPModel.from_pretrained(model_dir).eval()
         processor = CLIPProcessor.from_pretrained(model_dir)
 
-        class TensorFeatures(torch.nn.Module):
-            """torchmetrics expects get_*_features to return tensors; transformers 5 returns output
-            objects whose pooler_output is the projected embedding."""
-
-            def __init__(self, inner):
-                super().__init__()
-                self.inner, self.config = inner, inner.config
-
-            def get_image_features(self, *args, **kwargs):
-                return self.inner.get_image_features(*args, **kwargs).pooler_output
-
-            def get_text_features(self, *args, **kwargs):
-                return self.inner.get_text_features(*args, **kwargs).pooler_output
-
-        self.model, self.processor = TensorFeatures(model), processor
-        self.metric = CLIPScore(model_name_or_path=lambda: (self.model, self.processor))
+        self.metric = torchmetrics_clip_score(model, processor)
+        self.model, self.processor = self.metric.model, processor
         self.tensors, self.texts, self.batch = tensors, [PREFIX + t for t in texts], batch
         self.images = images  # PIL images: converted inside the timing
         if images is not None:

@@ -53,7 +53,7 @@ def by_hand(path, images, texts):
 def test_clipscore_matches_formula_and_torchmetrics(tiny_clip):
     import numpy as np
     import torch
-    from torchmetrics.multimodal.clip_score import CLIPScore
+    from capmill.testing.reference import torchmetrics_clip_score
 
     from capmill.stages.score import ClipScoreStageConfig
 
@@ -74,20 +74,7 @@ def test_clipscore_matches_formula_and_torchmetrics(tiny_clip):
     expected, model, processor = by_hand(tiny_clip, images, texts)
     assert np.abs(ours - np.array(expected)).max() < 1e-5
 
-    class TensorFeatures(torch.nn.Module):
-        """torchmetrics expects get_*_features to return tensors; transformers 5 returns output objects."""
-
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.config = inner, inner.config
-
-        def get_image_features(self, *args, **kwargs):
-            return self.inner.get_image_features(*args, **kwargs).pooler_output
-
-        def get_text_features(self, *args, **kwargs):
-            return self.inner.get_text_features(*args, **kwargs).pooler_output
-
-    metric = CLIPScore(model_name_or_path=lambda: (TensorFeatures(model), processor))
+    metric = torchmetrics_clip_score(model, processor)
     theirs = []
     for image, text in zip(images, texts):
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
