@@ -218,16 +218,17 @@ def pieces_in_process(data: str, refs_path: str) -> dict:
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
+    from capmill.clip_bpe import clip_bpe
     from capmill.eval import load_references, load_set
     from capmill.eval.coco import CocoScorers
-    from capmill.eval.text_stats import _clip_tokenizer, text_stats
+    from capmill.eval.text_stats import text_stats
 
     clock = Clock()
     start = time.perf_counter()
     evalset = clock("read captions (jsonl)", load_set, data, ["dsc"], with_images=False)
     references = clock("read references (JSON)", load_references, refs_path)
     texts = [t for t in evalset.texts["dsc"] if t is not None]
-    clock("text stats: import open_clip, CLIP BPE", _clip_tokenizer)  # cached; text_stats builds it on first use
+    clock("text stats: load the CLIP BPE merges", clip_bpe)  # cached; text_stats builds it on first use
     clock("text statistics", text_stats, texts)
     coco = CocoScorers(spice=False)
     refs_tok = clock("PTB tokenizer: references", coco.tokenize, {k: references[k] for k in evalset.keys})

@@ -1,7 +1,7 @@
 """Caption-set statistics that need no model: length, vocabulary, diversity, template collapse.
 
-- words: whitespace tokens; CLIP tokens: open_clip's BPE tokenizer (the one CLIP was trained
-  with), counting the start and end tokens, so "over 77" means "truncated by CLIP";
+- words: whitespace tokens; CLIP tokens: CLIP's own BPE (`capmill.clip_bpe`), counting the start
+  and end tokens, so "over 77" means "truncated by CLIP";
 - vocabulary: distinct lower-cased word forms over the set;
 - distinct-n (Li et al. 2016): distinct n-grams / total n-grams over the set;
 - template collapse: share of captions whose first five words are shared with another caption
@@ -14,21 +14,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from functools import cache
+
+from capmill.clip_bpe import count_clip_tokens
 
 _WORD = re.compile(r"[\w']+")
 CLIP_CONTEXT = 77
-
-
-@cache
-def _clip_tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
-def clip_token_count(text: str) -> int:
-    return len(_clip_tokenizer().encode(text)) + 2
 
 
 def words(text: str) -> list[str]:
@@ -62,7 +52,7 @@ def text_stats(texts: list[str], clip_tokens: bool = True) -> dict[str, float]:
         "template collapse": template_collapse(tokenised),
     }
     if clip_tokens:
-        counts = [clip_token_count(t) for t in texts]
+        counts = [count_clip_tokens(t) for t in texts]
         out["CLIP tokens (mean)"] = float(np.mean(counts)) if counts else 0.0
         out["over 77 CLIP tokens"] = float(np.mean([c > CLIP_CONTEXT for c in counts])) if counts else 0.0
     return out

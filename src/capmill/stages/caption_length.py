@@ -5,8 +5,8 @@ A format (see `prompts/formats/*.yaml`) may declare, under `options`:
     target: {unit: tokens, tokenizer: clip, max: 77}      # or {unit: words, max: 20}
     on_miss: {retries: 2, trim_at: sentence}
 
-`tokens` are counted with a named tokenizer: `clip` is the BPE that open_clip ships (the one
-CLIP's text tower reads), counted *with* its start and end tokens, so `max: 77` means "fits
+`tokens` are counted with a named tokenizer: `clip` is OpenAI CLIP's BPE (the one CLIP's text
+tower reads; `capmill.clip_bpe`, no torch needed), counted *with* its start and end tokens, so `max: 77` means "fits
 CLIP's 77-token context without truncation". Any other name is loaded with
 `transformers.AutoTokenizer.from_pretrained(NAME)` and counted without special tokens.
 """
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from capmill.clip_bpe import count_clip_tokens
 from capmill.components import Strict
 from capmill.errors import ConfigError, SetupError
 
@@ -29,7 +30,7 @@ OUTCOMES = (FIRST_TRY, REGENERATED, TRIMMED)
 
 class LengthTarget(Strict):
     unit: Literal["words", "tokens"] = "words"
-    # Tokenizer for unit=tokens: "clip" (open_clip's BPE, with start/end tokens) or a
+    # Tokenizer for unit=tokens: "clip" (CLIP's BPE, with start/end tokens) or a
     # transformers tokenizer name or path (without special tokens).
     tokenizer: str = "clip"
     max: int = Field(ge=1)
@@ -64,21 +65,6 @@ def count_words(text: str) -> int:
 
 
 @cache
-def _clip_tokenizer():
-    try:
-        from open_clip.tokenizer import SimpleTokenizer
-    except ImportError:
-        raise SetupError("counting CLIP tokens needs open_clip: pip install 'capmill[transformers]'") from None
-    return SimpleTokenizer()
-
-
-@lru_cache(maxsize=8192)  # each caption is counted by the length check and again by the report
-def count_clip_tokens(text: str) -> int:
-    """CLIP BPE tokens including the start and end tokens (the text tower's context is 77)."""
-    return len(_clip_tokenizer().encode(text)) + 2
-
-
-@cache
 def _hf_counter(name: str) -> Callable[[str], int]:
     try:
         from transformers import AutoTokenizer
@@ -97,21 +83,12 @@ def _hf_counter(name: str) -> Callable[[str], int]:
 def token_counter(tokenizer: str) -> Callable[[str], int]:
     """A function counting tokens of `tokenizer`; loading it is a setup step (may raise SetupError)."""
     if tokenizer == "clip":
-        _clip_tokenizer()
         return count_clip_tokens
     return _hf_counter(tokenizer)
 
 
 def counter_for(target: LengthTarget) -> Callable[[str], int]:
     return count_words if target.unit == "words" else token_counter(target.tokenizer)
-
-
-def clip_tokens_or_none(text: str) -> int | None:
-    """CLIP tokens for the length report; None where open_clip is not installed."""
-    try:
-        return count_clip_tokens(text)
-    except SetupError:
-        return None
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -183,7 +160,7 @@ def truncate_to(text: str, limit: int, count: Callable[[str], int]) -> str:
 def length_meta(text: str, target: LengthTarget | None, attempts: int, outcome: str | None) -> dict[str, Any]:
     """What `meta["length"]` records for a caption: sizes, the target, and how it was met
     (`outcome` None for captions without a length policy, e.g. fused ones)."""
-    meta: dict[str, Any] = {"words": count_words(text), "clip_tokens": clip_tokens_or_none(text), "attempts": attempts}
+    meta: dict[str, Any] = {"words": count_words(text), "clip_tokens": count_clip_tokens(text), "attempts": attempts}
     if outcome is not None:
         meta["outcome"] = outcome
     if target is not None:

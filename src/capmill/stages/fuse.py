@@ -50,7 +50,7 @@ class FuseStageConfig(StageConfig):
     store_as: str | None = None
     # Input budget in tokens for AltText + caption together; the AltText is cut first.
     input_budget: int = Field(256, ge=16)
-    # Tokenizer counting the budget: "clip" (open_clip BPE, close to most LLM BPEs for English)
+    # Tokenizer counting the budget: "clip" (CLIP's BPE, close to most LLM BPEs for English)
     # or a transformers tokenizer name/path, e.g. the fusion model's own.
     budget_tokenizer: str = "clip"
     # Language of the fused caption: "caption" (the synthetic caption's, usually English),
