@@ -136,10 +136,13 @@ class OncePerImage:
         from PIL import Image as PILImage
 
         self.shared = None
+        # Processors pass a flat list, or one list per request ("nested"); share only where each
+        # request has one PIL image and some image repeats.
         nested = isinstance(images, list) and all(isinstance(x, list) for x in images)
-        flat = [x[0] if nested else x for x in images] if isinstance(images, list) else None
-        if (flat is None or (nested and any(len(x) != 1 for x in images))
-                or not all(isinstance(im, PILImage.Image) for im in flat) or len({id(im) for im in flat}) == len(flat)):
+        one_each = isinstance(images, list) and not (nested and any(len(x) != 1 for x in images))
+        flat = [x[0] if nested else x for x in images] if one_each else []
+        if (not flat or not all(isinstance(im, PILImage.Image) for im in flat)
+                or len({id(im) for im in flat}) == len(flat)):
             return self.inner(images, *args, **kwargs)
         done: dict[int, Any] = {}
         for im in flat:
