@@ -358,10 +358,19 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 def build_all(dest: str | os.PathLike, families: tuple[str, ...] = FAMILIES) -> Path:
     """Write `dest/<family>/` for every family; returns `dest`."""
+    from transformers.utils import logging as hf_logging
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for family in families:
-        BUILDERS[family](dest / family)
+    # Saving SigLIP diffs its config against transformers' own defaults, whose token ids lie
+    # outside their default vocabulary; the warning that prints is about those defaults, not ours.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        for family in families:
+            BUILDERS[family](dest / family)
+    finally:
+        hf_logging.set_verbosity(level)
     return dest
 
 
