@@ -98,3 +98,13 @@ def test_progress_lines_when_not_a_tty(tmp_path):
     p.advance(samples=10, shards=1)
     lines = stream.getvalue().splitlines()
     assert lines and lines[-1].startswith("capmill: 20 samples") and "shards 1/4" in lines[-1] and "ETA" in lines[-1]
+
+
+def test_inspect_into_a_closed_pipe_exits_cleanly(wds):
+    """`capmill inspect DATA | head -1`: the reader leaves early; no traceback, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "capmill.cli.main", "inspect", wds[0], "-n", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away with most of the output unread
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in stderr, stderr
