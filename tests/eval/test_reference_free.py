@@ -98,3 +98,12 @@ def test_compare_two_fields_and_unknown_field(tmp_path, capsys):
     assert cli(["eval", str(tmp_path / "out"), "--fields", "nope", "--skip", "clip,retrieval"]) == 1
     assert "field 'nope': no sample has it" in capsys.readouterr().err
     assert cli(["eval", str(tmp_path / "out"), "--scorer", "{type: nosuch}"]) == 2
+
+
+def test_default_scorer_offline_says_how_to_eval_without_it(tmp_path, capsys):
+    write_webdataset(tmp_path / "data", shards=1, per_shard=4)
+    run(parse_config(make_config(tmp_path / "data", tmp_path / "out")), progress=False)
+    assert cli(["eval", str(tmp_path / "out"), "--fields", "ssc"]) == 1  # default: a hub CLIP, offline here
+    err = capsys.readouterr().err
+    assert "openai/clip-vit-base-patch32" in err and "--skip clip,retrieval" in err and "Traceback" not in err
+    assert cli(["eval", str(tmp_path / "out"), "--fields", "ssc", "--skip", "clip,retrieval"]) == 0
