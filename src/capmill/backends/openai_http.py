@@ -357,11 +357,15 @@ class OpenAIChatBackend:
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
         cfg = self.config
-        # Images are encoded here, in the caller's thread, so the event loop only moves bytes.
+        # Images are encoded here, in the caller's thread, so the event loop only moves bytes;
+        # once per image object, as the formats of one sample share theirs.
+        encoded: dict[int, str] = {}
         bodies = []
         for r in requests:
-            urls = [image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels) for img in r.images]
-            bodies.append(vlm_messages(r, urls, cfg.special_tokens))
+            for img in r.images:
+                if id(img) not in encoded:
+                    encoded[id(img)] = image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels)
+            bodies.append(vlm_messages(r, [encoded[id(img)] for img in r.images], cfg.special_tokens))
         return self._run([(messages, r.n, r.params, r.tag) for messages, r in zip(bodies, requests, strict=True)])
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
