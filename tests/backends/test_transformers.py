@@ -193,9 +193,9 @@ def test_text_model_refuses_to_caption(tiny_models):
 def test_large_images_are_scaled_to_the_pixel_budget(tiny_models):
     backend = _backend(tiny_models, "qwen2_vl")
     big = Image.new("RGB", (4000, 3000), "white")
-    [fitted] = backend._prepare_images([big])
+    fitted = backend._prepare_image(big)
     assert fitted.width * fitted.height <= backend.max_pixels < big.width * big.height
     assert abs(fitted.width / fitted.height - 4 / 3) < 0.02
     assert backend.generate([VLMRequest(prompt="x", images=[big])])[0].ok
     small = Image.new("RGB", (20, 20))
-    assert backend._prepare_images([small])[0].size == (20, 20)
+    assert backend._prepare_image(small).size == (20, 20)

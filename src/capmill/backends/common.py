@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from capmill.prompts.safety import neutralise_special_tokens
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from capmill.backends.base import GenerationParams
+    from capmill.backends.base import GenerationParams, VLMRequest
+
+T = TypeVar("T")
 
 # Visible look-alikes for the brackets that special tokens are made of: a reader still sees what
 # the text said, the tokenizer no longer matches the token.
@@ -60,6 +62,20 @@ def fit_pixel_budget(image: Image.Image, max_pixels: int | None) -> Image.Image:
     # Bicubic after a box reduction by whole factors (reducing_gap): what PIL's thumbnail does,
     # several times faster than Lanczos on the full image, and the processor resizes again anyway.
     return image.resize(size, PILImage.Resampling.BICUBIC, reducing_gap=2.0)
+
+
+def per_image_once(requests: Sequence[VLMRequest], prepare: Callable[[Image.Image], T]) -> list[list[T]]:
+    """`prepare` applied to each request's images, once per distinct image object. The formats of
+    a sample share one image object, so it is resized or encoded once per batch instead of once per
+    format (the requests keep the originals alive meanwhile, so their ids are not reused)."""
+    done: dict[int, T] = {}
+    rows = []
+    for request in requests:
+        for image in request.images:
+            if id(image) not in done:
+                done[id(image)] = prepare(image)
+        rows.append([done[id(image)] for image in request.images])
+    return rows
 
 
 def greedy(params: GenerationParams) -> bool:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import neutralise_for
+from capmill.backends.common import neutralise_for, per_image_once
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 
@@ -357,15 +357,10 @@ class OpenAIChatBackend:
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
         cfg = self.config
-        # Images are encoded here, in the caller's thread, so the event loop only moves bytes;
-        # once per image object, as the formats of one sample share theirs.
-        encoded: dict[int, str] = {}
-        bodies = []
-        for r in requests:
-            for img in r.images:
-                if id(img) not in encoded:
-                    encoded[id(img)] = image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels)
-            bodies.append(vlm_messages(r, [encoded[id(img)] for img in r.images], cfg.special_tokens))
+        # Images are encoded here, in the caller's thread, so the event loop only moves bytes.
+        urls = per_image_once(requests, lambda img: image_data_url(img, cfg.image_format, cfg.image_quality,
+                                                                   cfg.max_pixels))
+        bodies = [vlm_messages(r, u, cfg.special_tokens) for r, u in zip(requests, urls, strict=True)]
         return self._run([(messages, r.n, r.params, r.tag) for messages, r in zip(bodies, requests, strict=True)])
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:

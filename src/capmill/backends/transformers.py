@@ -34,6 +34,7 @@ from capmill.backends.common import (
     import_torch_stack,
     model_special_tokens,
     neutralise_for,
+    per_image_once,
     pick_device,
     pick_dtype,
 )
@@ -292,18 +293,9 @@ class TransformersBackend:
         owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
         return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def _prepare_images(self, images: list[Image.Image], done: dict[int, Image.Image] | None = None
-                        ) -> list[Image.Image]:
-        """RGB within the pixel budget. `done` maps id(original) → prepared image for one batch:
-        the formats of a sample share one image object, which is then resized once, not once per
-        format (its originals stay referenced by the requests, so ids are not reused meanwhile)."""
-        done = {} if done is None else done
-        out = []
-        for im in images:
-            if id(im) not in done:
-                done[id(im)] = fit_pixel_budget(to_rgb(im), self.max_pixels)
-            out.append(done[id(im)])
-        return out
+    def _prepare_image(self, image: Image.Image) -> Image.Image:
+        """RGB within the pixel budget."""
+        return fit_pixel_budget(to_rgb(image), self.max_pixels)
 
     # --- generation ---------------------------------------------------------------------------
 
@@ -326,8 +318,7 @@ class TransformersBackend:
 
     def _vlm_inputs(self, requests: list[VLMRequest]) -> Any:
         texts = [self.render(r) for r in requests]
-        prepared: dict[int, Image.Image] = {}
-        images = [self._prepare_images(r.images, prepared) for r in requests]
+        images = per_image_once(requests, self._prepare_image)
         if self.chat_template is None:  # BLIP-style: one image per request, optional shared prefix
             if any(len(im) != 1 for im in images):
                 raise ValueError("this model takes exactly one image per request")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import fit_pixel_budget, model_special_tokens, neutralise_for
+from capmill.backends.common import fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 
@@ -190,10 +190,10 @@ class VLLMBackend:
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
         budget = self.config.max_pixels
+        images = per_image_once(requests, lambda img: fit_pixel_budget(img, budget))
         conversations = [
-            vlm_messages(self.neutralise(r.prompt), [fit_pixel_budget(img, budget) for img in r.images],
-                         self.neutralise(r.system) if r.system else None)
-            for r in requests
+            vlm_messages(self.neutralise(r.prompt), fitted, self.neutralise(r.system) if r.system else None)
+            for r, fitted in zip(requests, images, strict=True)
         ]
         return self._run(conversations, [(r.n, r.params or self.config.params) for r in requests])
 
