@@ -66,15 +66,18 @@ def test_an_image_shared_by_several_formats_is_preprocessed_once(tiny_models, fa
             return getattr(inner, name)
 
     wrapper.inner = Counting()
+    # Idefics3 pads tiles across a batch: with mixed sizes (3 and 5 tiles here) the first batch
+    # also runs the processor whole, to check that zero-padding gives the same; later ones do not.
+    backend._vlm_inputs(requests)
+    assert Counting.calls == 3 + (family == "idefics3" and sizes == "mixed")
+    assert wrapper.pads_with_zeros is (True if family == "idefics3" and sizes == "mixed" else None)
+    Counting.calls = 0
     shared = backend._vlm_inputs(requests)
-    if sizes == "same":
-        assert Counting.calls == 3  # once per distinct image, not once per request
+    assert Counting.calls == 3 and SHARED_IMAGES in shared  # once per distinct image, not per request
     shared_texts = [g.texts for g in backend.generate(requests)]
     backend.processor.image_processor = inner  # the model's own processor over the whole batch
     whole, whole_texts = backend._vlm_inputs(requests), [g.texts for g in backend.generate(requests)]
-    # Exact either way: Idefics3 pads tiles across a batch, so images with different tile
-    # counts go to its processor whole.
-    shared.pop(SHARED_IMAGES, None)
+    shared.pop(SHARED_IMAGES)
     assert set(shared.keys()) == set(whole.keys())
     for key in whole:
         assert torch.equal(shared[key], whole[key]), key
@@ -82,7 +85,8 @@ def test_an_image_shared_by_several_formats_is_preprocessed_once(tiny_models, fa
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
-def test_the_formats_of_one_image_share_one_vision_encoding(tiny_models, family, monkeypatch):
+@pytest.mark.parametrize("sizes", ["same", "mixed"])
+def test_the_formats_of_one_image_share_one_vision_encoding(tiny_models, family, sizes, monkeypatch):
     import functools
     import inspect
 
@@ -93,8 +97,10 @@ def test_the_formats_of_one_image_share_one_vision_encoding(tiny_models, family,
 
     backend = _backend(tiny_models, family, batch_size=16)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)) for _ in range(3)]
+    dims = [(120, 160)] * 3 if sizes == "same" else [(120, 160), (200, 90), (64, 64)]
+    images = [Image.fromarray(rng.integers(0, 255, (*d, 3), dtype=np.uint8)) for d in dims]
     requests = [VLMRequest(prompt=f"Format {f}: describe.", images=[im]) for im in images for f in range(3)]
+    backend._vlm_inputs(requests)  # lets Idefics3's wrapper check zero-padding on mixed tile counts
     inputs = backend._vlm_inputs(requests)
     shared = inputs.pop(SHARED_IMAGES)
     assert len(shared.parts) == 3 and shared.index == [0, 0, 0, 1, 1, 1, 2, 2, 2]

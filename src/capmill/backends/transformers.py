@@ -117,9 +117,11 @@ class OncePerImage:
     the same image object. The processor would resize, normalise and patchify that image once per
     request; this wrapper runs it once per distinct image and assembles the batch output from the
     per-image results, which is exact wherever each output is per-image along its first axis
-    (pixel values, patch grids, tile counts). Any other shape of input or output (several images
-    per request, tiles padded across the batch to differing sizes) goes to the processor whole.
-    Everything else is the wrapped processor's own.
+    (pixel values, patch grids, tile counts). Processors that pad across the batch (Idefics3 pads
+    every image's tiles to the batch's largest count with zeros) get the per-image outputs padded
+    with zeros too, once this has been checked equal to the processor's own batch output on the
+    first batch that needs it; where it is not equal, such batches go to the processor whole, as
+    do batches with several images per request. Everything else is the wrapped processor's own.
 
     After a call that shared images, `shared` holds the per-distinct-image outputs and which of
     them each image of the batch is, so the backend can run the vision tower once per distinct
@@ -129,6 +131,9 @@ class OncePerImage:
     def __init__(self, inner: Any):
         self.inner = inner
         self.shared: SharedImages | None = None
+        # Whether zero-padding per-image outputs reproduces this processor's batches: None until
+        # the first batch whose per-image outputs differ in shape tells.
+        self.pads_with_zeros: bool | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -149,10 +154,18 @@ class OncePerImage:
         for im in flat:
             if id(im) not in done:
                 done[id(im)] = self.inner([[im]] if nested else [im], *args, **kwargs)
+        parts = [done[id(im)] for im in flat]
         try:
-            joined = _concat_features([done[id(im)] for im in flat])
-        except (TypeError, ValueError, RuntimeError):  # outputs not per-image along axis 0
-            return self.inner(images, *args, **kwargs)
+            joined = _concat_features(parts, pad=bool(self.pads_with_zeros))
+        except (TypeError, ValueError, RuntimeError):  # not per-image along axis 0, or shapes differ
+            if self.pads_with_zeros is not None:
+                return self.inner(images, *args, **kwargs)
+            whole = self.inner(images, *args, **kwargs)
+            try:
+                self.pads_with_zeros = _same_features(_concat_features(parts, pad=True), whole)
+            except (TypeError, ValueError, RuntimeError):
+                self.pads_with_zeros = False
+            return whole
         slot = {key: i for i, key in enumerate(done)}
         self.shared = SharedImages(list(done.values()), [slot[id(im)] for im in flat])
         return joined
@@ -167,8 +180,9 @@ class SharedImages:
     index: list[int]
 
 
-def _concat_features(parts: list[Any]) -> Any:
-    """Per-image processor outputs joined along the first axis, as one call over all would give."""
+def _concat_features(parts: list[Any], pad: bool = False) -> Any:
+    """Per-image processor outputs joined along the first axis, as one call over all would give;
+    with `pad`, tensors whose other axes differ are first zero-padded at the end to the largest."""
     import torch
     from transformers import BatchFeature
 
@@ -179,12 +193,29 @@ def _concat_features(parts: list[Any]) -> Any:
     for key, value in first.items():
         values = [p[key] for p in parts]
         if isinstance(value, torch.Tensor):
+            if pad and len({v.shape[1:] for v in values}) > 1:
+                values = [_zero_pad(v, [max(sizes) for sizes in zip(*(w.shape[1:] for w in values))]) for v in values]
             joined[key] = torch.cat(values, dim=0)
         elif isinstance(value, list):
             joined[key] = [x for v in values for x in v]
         else:
             raise TypeError(f"cannot join {type(value).__name__} outputs of {key!r}")
     return BatchFeature(joined, tensor_type=None)
+
+
+def _zero_pad(tensor: Any, sizes: list[int]) -> Any:
+    """`tensor` zero-padded at the end of every axis but the first to `sizes`."""
+    import torch.nn.functional as F
+
+    widths = [w for have, want in zip(reversed(tensor.shape[1:]), reversed(sizes)) for w in (0, want - have)]
+    return F.pad(tensor, widths)
+
+
+def _same_features(a: Any, b: Any) -> bool:
+    import torch
+
+    return set(a.keys()) == set(b.keys()) and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
 class TransformersBackend:
@@ -323,13 +354,14 @@ class TransformersBackend:
             if any(len(im) != 1 for im in images):
                 raise ValueError("this model takes exactly one image per request")
             kwargs = {"text": texts} if self.config.caption_prefix else {}
-            return self.processor(images=[im[0] for im in images], return_tensors="pt", padding=True, **kwargs)
-        kwargs = {"images": images} if any(images) else {}
-        # The template already placed BOS and turn markers; the tokenizer must not add its own.
-        sharing = self.processor.image_processor
+            kwargs["images"] = [im[0] for im in images]
+        else:
+            # The template already placed BOS and turn markers; the tokenizer must not add its own.
+            kwargs = {"text": texts, "add_special_tokens": False, **({"images": images} if any(images) else {})}
+        sharing = self.processor.image_processor  # OncePerImage, unless a caller swapped it out
         if isinstance(sharing, OncePerImage):
-            sharing.shared = None
-        inputs = self.processor(text=texts, return_tensors="pt", padding=True, add_special_tokens=False, **kwargs)
+            sharing.shared = None  # a call without images leaves it so
+        inputs = self.processor(return_tensors="pt", padding=True, **kwargs)
         if isinstance(sharing, OncePerImage) and sharing.shared is not None:
             inputs[SHARED_IMAGES] = sharing.shared
         return inputs
@@ -423,7 +455,7 @@ class TransformersBackend:
         keys = [k for k in inspect.signature(encoder).parameters if k != "kwargs" and k in inputs]
         if "pixel_values" not in keys or any(k not in shared.parts[0] for k in keys):
             return None
-        unique = self._to_device(_concat_features(shared.parts))
+        unique = self._to_device(_concat_features(shared.parts, pad=True))
         encoded = encoder(**{k: unique[k] for k in keys}, return_dict=True)
         features = encoded.pooler_output
         if not isinstance(features, (list, tuple)) or len(features) != len(shared.parts):
