@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import neutralise_for, per_image_once
+from capmill.backends.common import fit_pixel_budget, neutralise_for, per_image_once
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
+from capmill.media.image import to_rgb
 
 if TYPE_CHECKING:
     import aiohttp
@@ -190,13 +191,7 @@ def sampling_fields(params: GenerationParams, max_tokens_field: str = "max_token
 
 def image_data_url(image: Image.Image, fmt: str = "jpeg", quality: int = 90, max_pixels: int | None = None) -> str:
     """A decoded image as a base64 data URL, downscaled to `max_pixels` when it is larger."""
-    from capmill.backends.common import fit_pixel_budget
-
-    from capmill.media.image import to_rgb
-
-    img = fit_pixel_budget(image, max_pixels)
-    if fmt == "jpeg":
-        img = to_rgb(img)
+    img = fit_pixel_budget(to_rgb(image) if fmt == "jpeg" else image, max_pixels)
     buf = io.BytesIO()
     img.save(buf, format=fmt.upper(), **({"quality": quality} if fmt in ("jpeg", "webp") else {}))
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"

@@ -21,6 +21,7 @@ from capmill.backends.availability import LOCAL, locate, resolve_model
 from capmill.backends.common import import_torch_stack, pick_device
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
+from capmill.media.image import to_rgb
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,8 +39,6 @@ def _normalised(chunks: list[Any], dim: int) -> np.ndarray:
 
 
 def _rgb(images: list[Image.Image]) -> list[Image.Image]:
-    from capmill.media.image import to_rgb
-
     return [to_rgb(im) for im in images]
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from capmill.components import BackendSpec, Strict
+from capmill.errors import SetupError
 from capmill.eval.data import EvalSet
 
 Metric = Literal["text", "clip", "retrieval", "coco"]
@@ -116,7 +117,12 @@ def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, re
     owned = scorer is None
     if owned:
         scorer = config.scorer_config().build()
-        scorer.load()
+        try:
+            scorer.load()
+        except SetupError as e:
+            raise SetupError(f"{e}. To evaluate without it, name a local scorer (`capmill eval --scorer "
+                             "'{type: clip, model: PATH}'`) or leave the image metrics out (`--skip clip,retrieval`)"
+                             ) from e
     overlap = scorer_overlap(data.run, [scorer.model_id])
     if overlap:
         result.notes.append(

@@ -66,9 +66,6 @@ class MixSampler:
             return synthetic[pick]
         return ALT_TEXT if texts.get(ALT_TEXT) else ""
 
-    def choose_for(self, sample: Sample) -> str:
-        return self.choose(sample.key, texts_of(sample))
-
     def text_for(self, sample: Sample) -> tuple[str, str, dict[str, str]]:
         """(source name, training text, every text by name) for `sample`. With `join_alt_text`
         a synthetic draw reads "ALT; CAPTION" and its source "alt_text+NAME"."""
