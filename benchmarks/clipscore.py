@@ -147,7 +147,7 @@ class CapmillScorer:
     def run(self, limit: int | None = None):
         import numpy as np
 
-        from capmill.stages.score import clipscore_from_cosine, unit_rows
+        from capmill.metrics.embedding import clipscore_from_cosine, unit_rows
 
         n = len(self.images) if limit is None else limit
         cos = []

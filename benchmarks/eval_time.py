@@ -218,7 +218,7 @@ def pieces_in_process(data: str, refs_path: str) -> dict:
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
-    from capmill.clip_bpe import clip_bpe
+    from capmill.text.clip_bpe import clip_bpe
     from capmill.eval import load_references, load_set
     from capmill.eval.coco import CocoScorers
     from capmill.eval.text_stats import text_stats

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capmill.errors import CapmillError, SampleError
-from capmill.media.image import ImageConfig, decode_image
-from capmill.sample import DECODE_ERROR, DROPPED, READ_ERROR, STAGE_ERROR, Sample
+from capmill.sample import DROPPED, STAGE_ERROR, Sample
 from capmill.stages.base import Stage
-from capmill.stages.caption_report import CaptionTally
+from capmill.text.tally import CaptionTally
 
 
 @dataclass
@@ -56,35 +55,6 @@ class ShardStats:
             "captions": self.captions.to_dict(),
             **self.extra,
         }
-
-
-def decode_batch(batch: list[Sample], config: ImageConfig) -> float:
-    """Decode every image in place; failures become the sample's status. Returns seconds spent."""
-    start = time.perf_counter()
-    if config.decode:
-        for sample in batch:
-            decode_one(sample, config)
-    return time.perf_counter() - start
-
-
-def decode_one(sample: Sample, config: ImageConfig) -> None:
-    if not sample.ok:
-        return
-    ref = sample.image
-    if ref.data is None and ref.path is None and ref.url is None:
-        sample.fail(DECODE_ERROR, "sample has no image")
-        return
-    try:
-        data = ref.read_bytes()
-    except Exception as e:  # file systems raise their own types (HTTP, S3 clients)
-        sample.fail(READ_ERROR, f"could not read image {ref.path or ref.url}: {type(e).__name__}: {e}")
-        return
-    try:
-        ref.image = decode_image(data, config)
-    except SampleError as e:
-        sample.fail(e.status, e.reason)
-    else:
-        sample.meta.setdefault("decoded_size", list(ref.image.size))
 
 
 def run_stages(stages: list[Stage], batch: list[Sample], seconds: dict[str, float]) -> list[Sample]:

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from capmill.stages.caption_report import CaptionTally
+from capmill.text.tally import CaptionTally
 
 
 class Progress:

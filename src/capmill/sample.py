@@ -153,3 +153,15 @@ class Sample:
     @classmethod
     def from_json(cls, text: str | bytes) -> Sample:
         return cls.from_dict(json.loads(text))
+
+
+def field_texts(sample: Sample, fields: list[str] | None) -> dict[str, str]:
+    """field → text to score: the listed fields, or the AltText and every caption. Fields
+    without text are left out."""
+    names = fields if fields is not None else ["alt_text", *sample.captions]
+    out = {}
+    for name in names:
+        text = sample.text(name)
+        if text is not None and text.strip():
+            out[name] = text
+    return out

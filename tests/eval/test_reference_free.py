@@ -8,7 +8,7 @@ import pytest
 from capmill.cli.main import main as cli
 from capmill.config import parse_config
 from capmill.eval import EvalConfig, evaluate, load_set
-from capmill.eval.reference_free import own_ranks, ref_clip_s, self_retrieval
+from capmill.metrics.embedding import own_ranks, ref_clip_s, self_retrieval
 from capmill.run import run
 from capmill.testing import write_webdataset
 from tests.conftest import make_config

@@ -5,7 +5,7 @@ import pytest
 from capmill.errors import ConfigError
 from capmill.prompts import builtin_names, load_template
 from capmill.stages.caption import CaptionStageConfig
-from capmill.stages.caption_length import (
+from capmill.text.length import (
     LengthTarget,
     count_clip_tokens,
     count_words,

@@ -11,7 +11,7 @@ from capmill.run import run
 from capmill.sample import Caption, Sample
 from capmill.stages.base import RunContext
 from capmill.stages.fuse import FuseStageConfig, clean_output
-from capmill.stages.fuse_guards import (
+from capmill.guards.fuse import (
     GuardConfig,
     entities,
     first_failure,

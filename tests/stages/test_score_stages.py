@@ -16,7 +16,8 @@ from capmill.stages.align_bin import AlignBinStageConfig, assign_bin, uniform_ed
 from capmill.stages.base import RunContext
 from capmill.stages.dedup import DedupStageConfig, normalise_text
 from capmill.stages.filter import FilterRule, FilterStageConfig
-from capmill.stages.score import ClipScoreStageConfig, clipscore_from_cosine
+from capmill.metrics.embedding import clipscore_from_cosine
+from capmill.stages.score import ClipScoreStageConfig
 from capmill.stages.text_similarity import TextSimilarityStageConfig
 from capmill.stages.tldr import kmeans, select
 from capmill.testing import generated, write_webdataset

@@ -17,30 +17,10 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=main)
 
 
-def guess_input(path: str, kind: str | None = None) -> dict:
-    """An input config for `path`, guessed from what it is."""
-    if kind is None:
-        if os.path.isdir(path):
-            kind = "capmill" if os.path.exists(os.path.join(path, "_run.json")) else "folder"
-        elif path.endswith((".tar", ".tar.gz", ".tgz")) or path.endswith("}.tar"):
-            kind = "webdataset"
-        elif path.endswith(".parquet"):
-            kind = "parquet"
-        elif path.endswith((".jsonl", ".json")):
-            kind = "jsonl"
-        else:
-            from capmill.errors import ConfigError
-
-            raise ConfigError(f"cannot tell what {path!r} is; pass --type")
-    return {"type": kind, "path": path}
-
-
 def main(args: argparse.Namespace) -> int:
-    from pydantic import TypeAdapter
+    from capmill.readers.guess import input_for
 
-    from capmill.config import InputSpec
-
-    config = TypeAdapter(InputSpec).validate_python(guess_input(args.path, args.type))
+    config = input_for(args.path, args.type)
     reader = config.build()
     shards = reader.shards()
     statuses: Counter = Counter()

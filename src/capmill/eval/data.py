@@ -48,15 +48,12 @@ def candidates_of(sample: Sample, name: str, text: str | None) -> list[str]:
 
 
 def load_set(path: str, fields: list[str], kind: str | None = None, with_images: bool = True) -> EvalSet:
-    from pydantic import TypeAdapter
-
-    from capmill.cli.inspect import guess_input
-    from capmill.config import InputSpec
     from capmill.outputdir import OutputDir
+    from capmill.readers.guess import input_for
 
     if not os.path.exists(path) and "*" not in path and "{" not in path:
         raise ConfigError(f"{path!r} does not exist")
-    config = TypeAdapter(InputSpec).validate_python(guess_input(path, kind))
+    config = input_for(path, kind)
     out = EvalSet(source=path, texts={f: [] for f in fields}, candidates={f: [] for f in fields})
     if config.type == "capmill":
         out.run = OutputDir(path).read_run()

@@ -111,8 +111,8 @@ def scorer_overlap(run: dict[str, Any] | None, scorer_ids: list[str]) -> list[st
 def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, result: EvalResult) -> None:
     import numpy as np
 
-    from capmill.eval import reference_free as rf
-    from capmill.stages.score import CLIPSCORE_PREFIX
+    from capmill.metrics import embedding as rf
+    from capmill.metrics.embedding import CLIPSCORE_PREFIX
 
     owned = scorer is None
     if owned:
@@ -216,7 +216,7 @@ def _embed_references(scorer, refs: list[list[str] | None], batch_size: int):
     flat = [(i, r) for i, rs in enumerate(refs) for r in (rs or [])]
     if not flat:
         return [None] * len(refs)
-    from capmill.stages.score import CLIPSCORE_PREFIX
+    from capmill.metrics.embedding import CLIPSCORE_PREFIX
 
     emb = _embed_texts(scorer, [CLIPSCORE_PREFIX + r for _, r in flat], batch_size)
     rows: list[list[Any]] = [[] for _ in refs]

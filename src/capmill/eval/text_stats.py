@@ -1,6 +1,6 @@
 """Caption-set statistics that need no model: length, vocabulary, diversity, template collapse.
 
-- words: whitespace tokens; CLIP tokens: CLIP's own BPE (`capmill.clip_bpe`), counting the start
+- words: whitespace tokens; CLIP tokens: CLIP's own BPE (`capmill.text.clip_bpe`), counting the start
   and end tokens, so "over 77" means "truncated by CLIP";
 - vocabulary: distinct lower-cased word forms over the set;
 - distinct-n (Li et al. 2016): distinct n-grams / total n-grams over the set;
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from capmill.clip_bpe import count_clip_tokens
+from capmill.text.clip_bpe import count_clip_tokens
 
 _WORD = re.compile(r"[\w']+")
 CLIP_CONTEXT = 77

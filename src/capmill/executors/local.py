@@ -25,7 +25,8 @@ from pydantic import Field
 
 from capmill.components import Strict
 from capmill.errors import DuplicateKeyError
-from capmill.pipeline import ShardStats, decode_batch, release_images, run_stages
+from capmill.media.decode import decode_batch
+from capmill.pipeline import ShardStats, release_images, run_stages
 from capmill.progress import Progress, RunSummary
 from capmill.sample import DROPPED, Sample
 from capmill.stages.base import RunContext

@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from capmill.errors import CapmillError
-from capmill.pipeline import decode_batch, run_stages
+from capmill.media.decode import decode_batch
+from capmill.pipeline import run_stages
 from capmill.sample import Sample
 from capmill.stages.base import RunContext
 

@@ -10,7 +10,7 @@ import tarfile
 from typing import TYPE_CHECKING, Any
 
 from capmill.export.mix import ALT_TEXT, MixSampler, sample_rng, texts_of
-from capmill.stages.caption_length import split_sentences
+from capmill.text.length import split_sentences
 
 if TYPE_CHECKING:
     from capmill.export.config import ExportConfig

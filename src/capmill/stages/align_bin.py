@@ -5,7 +5,7 @@ al., ICCV 2023): the CLIP cosine of each (image, AltText) pair is quantised into
 width between the lowest and highest cosine of the dataset; a captioner trained with the bin as a
 control signal is decoded at the top bin. The paper's filtering baseline keeps cosine ≥ 0.3.
 
-Two passes (see capmill.stages.prepass): `setup` fits the edges once per output directory on up
+Two passes (see capmill.fit.prepass): `setup` fits the edges once per output directory on up
 to `fit_samples` samples of the run's input (or `fit_input`), stores them in
 `OUT/_fit/align_bin-HASH.json`, and `process` assigns `scores["align_bin"]` = 0 … bins−1.
 Values outside the fitted range fall into the end bins. The cosine is read from
@@ -25,7 +25,7 @@ from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DECODE_ERROR, Sample
-from capmill.stages import prepass
+from capmill.fit import prepass
 from capmill.stages.base import RunContext, Stage
 
 

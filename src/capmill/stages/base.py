@@ -22,7 +22,7 @@ class RunContext:
     # Shared state a stage computed before the streaming pass (e.g. fitted bin edges).
     state: dict[str, Any] = field(default_factory=dict)
     # The run's input config, so a stage that must see the data before the streaming pass
-    # (bin edges, clusters) can read it in `setup`; see capmill.stages.prepass.
+    # (bin edges, clusters) can read it in `setup`; see capmill.fit.prepass.
     input: Any = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("capmill"))
 

@@ -23,7 +23,7 @@ from capmill.components import BackendSpec, StageConfig
 from capmill.prompts import PromptTemplate, delimited, load_template
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
-from capmill.stages.caption_length import (
+from capmill.text.length import (
     FIRST_TRY,
     REGENERATED,
     TRIMMED,

@@ -133,7 +133,7 @@ class DedupStage(Stage):
             self.backend.close()
 
     def _embed(self, target: str, samples: list[Sample]):
-        from capmill.stages.score import unit_rows
+        from capmill.metrics.embedding import unit_rows
 
         if target == IMAGE:
             return unit_rows(self.backend.embed_images([s.image.image for s in samples]))
@@ -165,7 +165,7 @@ class DedupStage(Stage):
 
     def _seed_near(self, ctx: RunContext, batch: list[Sample]) -> None:
         from capmill.media.image import ImageConfig
-        from capmill.pipeline import decode_one
+        from capmill.media.decode import decode_one
 
         for target, index in self.near_index.items():
             usable = batch

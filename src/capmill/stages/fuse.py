@@ -7,7 +7,7 @@ at most 80 new tokens, an input budget of 256 tokens with the AltText truncated 
 (Apple, ECCV 2024) uses the same stage with its own template: the AltText rewritten with the
 visual concepts of a short caption.
 
-Every output passes the guards of `fuse_guards` before it is stored; a rejected output falls
+Every output passes the guards of `capmill.guards.fuse` before it is stored; a rejected output falls
 back to the better input (the caption, unless configured otherwise) and the reason is recorded
 in `meta["fallback"]`, which the run's stats count per caption key.
 """
@@ -25,8 +25,8 @@ from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import delimited, delimited_caption, safe_alt_text
 from capmill.sample import BACKEND_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
-from capmill.stages.caption_length import length_meta, token_counter, truncate_to
-from capmill.stages.fuse_guards import GuardConfig, first_failure
+from capmill.text.length import length_meta, token_counter, truncate_to
+from capmill.guards.fuse import GuardConfig, first_failure
 
 FUSE_SLOTS = {"alt_text", "caption", "language_rule"}
 EMPTY_ALT_TEXT, NO_CAPTION = "empty_alt_text", "no_caption"

@@ -19,52 +19,15 @@ counts it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
-from capmill.sample import DECODE_ERROR, Sample
+from capmill.metrics.embedding import CLIPSCORE_PREFIX, clipscore_from_cosine, unit_rows
+from capmill.sample import DECODE_ERROR, Sample, field_texts
 from capmill.stages.base import RunContext, Stage
-
-if TYPE_CHECKING:
-    import numpy as np
-
-CLIPSCORE_PREFIX = "A photo depicts "
-CLIPSCORE_WEIGHT = 2.5
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length. Backends already normalise; doing it again is cheap and makes
-    the cosine right for any scorer. A zero row stays zero (cosine 0), NaN stays NaN."""
-    import numpy as np
-
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), x)
-
-
-def clipscore_from_cosine(cos: np.ndarray | float, weight: float = CLIPSCORE_WEIGHT):
-    """Hessel et al.'s rescaling: w · max(cos, 0). NaN stays NaN."""
-    import numpy as np
-
-    cos = np.asarray(cos, dtype=np.float64)
-    return weight * np.where(np.isnan(cos), np.nan, np.maximum(cos, 0.0))
-
-
-def field_texts(sample: Sample, fields: list[str] | None) -> dict[str, str]:
-    """field → text to score: the listed fields, or the AltText and every caption. Fields
-    without text are left out."""
-    names = fields if fields is not None else ["alt_text", *sample.captions]
-    out = {}
-    for name in names:
-        text = sample.text(name)
-        if text is not None and text.strip():
-            out[name] = text
-    return out
-
 
 class ClipScoreStageConfig(StageConfig):
     type: Literal["clip_score"] = "clip_score"

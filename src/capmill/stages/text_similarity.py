@@ -15,9 +15,9 @@ from pydantic import Field
 
 from capmill.backends.base import TextEmbedder
 from capmill.components import BackendSpec, StageConfig
-from capmill.sample import Sample
+from capmill.metrics.embedding import unit_rows
+from capmill.sample import Sample, field_texts
 from capmill.stages.base import RunContext, Stage
-from capmill.stages.score import field_texts, unit_rows
 
 
 def _default_embedder() -> dict:

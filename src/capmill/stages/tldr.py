@@ -7,7 +7,7 @@ image–text score. CC3M shrank from 2.82M to 0.67M pairs with equal or better r
 paper's other half, writing a new caption and training on original + "; " + new, is a caption
 stage plus `capmill export ... --set mix.join_alt_text=true`.)
 
-Two passes (see capmill.stages.prepass). `setup` reads the WHOLE input once (the stride needs
+Two passes (see capmill.fit.prepass). `setup` reads the WHOLE input once (the stride needs
 every member of a cluster), embeds each image with `scorer`, takes the image–AltText cosine (or
 `score` from the record when present), clusters, decides, and stores the decisions in
 `OUT/_fit/tldr-HASH.json`; `process` drops what was not selected, with the reason counted.
@@ -26,7 +26,7 @@ from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DROPPED, Sample
-from capmill.stages import prepass
+from capmill.fit import prepass
 from capmill.stages.base import RunContext, Stage
 
 KEEP, NOT_IN_STRIDE, BELOW_MEDIAN = 0, 1, 2

@@ -6,7 +6,7 @@ A format (see `prompts/formats/*.yaml`) may declare, under `options`:
     on_miss: {retries: 2, trim_at: sentence}
 
 `tokens` are counted with a named tokenizer: `clip` is OpenAI CLIP's BPE (the one CLIP's text
-tower reads; `capmill.clip_bpe`, no torch needed), counted *with* its start and end tokens, so `max: 77` means "fits
+tower reads; `capmill.text.clip_bpe`, no torch needed), counted *with* its start and end tokens, so `max: 77` means "fits
 CLIP's 77-token context without truncation". Any other name is loaded with
 `transformers.AutoTokenizer.from_pretrained(NAME)` and counted without special tokens.
 """
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from capmill.clip_bpe import count_clip_tokens
+from capmill.text.clip_bpe import count_clip_tokens
 from capmill.components import Strict
 from capmill.errors import ConfigError, SetupError
 

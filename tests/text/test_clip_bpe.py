@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from capmill.clip_bpe import clip_bpe, count_clip_tokens
+from capmill.text.clip_bpe import clip_bpe, count_clip_tokens
 from capmill.testing.hostile import hostile_alt_texts
 
 
@@ -33,7 +33,7 @@ def test_counts_equal_open_clip_on_hostile_random_and_multilingual_text():
 
 
 def test_counting_imports_no_torch():
-    code = "import sys; from capmill.clip_bpe import count_clip_tokens; count_clip_tokens('a cat'); print('torch' in sys.modules)"
+    code = "import sys; from capmill.text.clip_bpe import count_clip_tokens; count_clip_tokens('a cat'); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

@@ -1,4 +1,4 @@
-"""Embedding-based metrics: CLIPScore, RefCLIPScore and self-retrieval R@k (pure functions).
+"""Embedding-based metric math shared by stages, `capmill eval` and export: CLIPScore, RefCLIPScore and self-retrieval R@k (pure functions).
 
 CLIPScore and RefCLIPScore follow Hessel et al., "CLIPScore: A Reference-free Evaluation Metric
 for Image Captioning" (EMNLP 2021): CLIP-S = 2.5·max(cos(image, text("A photo depicts " + c)), 0);
@@ -20,19 +20,37 @@ if TYPE_CHECKING:
     import numpy as np
 
 KS = (1, 5, 10)
+CLIPSCORE_PREFIX = "A photo depicts "
+CLIPSCORE_WEIGHT = 2.5
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length. Backends already normalise; doing it again is cheap and makes
+    the cosine right for any scorer. A zero row stays zero (cosine 0), NaN stays NaN."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, x / np.where(norms > 0, norms, 1.0), x)
+
+
+def clipscore_from_cosine(cos: np.ndarray | float, weight: float = CLIPSCORE_WEIGHT):
+    """Hessel et al.'s rescaling: w · max(cos, 0). NaN stays NaN."""
+    import numpy as np
+
+    cos = np.asarray(cos, dtype=np.float64)
+    return weight * np.where(np.isnan(cos), np.nan, np.maximum(cos, 0.0))
 
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two matrices of equal shape."""
-    from capmill.stages.score import unit_rows
     import numpy as np
 
     return np.einsum("ij,ij->i", unit_rows(a), unit_rows(b))
 
 
-def clip_s(image_emb: np.ndarray, prefixed_text_emb: np.ndarray, weight: float = 2.5) -> np.ndarray:
-    from capmill.stages.score import clipscore_from_cosine
-
+def clip_s(image_emb: np.ndarray, prefixed_text_emb: np.ndarray, weight: float = CLIPSCORE_WEIGHT) -> np.ndarray:
     return clipscore_from_cosine(cosine_pairs(image_emb, prefixed_text_emb), weight)
 
 
@@ -40,8 +58,6 @@ def ref_clip_s(clip_scores: np.ndarray, text_emb: np.ndarray, ref_embs: list[np.
                clip_reference: bool = False) -> np.ndarray:
     """Harmonic mean of CLIP-S and the best text–reference cosine, per item; NaN without references."""
     import numpy as np
-
-    from capmill.stages.score import unit_rows
 
     t = unit_rows(text_emb)
     best = np.full(len(clip_scores), np.nan)
@@ -62,8 +78,6 @@ def own_ranks(text_emb: np.ndarray, image_emb: np.ndarray, bag: int | None = Non
     """For each caption i, how many pool images score strictly above or equal to its own image
     (excluding itself): 0 means ranked first. Pool = all images, or `bag` random others + its own."""
     import numpy as np
-
-    from capmill.stages.score import unit_rows
 
     t, v = unit_rows(text_emb), unit_rows(image_emb)
     n = len(t)

@@ -65,7 +65,7 @@ def fit_samples(ctx: RunContext, input_config: Any, max_samples: int | None, dec
     """Up to `max_samples` ok samples of the input, taken evenly from every shard in shard order
     (deterministic, so a refit gives the same result), images decoded when `decode`."""
     from capmill.media.image import ImageConfig
-    from capmill.pipeline import decode_one
+    from capmill.media.decode import decode_one
 
     reader = input_config.build()
     shards = reader.shards()
@@ -103,7 +103,7 @@ def image_alt_cosines(scorer: Any, samples: list[Sample]) -> tuple[Any, Any]:
     """(unit image embeddings, image–AltText cosine) for decoded samples; NaN where no AltText."""
     import numpy as np
 
-    from capmill.stages.score import unit_rows
+    from capmill.metrics.embedding import unit_rows
 
     images = unit_rows(scorer.embed_images([s.image.image for s in samples]))
     with_alt = [i for i, s in enumerate(samples) if s.alt_text and s.alt_text.strip()]
