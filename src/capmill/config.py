@@ -18,10 +18,11 @@ from capmill.errors import ConfigError
 from capmill.executors.local import LocalExecutorConfig
 from capmill.executors.ray import RayExecutorConfig
 from capmill.media.image import ImageConfig
-from capmill.readers import FolderInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
+from capmill.readers import FolderInput, HfInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
 from capmill.writers.output import OutputConfig
 
-InputSpec = Annotated[WebDatasetInput | ParquetInput | FolderInput | JsonlInput | RunOutputInput, Field(discriminator="type")]
+InputSpec = Annotated[WebDatasetInput | ParquetInput | FolderInput | JsonlInput | RunOutputInput | HfInput,
+                      Field(discriminator="type")]
 ExecutorSpec = Annotated[LocalExecutorConfig | RayExecutorConfig, Field(discriminator="type")]
 
 

@@ -39,3 +39,18 @@ class ImageDecodeError(SampleError):
 
 class BackendError(SampleError):
     status = "backend_error"
+
+
+class InputRefused(SampleError):
+    """An input location that capmill will not read: a manifest path outside its root, a URL to
+    a private address, an over-size or non-image download, an opt-out header. The sample keeps
+    its row with this reason."""
+
+    status = "read_error"
+
+
+class FetchFailed(SampleError):
+    """A download that failed after its retries (server unreachable, timeouts, HTTP errors);
+    the sample keeps its row with the reason."""
+
+    status = "read_error"

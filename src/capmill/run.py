@@ -23,6 +23,7 @@ def models_of(config: RunConfig) -> dict[str, list[str]]:
 def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry_run: bool = False,
         progress_stream: TextIO | None = None, progress: bool = True) -> RunSummary:
     reader = config.input.build()
+    reader.check()  # configured columns/fields against the first file, before anything is claimed
     shards = reader.shards()
     out = OutputDir(config.output.path)
     hashed = {**config.hashed_content(), "limit": limit}

@@ -73,10 +73,16 @@ class ImageRef:
             location = self.path or self.url
             if location is None:
                 raise ValueError("image reference has neither bytes, path nor url")
-            import fsspec
+            from capmill.fetch import fetch, is_url
 
-            with fsspec.open(location, "rb") as f:
-                self.data = f.read()
+            if is_url(location):
+                # Untrusted URLs go through the guarded fetcher (address rules, caps, timeouts).
+                self.data = fetch(location)
+            else:
+                import fsspec
+
+                with fsspec.open(location, "rb") as f:
+                    self.data = f.read()
         return self.data
 
     def to_dict(self, include_bytes: bool = False) -> dict[str, Any]:

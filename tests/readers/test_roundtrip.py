@@ -95,6 +95,8 @@ def test_webdataset_reader_alt_text_from_json(tmp_path):
 
 
 def test_brace_ranges_keep_missing_shards_by_name(tmp_path):
+    write_tar(tmp_path / "000.tar", items(1))
+    write_tar(tmp_path / "002.tar", items(1, start=1))
     reader = WebDatasetInput(path=str(tmp_path / "{000..002}.tar")).build()
     assert [s.name for s in reader.shards()] == ["000", "001", "002"]
 

@@ -12,8 +12,10 @@ EVAL_FILE = "_eval.json"
 
 
 def add_parser(sub) -> None:
+    from capmill.readers.guess import KINDS
+
     p = sub.add_parser("eval", help="measure caption quality: CLIPScore, self-retrieval, COCO metrics, lengths")
-    p.add_argument("path", help="a capmill output directory, or tar/parquet/jsonl captions")
+    p.add_argument("path", help="a capmill output directory, or tar/parquet/jsonl captions (a file, a glob, or a folder of them)")
     p.add_argument("--fields", default="alt_text", help="comma-separated caption fields (default alt_text)")
     p.add_argument("--references", help="COCO-style JSON ({annotations: [{image_id: KEY, caption}]}) keyed by sample key")
     p.add_argument("--json", dest="json_out", help="write field → metric → value here "
@@ -26,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--skip", default="", help="metric groups to skip: text, clip, retrieval, coco (comma-separated)")
     p.add_argument("--clip-reference", action="store_true", help="clip the text-reference cosine of RefCLIPScore at 0")
     p.add_argument("--seed", type=int, default=0, help="seed of the retrieval bags")
-    p.add_argument("--type", choices=["capmill", "webdataset", "parquet", "jsonl", "folder"], help="input type, when not guessable")
+    p.add_argument("--type", choices=KINDS, help="input type, when not guessable")
     p.set_defaults(handler=main)
 
 

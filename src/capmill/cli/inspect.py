@@ -9,10 +9,12 @@ from collections import Counter
 
 
 def add_parser(sub) -> None:
+    from capmill.readers.guess import KINDS
+
     p = sub.add_parser("inspect", help="count samples and show a few records of an input or output")
-    p.add_argument("path", help="a capmill output directory, tar shard(s), parquet file(s), a jsonl manifest or an image folder")
+    p.add_argument("path", help="a capmill output directory, tar shard(s) or parquet file(s) or a folder of them, a jsonl manifest, a saved Hugging Face dataset or an image folder")
     p.add_argument("-n", "--show", type=int, default=3, help="records to print (default 3)")
-    p.add_argument("--type", choices=["capmill", "webdataset", "parquet", "jsonl", "folder"], default=None,
+    p.add_argument("--type", choices=KINDS, default=None,
                    help="input type, when it cannot be guessed from the path")
     p.set_defaults(handler=main)
 

@@ -31,6 +31,9 @@ def decode_one(sample: Sample, config: ImageConfig) -> None:
         return
     try:
         data = ref.read_bytes()
+    except SampleError as e:  # a refused or failed download: its reason already names the URL
+        sample.fail(e.status, e.reason)
+        return
     except Exception as e:  # file systems raise their own types (HTTP, S3 clients)
         sample.fail(READ_ERROR, f"could not read image {ref.path or ref.url}: {type(e).__name__}: {e}")
         return

@@ -50,6 +50,11 @@ class Reader(ABC):
     @abstractmethod
     def shards(self) -> list[Shard]: ...
 
+    def check(self) -> None:
+        """Check the configured columns or fields against the first file of the input, before a
+        run claims its output: a missing one is a ConfigError listing those that exist. Readers
+        whose layout has nothing to check keep this default."""
+
     @abstractmethod
     def read_shard(self, shard: Shard) -> Iterator[Sample]: ...
 
@@ -100,26 +105,49 @@ def expand_braces(pattern: str) -> list[str]:
 def expand_paths(paths: str | list[str], storage_options: dict[str, Any] | None = None) -> list[str]:
     """Brace ranges and globs → a sorted, de-duplicated list of paths or URLs.
 
-    Brace-range entries are kept even if missing, so a missing shard is reported by name
-    instead of silently shrinking the dataset; a glob that matches nothing is a config error.
+    A glob that matches nothing, or a named file that does not exist, is a ConfigError. A brace
+    range's files are kept even when some are missing, so a missing shard is reported by name
+    (and its shard fails) instead of silently shrinking the dataset; a range none of whose files
+    exists is a ConfigError.
     """
     import fsspec
 
+    options = storage_options or {}
     result: list[str] = []
     for pattern in [paths] if isinstance(paths, str) else paths:
-        for p in expand_braces(pattern):
+        expanded = expand_braces(pattern)
+        named: list[str] = []
+        for p in expanded:
             if any(ch in p for ch in "*?["):
-                fs, _, _ = fsspec.get_fs_token_paths(p, storage_options=storage_options or {})
+                fs, _, _ = fsspec.get_fs_token_paths(p, storage_options=options)
                 matches = sorted(fs.glob(p))
                 if not matches:
                     raise ConfigError(f"input path {p!r} matches no file")
                 protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
                 result.extend(m if protocol in ("file", "local") else f"{protocol}://{m}" for m in matches)
             else:
+                named.append(p)
                 result.append(p)
+        if named and not any(_exists(p, options) for p in named):
+            if len(expanded) > 1:
+                raise ConfigError(f"input path {pattern!r}: none of its {len(expanded)} files exists "
+                                  f"(the first is {named[0]!r})")
+            raise ConfigError(f"input file {named[0]!r} does not exist")
     seen: set[str] = set()
     unique = [p for p in result if not (p in seen or seen.add(p))]
     return unique
+
+
+def _exists(path: str, storage_options: dict[str, Any]) -> bool:
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, inner = url_to_fs(path, **storage_options)
+        return bool(fs.exists(inner))
+    except FileNotFoundError:
+        return False
+    except Exception:  # unreachable or unauthorised: not known to be missing; reading it will say why
+        return True
 
 
 def shard_stem(path: str) -> str:

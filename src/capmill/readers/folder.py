@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field
 
 from capmill.readers.base import IMAGE_EXTS, InputConfig, Reader, Shard, decode_text
-from capmill.sample import ImageRef, Sample
+from capmill.readers.locate import confined
+from capmill.sample import READ_ERROR, ImageRef, Sample
 
 
 class FolderInput(InputConfig):
@@ -19,6 +20,8 @@ class FolderInput(InputConfig):
     caption_exts: list[str] = Field(default_factory=lambda: ["txt", "caption"])
     # Images per virtual shard (the folder has no shards of its own).
     shard_size: int = Field(1000, ge=1)
+    # Read images and captions that are links pointing outside the folder.
+    allow_outside_root: bool = False
 
     def build(self) -> FolderReader:
         return FolderReader(self)
@@ -49,17 +52,29 @@ class FolderReader(Reader):
 
     def read_shard(self, shard: Shard) -> Iterator[Sample]:
         root = self.config.path
+        root_real = os.path.realpath(root)
         for rel in shard.spec:
             stem, _, ext = rel.rpartition(".")
             meta: dict = {"path": rel}
+            # Keys must be flat names: sub-folders become "__" so the key is also a safe file name.
+            key = stem.replace(os.sep, "__")
+            image_path = os.path.join(root, rel)
+            outside = [] if self.config.allow_outside_root or confined(image_path, root_real) else [rel]
             alt_text = None
             for cext in self.config.caption_exts:
                 sidecar = os.path.join(root, f"{stem}.{cext}")
                 if os.path.exists(sidecar):
+                    if not self.config.allow_outside_root and not confined(sidecar, root_real):
+                        outside.append(f"{stem}.{cext}")
+                        break
                     with open(sidecar, "rb") as f:
                         alt_text = decode_text(f.read(), meta)
                     break
-            # Keys must be flat names: sub-folders become "__" so the key is also a safe file name.
-            key = stem.replace(os.sep, "__")
-            yield Sample(key=key, image=ImageRef(path=os.path.join(root, rel), ext=ext.lower()),
-                         alt_text=alt_text, meta=meta)
+            if outside:
+                # A link out of the folder: neither it nor the sample's other files are read.
+                sample = Sample(key=key, meta=meta)
+                sample.fail(READ_ERROR, f"{', '.join(outside)} links outside the input folder {root!r} "
+                                        "(set allow_outside_root: true to read it)")
+                yield sample
+                continue
+            yield Sample(key=key, image=ImageRef(path=image_path, ext=ext.lower()), alt_text=alt_text, meta=meta)

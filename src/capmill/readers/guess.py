@@ -8,12 +8,32 @@ from typing import Any
 
 from capmill.errors import ConfigError
 
+KINDS = ["capmill", "webdataset", "parquet", "jsonl", "folder", "hf"]
+
+
+def _folder_kind(path: str) -> str:
+    """What a folder holds: a run output, a saved Hugging Face dataset, tar shards (img2dataset
+    writes a parquet of statuses beside them: the tars hold the data), parquet files, or images."""
+    if os.path.exists(os.path.join(path, "_run.json")):
+        return "capmill"
+    if os.path.exists(os.path.join(path, "dataset_info.json")) and (
+            os.path.exists(os.path.join(path, "state.json")) or os.path.exists(os.path.join(path, "dataset_dict.json"))):
+        return "hf"
+    names = os.listdir(path)
+    if any(n.endswith(".tar") for n in names):
+        return "webdataset"
+    if any(n.endswith(".parquet") for n in names):
+        return "parquet"
+    return "folder"
+
 
 def guess_input(path: str, kind: str | None = None) -> dict:
-    """An input config for `path`, guessed from what it is."""
+    """An input config for `path`, guessed from what it is. A folder of tar or parquet files
+    reads all of them (`DIR/*.tar`, `DIR/*.parquet`)."""
+    is_dir = os.path.isdir(path)
     if kind is None:
-        if os.path.isdir(path):
-            kind = "capmill" if os.path.exists(os.path.join(path, "_run.json")) else "folder"
+        if is_dir:
+            kind = _folder_kind(path)
         elif path.endswith((".tar", ".tar.gz", ".tgz")) or path.endswith("}.tar"):
             kind = "webdataset"
         elif path.endswith(".parquet"):
@@ -22,6 +42,8 @@ def guess_input(path: str, kind: str | None = None) -> dict:
             kind = "jsonl"
         else:
             raise ConfigError(f"cannot tell what {path!r} is; pass --type")
+    if is_dir and kind in ("webdataset", "parquet"):
+        path = os.path.join(path, "*.tar" if kind == "webdataset" else "*.parquet")
     return {"type": kind, "path": path}
 
 

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field
 
+from capmill.errors import ConfigError, InputRefused
 from capmill.readers.base import InputConfig, Reader, Shard, expand_paths, shard_stem, unique_shard_names
-from capmill.sample import ImageRef, Sample
+from capmill.readers.locate import LocationConfig, Locator, with_downloads
+from capmill.sample import READ_ERROR, ImageRef, Sample
 
 
-class ParquetInput(InputConfig):
+class ParquetInput(InputConfig, LocationConfig):
     type: Literal["parquet"] = "parquet"
     path: str | list[str]
     # The image as encoded bytes (a binary column, or a struct with a `bytes` field as Hugging
     # Face datasets store images) ...
     image_column: str | None = "image"
-    # ... or as a path, relative to the parquet file unless absolute or a URL.
+    # ... or as a path, relative to the parquet file's folder (see `root`), or an http(s) URL.
     image_path_column: str | None = None
     alt_text_column: str | None = "caption"
     # Unique key column; when absent, keys are "<file stem>_<row number>".
@@ -52,11 +53,28 @@ class ParquetReader(Reader):
                 shards.append(Shard(f"{shard_stem(path)}_{j:04d}", path, len(shards), spec=groups))
         return unique_shard_names(shards)
 
-    def read_shard(self, shard: Shard) -> Iterator[Sample]:
+    def check(self) -> None:
+        """The configured columns against the first file's schema (see Reader.check)."""
         import fsspec
         import pyarrow.parquet as pq
 
         cfg = self.config
+        first = expand_paths(cfg.path, cfg.storage_options)[0]
+        with fsspec.open(first, "rb", **cfg.storage_options) as f:
+            names = list(pq.ParquetFile(f).schema_arrow.names)
+        check_columns(names, first, image_column=cfg.image_column, image_path_column=cfg.image_path_column,
+                      alt_text_column=cfg.alt_text_column, key_column=cfg.key_column,
+                      explicit=cfg.model_fields_set)
+
+    def read_shard(self, shard: Shard) -> Iterator[Sample]:
+        yield from with_downloads(self._rows(shard), self.config.fetch)
+
+    def _rows(self, shard: Shard) -> Iterator[Sample]:
+        import fsspec
+        import pyarrow.parquet as pq
+
+        cfg = self.config
+        locator = Locator.for_file(shard.source, cfg)
         with fsspec.open(shard.source, "rb", **cfg.storage_options) as f:
             pf = pq.ParquetFile(f)
             groups = shard.spec if shard.spec is not None else list(range(pf.num_row_groups))
@@ -65,29 +83,59 @@ class ParquetReader(Reader):
             for g in groups:
                 for batch in pf.iter_batches(row_groups=[g], batch_size=1024):
                     for record in batch.to_pylist():
-                        yield self._sample(record, row, shard)
+                        yield self._sample(record, row, shard, locator)
                         row += 1
 
-    def _sample(self, record: dict[str, Any], row: int, shard: Shard) -> Sample:
+    def _sample(self, record: dict[str, Any], row: int, shard: Shard, locator: Locator) -> Sample:
         cfg = self.config
         key = record.get(cfg.key_column) if cfg.key_column else None
         key = str(key) if key is not None else f"{shard_stem(shard.source)}_{row:08d}"
-        image = ImageRef()
         value = record.pop(cfg.image_column, None) if cfg.image_column else None
-        if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, (bytes, bytearray)):
-            image = ImageRef(data=bytes(value))
-        elif isinstance(value, str):
-            image = self._ref(value, shard)
         if cfg.image_path_column and record.get(cfg.image_path_column):
-            image = self._ref(str(record[cfg.image_path_column]), shard)
+            value = str(record[cfg.image_path_column])
         alt = record.get(cfg.alt_text_column) if cfg.alt_text_column else None
         meta = {k: v for k, v in record.items() if isinstance(v, (str, int, float, bool)) or v is None}
-        return Sample(key=key, image=image, alt_text=None if alt is None else str(alt), meta=meta)
+        sample = Sample(key=key, alt_text=None if alt is None else str(alt), meta=meta)
+        image_value(sample, value, locator)
+        return sample
 
-    def _ref(self, location: str, shard: Shard) -> ImageRef:
-        ext = posixpath.splitext(location)[1].lstrip(".").lower() or None
-        if "://" in location or posixpath.isabs(location):
-            return ImageRef(path=location, ext=ext)
-        return ImageRef(path=posixpath.join(posixpath.dirname(shard.source), location), ext=ext)
+
+def image_value(sample: Sample, value: Any, locator: Locator) -> None:
+    """Set `sample.image` from a cell: bytes, a Hugging Face image struct `{bytes, path}`, or a
+    location (confined by `locator`; a refused one fails the sample with the reason)."""
+    if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        sample.image = ImageRef(data=bytes(value))
+    elif isinstance(value, str) and value:
+        try:
+            sample.image = locator.locate(value)
+        except InputRefused as e:
+            sample.meta["refused_location"] = value[:500]
+            sample.fail(READ_ERROR, e.reason)
+
+
+def check_columns(names: list[str], source: str, *, image_column: str | None, image_path_column: str | None,
+                  alt_text_column: str | None, key_column: str | None, explicit: set[str]) -> None:
+    """A configured column that `names` lacks is a ConfigError listing the columns there are.
+
+    The key column may be missing unless it was set explicitly (keys are then generated); the
+    image must come from one of the image columns."""
+    have = set(names)
+    listing = ", ".join(names) or "(none)"
+
+    def missing(option: str, column: str, hint: str = "") -> ConfigError:
+        return ConfigError(f"input.{option}: column {column!r} is not in {source}; its columns are: {listing}. "
+                           f"Set input.{option} to one of them{hint}")
+
+    if image_path_column is not None and image_path_column not in have:
+        raise missing("image_path_column", image_path_column)
+    if image_column is not None and image_column not in have and (image_path_column is None or "image_column" in explicit):
+        raise missing("image_column", image_column, " (or set image_path_column for a column of paths or URLs)")
+    if image_column is None and image_path_column is None:
+        raise ConfigError("input: set image_column (image bytes) or image_path_column (paths or URLs); "
+                          f"the columns of {source} are: {listing}")
+    if alt_text_column is not None and alt_text_column not in have:
+        raise missing("alt_text_column", alt_text_column, " (or null when the data has no AltText)")
+    if key_column is not None and key_column not in have and "key_column" in explicit:
+        raise missing("key_column", key_column, " (or null to number the rows)")

@@ -8,7 +8,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from capmill.errors import DuplicateKeyError
+from capmill.errors import ConfigError, DuplicateKeyError
 from capmill.readers.base import (
     IMAGE_EXTS,
     InputConfig,
@@ -23,6 +23,8 @@ from capmill.sample import READ_ERROR, ImageRef, Sample
 
 # Members we never interpret: pickles can run code when loaded.
 NEVER_LOAD = ("pkl", "pickle", "pth", "pt", "npy")
+# Samples of the first shard that `check` reads to see where the AltText is.
+CHECK_SAMPLES = 1000
 
 
 class WebDatasetInput(InputConfig):
@@ -30,8 +32,8 @@ class WebDatasetInput(InputConfig):
     # Local paths, globs, brace ranges ("shards/{00000..00099}.tar") or fsspec URLs (s3://, gs://, https://).
     path: str | list[str]
     # Where the AltText is: a member extension ("txt", "caption") or a key inside the
-    # member KEY.json ("json:caption").
-    alt_text: str = "txt"
+    # member KEY.json ("json:caption"); None when the shards have no AltText.
+    alt_text: str | None = "txt"
 
     def build(self) -> WebDatasetReader:
         return WebDatasetReader(self)
@@ -46,6 +48,15 @@ def split_member(name: str) -> tuple[str, str]:
 
 def is_unsafe(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/")
+
+
+def _not_a_file(info: tarfile.TarInfo) -> str:
+    """Why a tar member that is not a regular file is refused (links are never followed)."""
+    if info.issym():
+        return f"a symbolic link to {info.linkname[:200]!r}; links are never followed"
+    if info.islnk():
+        return f"a hard link to {info.linkname[:200]!r}; links are never followed"
+    return "not a regular file (device, fifo or other special member)"
 
 
 class WebDatasetReader(Reader):
@@ -63,17 +74,74 @@ class WebDatasetReader(Reader):
             with tarfile.open(fileobj=f, mode="r|*") as tar:
                 yield from self._samples(self._groups(tar, shard), shard)
 
-    def _groups(self, tar: tarfile.TarFile, shard: Shard) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
-        """Yields (key, {ext: bytes}, refused member names) for each run of members sharing a key."""
+    def check(self) -> None:
+        """Where the AltText is, against the first samples of the first non-empty shard: when
+        none of them has it, the run would caption without any AltText, so this is a
+        ConfigError listing the member extensions and KEY.json fields that are there."""
+        source = self.config.alt_text
+        if source is None:
+            return
+        for shard in self.shards():
+            try:
+                survey = self._survey(shard)
+            except FileNotFoundError:
+                continue  # a missing shard of a brace range: it fails by name when the run reaches it
+            except Exception:
+                return  # an unreadable shard fails with its own reason when the run reads it
+            if survey is None:
+                continue
+            n, exts, fields, found = survey
+            if found:
+                return
+            raise ConfigError(
+                f"input.alt_text: {source!r} is in none of the first {n} samples of {shard.source} "
+                f"(member extensions: {', '.join(sorted(exts)) or '(none)'}; KEY.json fields: "
+                f"{', '.join(sorted(fields)) or '(no KEY.json)'}). Set input.alt_text to an extension "
+                "(txt), to json:FIELD, or to null when the shards have no AltText")
+
+    def _survey(self, shard: Shard) -> tuple[int, set[str], set[str], bool] | None:
+        """(samples looked at, member extensions, KEY.json fields, AltText found) of the first
+        samples of `shard`; None for a shard without samples."""
+        import fsspec
+
+        n, exts, fields = 0, set(), set()
+        with fsspec.open(shard.source, "rb", **self.config.storage_options) as f:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for key, members, _ in self._groups(tar, shard):
+                    if key is None or not members:
+                        continue
+                    n += 1
+                    exts.update(members)
+                    meta: dict[str, Any] = {}
+                    if "json" in members:
+                        try:
+                            meta["json"] = json.loads(members["json"])
+                        except ValueError:
+                            pass
+                    if isinstance(meta.get("json"), dict):
+                        fields.update(meta["json"])
+                    if self._alt_text(members, meta) is not None:
+                        return n, exts, fields, True
+                    if n >= CHECK_SAMPLES:
+                        break
+        return (n, exts, fields, False) if n else None
+
+    def _groups(self, tar: tarfile.TarFile, shard: Shard) -> Iterator[tuple[str | None, dict[str, bytes], list[tuple[str, str]]]]:
+        """Yields (key, {ext: bytes}, [(member name, why refused)]) for each run of members
+        sharing a key; refused members with no key of their own (unsafe names) come with key None."""
         seen: set[str] = set()
         key: str | None = None
         members: dict[str, bytes] = {}
-        refused: list[str] = []
+        refused: list[tuple[str, str]] = []
         for info in tar:
-            if not info.isfile():
+            if info.isdir():
                 continue
             if is_unsafe(info.name):
-                refused.append(info.name)
+                # Never grouped under a key: the name itself is the attack.
+                if key is not None:
+                    yield key, members, refused
+                    key, members, refused = None, {}, []
+                yield None, {}, [(info.name, "absolute or parent-relative path")]
                 continue
             k, ext = split_member(info.name)
             if k != key:
@@ -84,25 +152,39 @@ class WebDatasetReader(Reader):
                     raise DuplicateKeyError(f"key {k!r} appears twice in shard {shard.source} (members are not grouped)")
                 seen.add(k)
                 key, members = k, {}
+            if not info.isfile():
+                refused.append((info.name, _not_a_file(info)))
+                continue
             fileobj = tar.extractfile(info)
             members[ext] = fileobj.read() if fileobj is not None else b""
-        if key is not None or refused:
+        if key is not None:
             yield key, members, refused
 
     def _samples(self, groups, shard: Shard) -> Iterator[Sample]:
         n_refused = 0
         for key, members, refused in groups:
-            for name in refused:
-                # The member is never extracted; its row says why it is missing from the data.
-                n_refused += 1
-                yield Sample(
-                    key=f"refused_{n_refused:05d}",
-                    status=READ_ERROR,
-                    error=f"tar member {name!r} refused: absolute or parent-relative path",
-                    meta={"member": name, "shard": shard.name},
-                )
-            if key is not None:
-                yield self._sample(key, members)
+            if key is None:
+                # The member is never extracted; its row says why it is missing from the data. The
+                # key names the shard so refusals in different shards never collide.
+                for name, why in refused:
+                    n_refused += 1
+                    yield Sample(
+                        key=f"refused_{shard.name}_{n_refused:05d}",
+                        status=READ_ERROR,
+                        error=f"tar member {name!r} refused: {why}",
+                        meta={"member": name, "shard": shard.name},
+                    )
+                continue
+            if not members:
+                # Only links or special files under this key: keep its row, say why.
+                names = ", ".join(f"{name!r} ({why})" for name, why in refused)
+                yield Sample(key=key, status=READ_ERROR, error=f"no regular file for this key: {names} refused",
+                             meta={"refused_members": [name for name, _ in refused]})
+                continue
+            sample = self._sample(key, members)
+            if refused:
+                sample.meta["refused_members"] = [name for name, _ in refused]
+            yield sample
 
     def _sample(self, key: str, members: dict[str, bytes]) -> Sample:
         meta: dict[str, Any] = {}
@@ -128,6 +210,8 @@ class WebDatasetReader(Reader):
 
     def _alt_text(self, members: dict[str, bytes], meta: dict[str, Any]) -> str | None:
         source = self.config.alt_text
+        if source is None:
+            return None
         if source.startswith("json:"):
             value = meta.get("json", {}).get(source[5:]) if isinstance(meta.get("json"), dict) else None
             return None if value is None else str(value)
