@@ -133,21 +133,21 @@ class WebDatasetReader(Reader):
         key: str | None = None
         members: dict[str, bytes] = {}
         refused: list[tuple[str, str]] = []
+        loose: list[tuple[str, str]] = []  # unsafe names: never grouped under a key, the name is the attack
         for info in tar:
             if info.isdir():
                 continue
             if is_unsafe(info.name):
-                # Never grouped under a key: the name itself is the attack.
-                if key is not None:
-                    yield key, members, refused
-                    key, members, refused = None, {}, []
-                yield None, {}, [(info.name, "absolute or parent-relative path")]
+                loose.append((info.name, "absolute or parent-relative path"))
                 continue
             k, ext = split_member(info.name)
             if k != key:
                 if key is not None:
                     yield key, members, refused
                     refused = []
+                if loose:
+                    yield None, {}, loose
+                    loose = []
                 if k in seen:
                     raise DuplicateKeyError(f"key {k!r} appears twice in shard {shard.source} (members are not grouped)")
                 seen.add(k)
@@ -159,6 +159,8 @@ class WebDatasetReader(Reader):
             members[ext] = fileobj.read() if fileobj is not None else b""
         if key is not None:
             yield key, members, refused
+        if loose:
+            yield None, {}, loose
 
     def _samples(self, groups, shard: Shard) -> Iterator[Sample]:
         n_refused = 0
