@@ -47,6 +47,8 @@ class HfInput(InputConfig, LocationConfig):
     key_column: str | None = None
     # Rows per shard of a memory-mapped dataset.
     rows_per_shard: int = Field(10_000, ge=1)
+    # Where `datasets` prepares a dataset read with streaming: false (default: its own cache).
+    cache_dir: str | None = None
 
     def build(self) -> HfReader:
         return HfReader(self)
@@ -97,7 +99,8 @@ class HfReader(Reader):
                 loaded = datasets.load_from_disk(cfg.path)
             else:
                 loaded = datasets.load_dataset(cfg.path, cfg.name, split=cfg.split, revision=cfg.revision,
-                                               streaming=cfg.streaming, storage_options=cfg.storage_options or None)
+                                               streaming=cfg.streaming, cache_dir=cfg.cache_dir,
+                                               storage_options=cfg.storage_options or None)
         except (ConfigError, SetupError):
             raise
         except FileNotFoundError as e:
