@@ -139,3 +139,22 @@ def test_url_manifest_end_to_end_gives_each_line_its_reason(server, tmp_path):
     assert set(log.addresses) == {"127.0.0.1"}
     record = json.loads(rows["ok"]["record"])
     assert record["image"]["url"] == server.url + "/ok.jpg" and record["image"]["ext"] == "jpg"
+
+
+def test_downloads_keep_the_manifest_order_and_stop_with_the_reader(server, tmp_path):
+    from capmill.readers import JsonlInput
+    from capmill.testing import items, write_jsonl
+
+    write_jsonl(tmp_path / "m.jsonl", items(3))
+    with open(tmp_path / "m.jsonl", "a") as f:
+        for i in range(9):
+            path = "/ok.jpg" if i % 3 else "/page.html"
+            f.write(json.dumps({"key": f"url{i}", "image_path": f"{server.url}{path}?n={i}", "alt_text": "x"}) + "\n")
+    reader = JsonlInput(path=str(tmp_path / "m.jsonl"), fetch={"allow_networks": LOOPBACK, "concurrency": 3}).build()
+    (shard,) = reader.shards()
+    samples = list(reader.read(shard))
+    assert [s.key for s in samples] == ["000000", "000001", "000002", *(f"url{i}" for i in range(9))]
+    assert [s.status for s in samples[3:]] == ["read_error" if i % 3 == 0 else "ok" for i in range(9)]
+    assert all(s.image.data == server.jpeg and s.image.ext == "jpg" for s in samples[3:] if s.ok)
+    first = next(iter(reader.read(shard)))  # a reader abandoned after one sample
+    assert first.key == "000000"

@@ -142,6 +142,9 @@ def with_downloads(samples: Iterator[Sample], config: FetchConfig) -> Iterator[S
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(samples, "close", None)
+        if close is not None:  # a reader stopped early (--limit, a fit sample) closes its file now
+            close()
 
 
 def _settled(item: tuple[Sample, Future | None]) -> Sample:
