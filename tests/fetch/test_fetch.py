@@ -158,3 +158,25 @@ def test_downloads_keep_the_manifest_order_and_stop_with_the_reader(server, tmp_
     assert all(s.image.data == server.jpeg and s.image.ext == "jpg" for s in samples[3:] if s.ok)
     first = next(iter(reader.read(shard)))  # a reader abandoned after one sample
     assert first.key == "000000"
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_certificate(server, tmp_path):
+    """A self-signed certificate on loopback: the pinned TLS connection is made (SNI, handshake)
+    and refused on verification, a final failure that is not retried."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    with ImageServer() as tls:
+        tls.socket = context.wrap_socket(tls.socket, server_side=True)
+        url = tls.url.replace("http://", "https://") + "/ok.jpg"
+        with ConnectionLog() as log, pytest.raises(FetchFailed, match="TLS certificate of 127.0.0.1 refused"):
+            fetch(url, quick(retries=2))
+    assert log.addresses == ["127.0.0.1"]

@@ -112,7 +112,7 @@ def test_missing_columns_and_splits_are_config_errors(saved, hub_layout):
 
 
 def test_image_paths_in_a_dataset_are_confined(tmp_path):
-    from datasets import Dataset, Features, Image, Value
+    from datasets import Dataset, Features, Value
 
     inside = tmp_path / "ds" / "inside.jpg"
     (tmp_path / "ds").mkdir()
