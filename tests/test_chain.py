@@ -179,3 +179,14 @@ def _records(out):
 
     for path in sorted(out.glob("*.parquet")):
         yield from pq.read_table(path).column("record").to_pylist()
+
+
+def test_an_earlier_run_that_says_nothing_usable_is_taken_on_trust(tmp_path, caplog):
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "_run.json").write_text(json.dumps({"config": {"stages": [{"type": "gone_plugin"}]}, "config_hash": "x"}))
+    later = make_config(tmp_path, tmp_path / "later", stages=[{"type": "filter", "rules": [{"score": "old:dsc", "min": 0}]}])
+    later["input"] = {"type": "capmill", "path": str(first)}
+    chain = check_chain(parse_config(later))
+    assert chain.written is None  # a partial list would mislead the next run
+    assert "does not say what that run wrote" in caplog.text

@@ -59,8 +59,9 @@ class Chain:
     carried: frozenset[Key]
     steps: list[Step]
     final: frozenset[Key]
-    # What the output holds, as `_run.json` records it (see `written_keys`).
-    written: dict[str, list[str]]
+    # What the output holds, as `_run.json` records it (see `written_keys`); None when the
+    # input's own keys are unknown, so no later run mistakes a partial list for the whole.
+    written: dict[str, list[str]] | None
 
 
 def declared_io(stage: StageConfig, available: frozenset[Key], index: int) -> StageIO:
@@ -112,7 +113,7 @@ def check_chain(config: RunConfig) -> Chain:
         held.add(keys.ALT_TEXT)
     if keys.IMAGE in provided.keys and "webdataset" in config.output.writers:
         held.add(keys.IMAGE)
-    return Chain(provided.keys, steps, available, keys.to_json(held))
+    return Chain(provided.keys, steps, available, keys.to_json(held) if provided.known else None)
 
 
 def input_keys(config: RunConfig) -> InputKeys:
@@ -158,12 +159,13 @@ def decoded(carried: frozenset[Key], config: RunConfig) -> frozenset[Key]:
     return carried if config.image.decode else carried - {keys.IMAGE}
 
 
-def written_keys(config: RunConfig) -> dict[str, list[str]]:
+def written_keys(config: RunConfig) -> dict[str, list[str]] | None:
     """What the output of `config` holds, as `_run.json` records it under `written`
     (`{"captions": [...], "scores": [...], "fields": [...]}`): every caption and score the input
     provided or a stage wrote, `alt_text` when the input has an AltText, and `image` when a tar
     writer stores the images. A function of the config alone (and, for a capmill input, of the
-    earlier run's record); it raises the chain check's errors."""
+    earlier run's record); None when that record does not say what the earlier run wrote. It
+    raises the chain check's errors."""
     return check_chain(config).written
 
 
