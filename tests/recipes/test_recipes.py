@@ -1,4 +1,4 @@
-"""Packaged recipes: listed, shown, found by `capmill run`, and run end to end (revisit)."""
+"""Packaged recipes: listed, shown, run with --recipe, and every one end to end on tiny models."""
 
 import json
 
@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from capmill.cli.main import main
-from capmill.errors import ConfigError
 from capmill.config import apply_overrides, load_yaml, parse_config
+from capmill.errors import ConfigError
 from capmill.recipes import config_tree, find_recipe, list_recipes, recipe_named_by
 
 FAKE = "{type: fake, words: 40}"

@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
 from capmill import keys
+from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.keys import Key, StageIO
