@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from capmill import keys
 from capmill.components import Strict
 from capmill.errors import ConfigError
+from capmill.keys import Key
 from capmill.sample import READ_ERROR, Sample
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -35,6 +37,11 @@ class InputConfig(Strict):
     key_prefix: Literal["none", "shard"] = "none"
     # fsspec options for remote paths (credentials, endpoints): passed to fsspec.open.
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    def provides(self) -> frozenset[Key]:
+        """The record fields every sample of this input carries (`capmill.chain` starts from
+        them): the AltText and the image unless the config says the data has none."""
+        return frozenset({keys.ALT_TEXT, keys.IMAGE})
 
 
 class Reader(ABC):

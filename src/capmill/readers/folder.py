@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from capmill import keys
+from capmill.keys import Key
 from capmill.readers.base import IMAGE_EXTS, InputConfig, Reader, Shard, decode_text
 from capmill.readers.locate import confined
 from capmill.sample import READ_ERROR, ImageRef, Sample
@@ -22,6 +24,12 @@ class FolderInput(InputConfig):
     shard_size: int = Field(1000, ge=1)
     # Read images and captions that are links pointing outside the folder.
     allow_outside_root: bool = False
+
+    def provides(self) -> frozenset[Key]:
+        fields = {keys.ALT_TEXT, keys.IMAGE}
+        if not self.caption_exts:
+            fields.discard(keys.ALT_TEXT)
+        return frozenset(fields)
 
     def build(self) -> FolderReader:
         return FolderReader(self)
