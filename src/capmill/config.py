@@ -19,6 +19,7 @@ from capmill.executors.local import LocalExecutorConfig
 from capmill.executors.ray import RayExecutorConfig
 from capmill.media.image import ImageConfig
 from capmill.readers import FolderInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
+from capmill.tracking.config import TrackingSpec
 from capmill.writers.output import OutputConfig
 
 InputSpec = Annotated[WebDatasetInput | ParquetInput | FolderInput | JsonlInput | RunOutputInput, Field(discriminator="type")]
@@ -33,12 +34,16 @@ class RunConfig(Strict):
     stages: list[StageSpec] = Field(default_factory=list)
     # Seed for everything random in the run (sampling backends, bags, mixes).
     seed: int = 0
+    # An experiment tracker for the run's figures (wandb, tensorboard, mlflow); see capmill.tracking.
+    tracking: TrackingSpec | None = None
 
     def hashed_content(self) -> dict[str, Any]:
-        """What decides the output. Executor settings are left out on purpose: a run can be
-        resumed with another batch size, more workers, or on Ray, and give the same records."""
+        """What decides the output. Executor and tracking settings are left out on purpose: a run
+        can be resumed with another batch size, more workers, on Ray, or logging elsewhere, and
+        give the same records."""
         content = self.model_dump(mode="json")
         content.pop("executor", None)
+        content.pop("tracking", None)
         return content
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from capmill.config import RunConfig
@@ -21,13 +22,14 @@ def models_of(config: RunConfig) -> dict[str, list[str]]:
 
 
 def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry_run: bool = False,
-        progress_stream: TextIO | None = None, progress: bool = True) -> RunSummary:
+        progress_stream: TextIO | None = None, progress: bool = True, listeners: Sequence[Callable] = ()) -> RunSummary:
+    """`listeners` are called with (stats, summary) after each committed shard (see RunSummary)."""
     reader = config.input.build()
     shards = reader.shards()
     out = OutputDir(config.output.path)
     hashed = {**config.hashed_content(), "limit": limit}
     record = new_run_record(config.model_dump(mode="json"), hashed, models_of(config))
-    summary = RunSummary(shards_total=len(shards))
+    summary = RunSummary(shards_total=len(shards), listeners=list(listeners))
     if dry_run:
         # Build every stage so config errors surface, but load nothing and write nothing.
         for stage_cfg in config.stages:
