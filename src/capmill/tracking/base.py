@@ -31,13 +31,15 @@ if TYPE_CHECKING:
     from capmill.tracking.config import TrackingConfig
 
 TRACKING_FILE = "_tracking.json"
-_UNSAFE = re.compile(r"[^\w\-./ :]")
+_UNSAFE = re.compile(r"[^\w\-./]+")
 MAX_BINS = 64
 
 
 def metric_name(text: str) -> str:
-    """A metric name every tracker accepts (drop reasons hold '<', '=', quotes)."""
-    return _UNSAFE.sub("_", text).strip() or "_"
+    """A name every tracker keeps as it is: drop reasons and score keys hold spaces, colons and
+    '<', which TensorBoard and MLflow rewrite or refuse ("filter: clip:dsc < 0.25" →
+    "filter_clip_dsc_0.25")."""
+    return _UNSAFE.sub("_", text).strip("_") or "_"
 
 
 def length_histogram(hist: dict[str, int]) -> tuple[list[float], list[int]] | None:

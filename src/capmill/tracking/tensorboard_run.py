@@ -1,5 +1,6 @@
 """TensorBoard event files through tensorboardX (no TensorFlow or torch needed): scalars,
-length histograms, and the config and final summary as text. `tensorboard --logdir LOGDIR`."""
+length histograms, and the config and final summary as text, in LOGDIR/PROJECT/NAME; the
+evaluations of the output in LOGDIR/PROJECT/NAME/eval. `tensorboard --logdir LOGDIR`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ class TensorBoardTracker(Tracker):
         from tensorboardX import SummaryWriter
 
         run_dir = resume_id or os.path.join(self.config.logdir, self.config.project, self.name)
-        self.writer = SummaryWriter(logdir=run_dir)
+        # Evaluations of the output go to NAME/eval: TensorBoard drops a run's later steps when a
+        # new event file in its folder restarts at a lower step.
+        self.writer = SummaryWriter(logdir=os.path.join(run_dir, "eval") if resume_id else run_dir)
         if run_config:
             self.writer.add_text("config", "```\n" + json.dumps(run_config, indent=2) + "\n```", 0)
         return run_dir
