@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from capmill.components import StageSpec, Strict
 from capmill.errors import ConfigError
@@ -36,6 +36,15 @@ class RunConfig(Strict):
     seed: int = 0
     # An experiment tracker for the run's figures (wandb, tensorboard, mlflow); see capmill.tracking.
     tracking: TrackingSpec | None = None
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _local_by_default(cls, value: Any) -> Any:
+        # `executor: {batch_size: 32}` (or executor={"batch_size": 32} from Python) means the
+        # default executor with that setting.
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "local", **value}
+        return value
 
     def hashed_content(self) -> dict[str, Any]:
         """What decides the output. Executor and tracking settings are left out on purpose: a run
