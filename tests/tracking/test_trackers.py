@@ -178,6 +178,17 @@ def test_tracking_is_not_hashed_and_a_missing_package_stops_at_setup(tmp_path, w
         capmill.Pipeline.from_config(cfg, tracking={"type": "tensorboard", "logdir": str(tmp_path / "out" / "tb")}).run()
 
 
+def test_eval_without_the_tracker_package_still_evaluates(tmp_path, wds, monkeypatch, capsys):
+    pytest.importorskip("tensorboardX", reason="pip install 'capmill[tensorboard]'")
+    cfg = make_config(tmp_path / "data", tmp_path / "out", tracking={"type": "tensorboard", "logdir": str(tmp_path / "tb")})
+    assert capmill.Pipeline.from_config(cfg).run(progress=False).ok
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # evaluated where the tracker is not installed
+    assert cli(["eval", str(tmp_path / "out"), "--fields", "ssc", "--skip", "clip,retrieval,coco"]) == 0
+    err = capsys.readouterr().err
+    assert "tracking (tensorboard): the evaluation was not logged: SetupError" in err and "capmill[tensorboard]" in err
+    assert json.loads((tmp_path / "out" / "_eval.json").read_text())["evaluations"][0]["metrics"]["ssc"]["captions"] == 24
+
+
 def test_a_failing_listener_stops_alone_and_is_reported():
     summary = RunSummary(shards_total=2)
     seen = []

@@ -79,17 +79,26 @@ def evaluate_paths(paths: Sequence[str], config: EvalConfig, references=None, *,
             if cache is not None:
                 entry["image_embeddings"] = {"reused": cache.hits, "embedded": cache.misses}
             history.record(path, entry)
-            _track(path, data.run, entry)
+            problem = _track(path, data.run, entry)
+            if problem:
+                result.notes.append(problem)
     return results
 
 
-def _track(path: str, run: dict[str, Any], entry: dict[str, Any]) -> None:
-    """Log the evaluation to the run's tracker, when its config names one."""
+def _track(path: str, run: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """Log the evaluation to the run's tracker, when its config names one. The figures are
+    computed and kept in the history whatever the tracker does: a tracker that cannot be reached
+    (or is not installed here) becomes a note, not a failed evaluation."""
     tracking = ((run or {}).get("config") or {}).get("tracking")
-    if tracking:
-        from capmill.tracking import log_evaluation
+    if not tracking:
+        return None
+    from capmill.tracking import log_evaluation
 
+    try:
         log_evaluation(path, tracking, entry)
+    except Exception as e:  # the tracker libraries raise their own types (network, auth, store)
+        return f"tracking ({tracking.get('type')}): the evaluation was not logged: {type(e).__name__}: {e}"
+    return None
 
 
 def evaluate(path: str | os.PathLike | Sequence[str | os.PathLike], fields: Sequence[str] = ("alt_text",), *,
