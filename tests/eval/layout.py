@@ -58,7 +58,7 @@ def run_script(page: Path, work: Path, script: str):
     copy.write_text(page.read_text(encoding="utf-8").replace("</body>", probe + "</body>"), encoding="utf-8")
     proc = _run(["--enable-logging=stderr", "--v=0", "--dump-dom", copy.as_uri()], work / "profile-script")
     found = re.search(r'<pre id="script-result">(.*?)</pre>', proc.stdout, re.S)
-    assert found, "the script did not run: " + "\n".join(l for l in proc.stderr.splitlines() if "CONSOLE" in l)
+    assert found, "the script did not run: " + "\n".join(line for line in proc.stderr.splitlines() if "CONSOLE" in line)
     import html
 
     return json.loads(html.unescape(found.group(1)))

@@ -138,8 +138,8 @@ def test_model_label_shows_ids_not_paths(tmp_path):
 
 
 def test_report_reads_the_eval_file_of_earlier_versions(tmp_path):
-    from capmill.writers.parquet import ParquetWriter
     from capmill.sample import Sample
+    from capmill.writers.parquet import ParquetWriter
 
     out = tmp_path / "out"
     out.mkdir()

@@ -127,8 +127,9 @@ class Pipeline:
                 try:
                     tracker.finish(summary)
                 except Exception as e:  # the data is written; say the tracker missed its end
-                    if summary is None:
-                        raise
+                    if summary is None:  # the run's own error is the one to report
+                        logging.getLogger("capmill").warning("tracking: could not close the tracker run: %s", e)
+                    else:
                         summary.warnings.append(f"tracking ({self.config.tracking.type}): could not log the end "
                                                 f"of the run: {type(e).__name__}: {e}")
         return summary
