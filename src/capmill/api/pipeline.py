@@ -48,7 +48,8 @@ def _merge(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def as_sample(item: Any, key: str) -> Sample:
-    """A Sample from a Sample, a PIL image, a path (str or os.PathLike) or encoded bytes."""
+    """A Sample from a Sample, a PIL image, a path (str or os.PathLike; an http(s) URL becomes the
+    image's `url`) or encoded bytes."""
     if isinstance(item, Sample):
         return item
     if isinstance(item, (bytes, bytearray, memoryview)):
@@ -56,6 +57,8 @@ def as_sample(item: Any, key: str) -> Sample:
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         ext = os.path.splitext(path)[1].lstrip(".").lower() or None
+        if path.startswith(("http://", "https://")):  # fetched as the readers fetch URLs
+            return Sample(key=key, image=ImageRef(url=path, ext=ext), meta={"url": path})
         return Sample(key=key, image=ImageRef(path=path, ext=ext), meta={"path": path})
     if hasattr(item, "getexif") and hasattr(item, "size"):  # a PIL image, without importing PIL here
         return Sample(key=key, image=ImageRef(image=item))
