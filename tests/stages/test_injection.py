@@ -18,13 +18,19 @@ from capmill.stages.base import RunContext
 from capmill.stages.caption import CaptionStageConfig
 from capmill.stages.fuse import FuseStageConfig
 from capmill.testing import items, write_tar
-from capmill.testing.hostile import hostile_alt_texts, obeying_script
+from capmill.testing.hostile import hostile_alt_texts
 from capmill.testing.shards import Item, encode, generated
 from tests.conftest import make_config
 
 CORPUS = hostile_alt_texts()
 CAPTION = "A brown dog runs across a green lawn in front of a white house."
-SCRIPT = obeying_script(CAPTION)
+
+
+def obeying():
+    """The fake's script: answer every corpus AltText as a model obeying it would."""
+    from capmill.testing.hostile import obeying_script
+
+    return obeying_script(CAPTION)
 # Strings a tokenizer of some model family reads as a special token or chat turn marker.
 SPECIAL = re.compile(
     r"<\|[^|<>\n]{1,40}\|>|<｜[^｜]{1,40}｜>|\[/?INST\]|<<\s*/?SYS\s*>>"
@@ -43,8 +49,9 @@ def test_corpus_covers_the_attack_kinds():
     assert max(len(h.text) for h in CORPUS) > 10_000
     assert len({h.id for h in CORPUS}) == len(CORPUS)
     # The obeying double answers each AltText by its own rule and no other.
-    for hostile, rule in zip(CORPUS, SCRIPT, strict=True):
-        assert [r["when"] for r in SCRIPT if r["when"] in rule["when"]] == [rule["when"]], hostile.id
+    script = obeying()
+    for hostile, rule in zip(CORPUS, script, strict=True):
+        assert [r["when"] for r in script if r["when"] in rule["when"]] == [rule["when"]], hostile.id
 
 
 def _blocks(prompt: str, kind: str) -> list[str]:
@@ -54,9 +61,10 @@ def _blocks(prompt: str, kind: str) -> list[str]:
     return re.findall(rf"<{kind}>\n(.*?)\n</{kind}>", prompt, re.DOTALL)
 
 
-def check_prompt(prompt: str, kinds: dict[str, int]) -> None:
+def check_prompt(prompt: str, kinds: dict[str, int], rendered: bool = False) -> None:
     """Exactly the expected blocks, each a single line with no special token and nothing that
-    reads as a delimiter; no special token outside them either."""
+    reads as a delimiter; no special token outside them either, unless the prompt is `rendered`
+    with a model's chat template (which adds its own)."""
     outside = prompt
     for kind, count in kinds.items():
         blocks = _blocks(prompt, kind)
@@ -65,7 +73,7 @@ def check_prompt(prompt: str, kinds: dict[str, int]) -> None:
             assert "\n" not in inner, "a line break inside the data could fake a turn"
             assert not SPECIAL.search(inner) and not LOOKS_LIKE_DELIMITER.search(inner), inner[:200]
             outside = outside.replace(inner, "")
-    assert not SPECIAL.search(outside)
+    assert rendered or not SPECIAL.search(outside)
 
 
 def _image_samples(alts):
@@ -82,7 +90,7 @@ def _image_samples(alts):
 
 @pytest.fixture(scope="module")
 def fused():
-    stage = FuseStageConfig(backend={"type": "fake", "script": SCRIPT}).build()
+    stage = FuseStageConfig(backend={"type": "fake", "script": obeying()}).build()
     stage.setup(RunContext())
     samples = [Sample(key=h.id, alt_text=h.text, captions={"dsc": Caption(text=CAPTION, source="dsc")}) for h in CORPUS]
     stage.process(samples)
@@ -126,7 +134,7 @@ def test_the_brief_three_appended_injections_are_caught_in_fusion():
 
 @pytest.fixture(scope="module")
 def captioned():
-    stage = CaptionStageConfig(backend={"type": "fake", "script": SCRIPT}, formats=["custom"]).build()
+    stage = CaptionStageConfig(backend={"type": "fake", "script": obeying()}, formats=["custom"]).build()
     stage.setup(RunContext())
     samples = _image_samples([(h.id, h.text) for h in CORPUS])
     stage.process(samples)
@@ -174,7 +182,7 @@ def _records(out):
 def test_run_obeyed_captions_never_become_key_txt_and_guard_counts_reach_stats(tmp_path):
     _hostile_shard(tmp_path / "data")
     cfg = make_config(tmp_path / "data", tmp_path / "out", stages=[
-        {"type": "caption", "formats": ["custom"], "backend": {"type": "fake", "script": SCRIPT}},
+        {"type": "caption", "formats": ["custom"], "backend": {"type": "fake", "script": obeying()}},
     ])
     cfg["output"].update(text_field="custom", rejects=True)
     summary = run(parse_config(cfg), progress=False)
@@ -195,7 +203,7 @@ def test_run_obeyed_fusions_never_become_key_txt(tmp_path):
     _hostile_shard(tmp_path / "data")
     cfg = make_config(tmp_path / "data", tmp_path / "out", stages=[
         {"type": "caption", "formats": ["ssc"], "backend": {"type": "fake"}},  # ssc does not show the AltText
-        {"type": "fuse", "caption": "ssc", "backend": {"type": "fake", "script": SCRIPT}},
+        {"type": "fuse", "caption": "ssc", "backend": {"type": "fake", "script": obeying()}},
     ])
     cfg["output"]["text_field"] = "capsfusion"
     run(parse_config(cfg), progress=False)

@@ -4,8 +4,9 @@ The page holds everything inline (data as JSON, thumbnails as data: URIs, script
 it opens from the file system with no server and can be mailed or archived as one file. It shows
 a grid of samples (thumbnail, AltText, every caption with its scores, status) that can be
 filtered by status and sorted by any score, a histogram per score key ("clip:dsc" is the CLIP
-score of the dsc field), the drop reasons summed over `_stats`, and the `capmill eval` figures
-when OUT/_eval.json exists. Dropped samples come from `_rejects/` when the run wrote them.
+score of the dsc field), the drop reasons and the output guards' counts (rejected texts by
+caption key and reason) summed over `_stats`, and the `capmill eval` figures when
+OUT/_eval.json exists. Dropped samples come from `_rejects/` when the run wrote them.
 
 All text from the data is inserted with textContent by the script, never as HTML.
 """
@@ -99,8 +100,11 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         if len(records) < max_samples:
             records.append(_record(sample, None))
     drops: Counter = Counter()
+    guards: Counter = Counter()
     for stats in out.all_stats():
         drops.update(stats.get("drops", {}))
+        for key, tally in (stats.get("captions") or {}).items():
+            guards.update({f"{key}: {reason}": n for reason, n in (tally.get("guards") or {}).items()})
     eval_path = os.path.join(out_dir, EVAL_FILE)
     evaluation = None
     if os.path.exists(eval_path):
@@ -115,6 +119,7 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         "shown": len(records),
         "statuses": dict(statuses),
         "drops": dict(drops.most_common()),
+        "guards": dict(sorted(guards.items(), key=lambda kv: (-kv[1], kv[0]))),
         "eval": evaluation,
         "samples": records,
     }

@@ -37,6 +37,8 @@ function overview() {
     (models ? " · models: " + models : "");
   fillTable(document.getElementById("statuses"), Object.entries(DATA.statuses));
   fillTable(document.getElementById("drops"), Object.entries(DATA.drops));
+  // Rejected texts by "caption key: reason" (see the guards section of the README).
+  fillTable(document.getElementById("guards"), Object.entries(DATA.guards || {}));
   const evalTable = document.getElementById("eval");
   if (!DATA.eval) {
     document.getElementById("eval-box").append(el("p", {}, "no _eval.json: run `capmill eval OUT --fields ...` first"));
