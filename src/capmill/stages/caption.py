@@ -42,7 +42,7 @@ from capmill.guards.checks import TRUNCATED
 from capmill.guards.guard import REJECTED_CHARS
 from capmill.guards.config import AUTO
 from capmill.guards.language import detect
-from capmill.prompts import PromptTemplate, delimited, load_template
+from capmill.prompts import PromptTemplate, load_template, untrusted
 from capmill.prompts.safety import clean_text, without_untrusted
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, DROPPED as DROPPED_STATUS, Caption, Sample
 from capmill.stages.base import RunContext, Stage
@@ -158,7 +158,7 @@ class CaptionStage(Stage):
             if sample.image.image is None:
                 sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
                 continue
-            alt = delimited(sample.alt_text, cfg.alt_text_max_chars)
+            alt = untrusted(sample.alt_text, "alt_text", cfg.alt_text_max_chars)
             for fmt in self.formats:
                 slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50}
                 request = VLMRequest(

@@ -29,7 +29,7 @@ from capmill.guards.config import AUTO
 from capmill.guards.fuse import FUSE_CHECKS, FuseGuardConfig
 from capmill.guards.language import code_for, detect
 from capmill.prompts import PromptTemplate, load_template
-from capmill.prompts.safety import delimited, delimited_caption, safe_alt_text, without_untrusted
+from capmill.prompts.safety import safe_alt_text, untrusted, without_untrusted
 from capmill.sample import BACKEND_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import length_meta, token_counter, truncate_to
@@ -113,8 +113,9 @@ class FuseStage(Stage):
         return alt_cut, caption, alt_cut != alt
 
     def messages(self, alt: str, caption: str) -> list[dict[str, str]]:
-        slots = {"alt_text": delimited(alt, self.config.max_chars),
-                 "caption": delimited_caption(caption, self.config.max_chars),
+        # Both inputs are untrusted: the caption may echo text from the image or the AltText.
+        slots = {"alt_text": untrusted(alt, "alt_text", self.config.max_chars),
+                 "caption": untrusted(caption, "caption", self.config.max_chars),
                  "language_rule": self.language_rule}
         system = self.template.render_system(**slots)
         user = self.template.render(**slots)
