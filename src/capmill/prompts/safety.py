@@ -147,6 +147,13 @@ def delimited_caption(text: str | None, max_chars: int = 2000) -> str:
     return untrusted(text, "caption", max_chars)
 
 
+def source_text(text: str | None, max_chars: int) -> str:
+    """Untrusted text as output guards read it: raw (line breaks kept, so a fake turn still looks
+    like one), bounded to cover what a prompt capped at `max_chars` held, even when whitespace and
+    control characters were collapsed out of it."""
+    return (text or "")[: 4 * max_chars + 64]
+
+
 def without_untrusted(prompt: str) -> str:
     """`prompt` with every untrusted block cut out: the instructions capmill wrote, which an
     output guard checks the model did not echo."""

@@ -43,7 +43,7 @@ from capmill.guards.guard import REJECTED_CHARS
 from capmill.guards.config import AUTO
 from capmill.guards.language import detect
 from capmill.prompts import PromptTemplate, load_template, untrusted
-from capmill.prompts.safety import clean_text, without_untrusted
+from capmill.prompts.safety import clean_text, source_text, without_untrusted
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, DROPPED as DROPPED_STATUS, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
@@ -169,8 +169,11 @@ class CaptionStage(Stage):
                     params=cfg.params,
                     tag=f"{sample.key}:{fmt.name}",
                 )
-                # The AltText is an input of this caption only when the format shows it to the model.
-                sources = {"alt_text": sample.alt_text or ""} if "alt_text" in fmt.template.slots() else {}
+                # The AltText is an input of this caption only when the format shows it to the model;
+                # the guards read it raw (line breaks of fake turns intact) up to a bound that covers
+                # what the prompt held.
+                shown = "alt_text" in fmt.template.slots()
+                sources = {"alt_text": source_text(sample.alt_text, cfg.alt_text_max_chars)} if shown else {}
                 given = GuardInput(sources=sources, prompt=without_untrusted(f"{request.system or ''}\n{request.prompt}"),
                                    language=fmt.language)
                 jobs.append(_Job(sample, fmt, request, given))
@@ -249,7 +252,8 @@ class CaptionStage(Stage):
                 if not answer:
                     continue
                 job.given.finish = finish_reason(gen.meta)
-                verdict = self.guard.review(answer, job.given, frozenset({TRUNCATED}) if self._over(job.fmt, answer) else frozenset())
+                skip = frozenset({TRUNCATED}) if self._over(job.fmt, answer) else frozenset()
+                verdict = self.guard.review(answer, job.given, skip)
                 if verdict.ok:
                     job.guarded.text = answer
                 else:  # the earlier caption passed: keep it (it is trimmed) and record this one
@@ -270,41 +274,44 @@ class CaptionStage(Stage):
         fmt, guarded, sample = job.fmt, job.guarded, job.sample
         key = self.key_for(fmt)
         meta = dict(job.meta)
-        if len(job.texts) > 1:
-            meta["candidates"] = job.texts[1:]
         model = self.backend.model_id
         if guarded.ok:
+            if len(job.texts) > 1:  # other candidates stay unchecked, as before
+                meta["candidates"] = job.texts[1:]
             text, trimmed = self._fit(fmt, guarded.text)
             if not text:
                 sample.fail(BACKEND_ERROR, f"{fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
                 return
             guards_meta = guarded.meta()
         else:
-            guarded.reject()
-            reason = guarded.verdict.reason
-            policy = self.config.on_reject
-            text, trimmed, outcome = guarded.text, False, FLAGGED
-            problem = None
-            if policy == "alt_text":
-                problem = self.guard.stand_in_problem(sample.alt_text)
-                alt, alt_trimmed = self._fit(fmt, clean_text(sample.alt_text or "", self.config.alt_text_max_chars))
-                if problem is None and alt:
-                    text, trimmed, outcome, model = alt, alt_trimmed, FALLBACK, None
-                    meta.update(fallback=reason, rejected=guarded.text[:REJECTED_CHARS])
-                else:
-                    problem = problem or "no part of it fits the length target"
-            if outcome == FLAGGED:
-                meta["flagged"] = reason
-                text, trimmed = self._fit(fmt, text)
-                text = text or guarded.text
-                if policy != "keep":
-                    outcome = DROPPED
-                    sample.fail(DROPPED_STATUS, f"guard: {key}: {reason}")
-            guards_meta = guarded.meta(outcome)
-            if problem:
-                guards_meta["alt_text_cannot_stand_in"] = problem
+            text, trimmed, model, guards_meta = self._settle_rejected(job, key, meta)
         outcome = TRIMMED if trimmed else (FIRST_TRY if job.attempts == 1 else REGENERATED)
         meta["length"] = length_meta(text, fmt.target, job.attempts, outcome)
         if guards_meta:
             meta["guards"] = guards_meta
         sample.captions[key] = Caption(text=text, source=key, model=model, prompt_id=fmt.template.prompt_id, meta=meta)
+
+    def _settle_rejected(self, job: _Job, key: str, meta: dict) -> tuple[str, bool, str | None, dict]:
+        """A caption still rejected: (text, trimmed, model, guards meta) as `on_reject` says;
+        `meta` gets the fallback or flag."""
+        fmt, guarded, sample = job.fmt, job.guarded, job.sample
+        guarded.reject()
+        reason, policy = guarded.verdict.reason, self.config.on_reject
+        problem = None
+        if policy == "alt_text":
+            problem = self.guard.stand_in_problem(source_text(sample.alt_text, self.config.alt_text_max_chars))
+            alt, trimmed = self._fit(fmt, clean_text(sample.alt_text or "", self.config.alt_text_max_chars))
+            if problem is None and alt:
+                meta.update(fallback=reason, rejected=guarded.text[:REJECTED_CHARS])
+                return alt, trimmed, None, guarded.meta(FALLBACK)
+            problem = problem or "no part of it fits the length target"
+        meta["flagged"] = reason
+        text, trimmed = self._fit(fmt, guarded.text)
+        outcome = FLAGGED
+        if policy != "keep":  # drop, or an AltText that cannot stand in
+            outcome = DROPPED
+            sample.fail(DROPPED_STATUS, f"guard: {key}: {reason}")
+        guards_meta = guarded.meta(outcome)
+        if problem:
+            guards_meta["alt_text_cannot_stand_in"] = problem
+        return text or guarded.text, trimmed and bool(text), self.backend.model_id, guards_meta

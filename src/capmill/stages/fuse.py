@@ -29,7 +29,7 @@ from capmill.guards.config import AUTO
 from capmill.guards.fuse import FUSE_CHECKS, FuseGuardConfig
 from capmill.guards.language import code_for, detect
 from capmill.prompts import PromptTemplate, load_template
-from capmill.prompts.safety import safe_alt_text, untrusted, without_untrusted
+from capmill.prompts.safety import safe_alt_text, source_text, untrusted, without_untrusted
 from capmill.sample import BACKEND_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import length_meta, token_counter, truncate_to
@@ -160,9 +160,9 @@ class FuseStage(Stage):
                             error=gen.error or "no text")
                 continue
             prompt = without_untrusted("\n".join(m["content"] for m in request.messages))
-            given = GuardInput(sources={"alt_text": sample.alt_text or "", "caption": cap_text}, prompt=prompt,
-                               finish=finish_reason(gen.meta), language=self.expected_language(alt, cap_text),
-                               grounded=True)
+            sources = {"alt_text": source_text(sample.alt_text, cfg.max_chars), "caption": cap_text}
+            given = GuardInput(sources=sources, prompt=prompt, finish=finish_reason(gen.meta),
+                               language=self.expected_language(alt, cap_text), grounded=True)
             items.append(Guarded(clean_output(gen.texts[0]), given,
                                  owner={"sample": sample, "alt": alt, "caption": cap_text, "inputs": inputs,
                                         "request": request, "meta": gen.meta}))
