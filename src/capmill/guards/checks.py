@@ -128,9 +128,15 @@ class GuardInput:
 _STOPWORDS = frozenset().union(*lang.stopwords().values(), "the a an and or of in on at to is are it this that".split())
 
 
+def _spellings(text: str) -> tuple[str, ...]:
+    """`text`, and its look-alike letters folded to Latin when it has any."""
+    folded = text.translate(CONFUSABLES)
+    return (text,) if folded == text else (text, folded)
+
+
 def instruction_signal(text: str) -> str | None:
     """What makes `text` (an input) read as an attempt to instruct the model, or None."""
-    for candidate in (text, text.translate(CONFUSABLES)):
+    for candidate in _spellings(text):
         m = SOURCE_INSTRUCTIONS.search(candidate) or SHOUTED_ORDER.search(candidate)
         if m:
             return m.group(0).strip()[:80]
@@ -203,7 +209,7 @@ def _echo(text_words: list[str], source_words: list[str], span: int) -> str | No
 
 
 def check_injection(text: str, given: GuardInput, cfg: GuardConfig) -> str | None:
-    for candidate in (text, text.translate(CONFUSABLES)):
+    for candidate in _spellings(text):
         m = OUTPUT_INSTRUCTIONS.search(candidate) or PLACEHOLDERS.search(candidate) or DELIMITER_ECHO.search(candidate)
         if m:
             return f"instruction-like text {m.group(0).strip()[:60]!r}"
