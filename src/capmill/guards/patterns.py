@@ -26,22 +26,21 @@ REFUSAL_ANYWHERE = re.compile(
     r"\b(?:i'?m|i am) (?:sorry|afraid|unable|not able)\b"
     r"|\bi (?:can ?not|can't|won't|will not|am unable to) (?:help|assist|describe|provide|comply|fulfil|fulfill|see|view|"
     r"identify|process|caption|do that|answer)\b"
-    r"|\bas an? (?:ai|language model|ai language model|ai assistant)\b",
+    r"|\bas an? (?:ai|language model|ai language model|ai assistant)(?:,|\s+i\b)",  # not "works as an AI engineer"
     I,
 )
 
-_IGNORE = r"(?:ignore|ignoring|disregard|forget|override|skip)"
-_PREVIOUS = r"(?:all |any |the |your |these |those )?(?:previous|prior|above|earlier|preceding|original|system|other)"
+_IGNORE = r"(?:ignore|ignoring|disregard|forget|override)"
+_PREVIOUS = r"(?:all |any |the |your |these |those )?(?:previous|prior|above|earlier|preceding|original|system)"
 _ORDERS = r"(?:instructions?|prompts?|rules|directions|guidelines|directives|commands?|orders|task)"
 
-# Strong signs in any text: what only an injection (or a model echoing one) writes.
+# Strong signs in any text: what only an injection (or a model echoing one) writes; a sign in a
+# photo rarely says any of it ("You are now entering …" does, so that one is for inputs only).
 _STRONG = [
     rf"\b{_IGNORE}\b[^.!?\n]{{0,30}}\b{_PREVIOUS}\b[^.!?\n]{{0,20}}\b{_ORDERS}\b",
-    rf"\b{_IGNORE} (?:all|everything|the above|that|the (?:image|picture|photo|caption|task))\b",
-    r"\bsystem (?:prompt|override|message|instructions?)\b",
-    r"\bdeveloper mode\b|\bjailbr[eo]a?k|\bprompt injection\b|\bDAN mode\b",
-    r"\byou are now\b|\bfrom now on,? (?:you|reply|answer|respond|only)\b|\bas instructed\b",
-    r"\b(?:new|hidden|secret|additional|updated) (?:instructions?|task|system prompt)\b",
+    rf"\b{_IGNORE} (?:everything|the above|all (?:of )?(?:the )?(?:above|previous|prior)|the (?:image|picture|photo|caption|task))\b",
+    r"\bsystem (?:prompt|override)\b|\bdeveloper mode\b|\bjailbr[eo]a?k|\bprompt injection\b|\bDAN mode\b",
+    r"\bas instructed\b|\b(?:new|hidden|secret|additional|updated) (?:instructions?|task|system prompt)\s*:",
     r"\b(?:include|insert|append|prepend) (?:this|the following) (?:sentence|text|phrase|line|word)",
     r"\brepeat (?:this|after me|the following)\b",
     r"\bend of (?:the )?(?:data|input|alt ?text|caption|prompt)\b",
@@ -53,15 +52,19 @@ _STRONG = [
     r"\bignore[zr]?\b.{0,40}\binstructions\b|\bignora\w*\b.{0,40}\b(?:instrucciones|istruzioni|instruções)\b",
 ]
 
-# Role labels of a fake chat turn, and chat markers that carry a role.
-_TURNS = [
-    r"(?:^|[\n.!?>\]›|｜]\s*)(?:assistant|system)\s*:",
+# Chat markers that carry a role.
+_MARKERS = [
     r"(?:<|‹)\|?(?:im_start|start_header_id|system|assistant|user)\|?(?:>|›)",
     r"(?:<|‹)(?:start_of_turn|end_of_turn|end_of_utterance)(?:>|›)",
     r"(?:\[|⟦)/?INST(?:\]|⟧)|<<\s*/?SYS\s*>>",
 ]
+# Role labels of a fake turn: an output that opens one (or starts a sentence or line with one)
+# speaks as a chat participant; an input has one after a line break or a closing bracket (at
+# the start of an AltText, "Assistant: Jane Doe" is a photo credit).
+_OUTPUT_TURN = r"(?:^|[\n.!?>\]›|｜])\s*(?:assistant|system|user)\s*:"
+_SOURCE_TURN = r"(?:\n|[>\]›|｜])\s*(?:assistant|system)\s*:"
 
-OUTPUT_INSTRUCTIONS = re.compile("|".join(_STRONG + _TURNS), I)
+OUTPUT_INSTRUCTIONS = re.compile("|".join(_STRONG + _MARKERS + [_OUTPUT_TURN]), I)
 
 # Image placeholders a text has no business carrying (in an input they try to make the model
 # see another picture; a generated caption that has them echoes the prompt's machinery).
@@ -74,14 +77,16 @@ PLACEHOLDERS = re.compile(
 # capmill's delimiters, raw or as `neutralise_untrusted` rewrites them.
 DELIMITER_ECHO = re.compile(r"(?:<|‹)\s*/?\s*(?:alt_text|caption|ocr_text)\s*(?:>|›)|\(/?(?:alt|ocr) text\)", I)
 
-# Weaker signs, for inputs only: a verb addressed to the model with what it should say.
-SOURCE_INSTRUCTIONS = re.compile("|".join(_STRONG + _TURNS + [
-    r"\b(?:reply|respond|answer|output|print|return)\b[^.!?\n]{0,40}\b(?:only|just|exactly|verbatim|nothing else|"
-    r"with the word|the following|instead|in json)\b",
+# Weaker signs, for inputs only: words addressed to the model saying what it should write.
+SOURCE_INSTRUCTIONS = re.compile("|".join(_STRONG + _MARKERS + [_SOURCE_TURN] + [
+    r"\byou are now (?:a|an|in (?:developer|god|dan|jailbreak)|dan|free|unrestricted|no longer)\b"
+    r"|\bfrom now on,? (?:you|reply|answer|respond|only|write)\b",
+    r"\b(?:reply|respond|answer|output)\b(?: \w+){0,3} (?:only|just|exactly|verbatim)\b",
+    r"\b(?:reply|respond|answer|output)\b(?: \w+){0,2} (?:in json|with the word|nothing else|the following)\b",
     r"\binstead\b[^.!?\n]{0,60}\b(?:describ\w*|caption\w*|write|say|output)\b"
     r"|\b(?:describ\w*|write|say|output)\b[^.!?\n]{0,60}\binstead\b",
     r"\b(?:do not|don't|never) (?:describe|caption)\b",
-    r"\b(?:every|each|your|the) (?:caption|description|answer|response|reply|output)s? (?:must|should|has to|needs to)\b",
+    r"\b(?:every|each|your) (?:caption|description|answer|response|reply|output)s? (?:must|should|has to|needs to)\b",
     r"\b(?:end|finish|start|begin|close|sign)\b[^.!?\n]{0,20}\b(?:caption|answer|reply|response|description|output)s?"
     r"\b[^.!?\n]{0,10}\bwith\b",
     r"\b(?:append|add|attach|insert|include|put|mention|write)\b[^!?\n]{0,80}\b(?:to|in|into|at the end of) "
@@ -89,7 +94,8 @@ SOURCE_INSTRUCTIONS = re.compile("|".join(_STRONG + _TURNS + [
     r"\brefuse to (?:describe|caption|answer)\b|\brepeat it\b",
 ]), I)
 # "reply HACKED": an instruction verb followed by a shouted word (case matters here).
-SHOUTED_ORDER = re.compile(r"\b(?:[Rr]eply|[Rr]espond|[Aa]nswer|[Oo]utput|[Pp]rint|[Ss]ay|[Ww]rite)\s+[\"'“«]?[A-Z]{4,}\b")
+SHOUTED_ORDER = re.compile(r"\b(?:[Rr]eply|[Rr]espond|[Aa]nswer|[Oo]utput|[Pp]rint)\s+[\"'“«]?[A-Z]{4,}\b"
+                           r"|\b(?:[Nn]ow|[Oo]nly|[Jj]ust)\s+(?:say|write)\s+[\"'“«]?[A-Z]{4,}\b")
 
 # Look-alike letters (Cyrillic and Greek) folded to Latin before matching the Latin patterns,
 # so "Іgnore рrevious іnstructions" reads as what it is.
@@ -149,6 +155,6 @@ CODE = re.compile(
 # Words a sentence does not end on: a text stopping after one was cut off.
 DANGLING = frozenset("""
 a an the of and or but with to in on at by for from into onto its their his her our your my is are was were
-which that whose while as than over under near between behind including such very some two three of
+which that whose while as than over under near between behind including such very
 """.split())
 TERMINAL = tuple('.!?…。！？"”»)]\'’')
