@@ -115,3 +115,32 @@ def test_language_auto_follows_the_format_and_guards_can_be_turned_off(tmp_path)
     off = _stage(backend={"responses": [SORRY]}, guards={"enabled": False})
     [s] = off.process(_samples("x"))
     assert s.captions["ssc"].text == SORRY and off.backend.batch_sizes == [1]
+
+
+def test_normal_captions_of_the_demo_photos_pass_a_run_untouched(tmp_path):
+    """False alarms cost good data: a run whose model writes normal captions of the demo photos
+    (the fake, scripted with them) stores every one as written, with no guard firing."""
+    import json
+
+    from capmill.config import parse_config
+    from capmill.prompts.safety import safe_text
+    from capmill.run import run
+    from capmill.testing import PHOTOS, write_webdataset
+    from capmill.testing.hostile import good_captions
+    from tests.conftest import make_config
+
+    write_webdataset(tmp_path / "data", shards=1, per_shard=len(PHOTOS))
+    written = {g.alt_text: g.text for g in good_captions() if g.kind == "dsc" and g.alt_text in PHOTOS.values()}
+    assert len(written) == len(PHOTOS)
+    script = [{"when": safe_text(alt)[:80], "answer": text} for alt, text in written.items()]
+    cfg = make_config(tmp_path / "data", tmp_path / "out", stages=[
+        {"type": "caption", "formats": ["custom"], "backend": {"type": "fake", "script": script}}])
+    cfg["output"]["text_field"] = "custom"
+    assert run(parse_config(cfg), progress=False).ok
+    stats = json.loads((tmp_path / "out" / "_stats" / "00000.json").read_text())
+    assert stats["by_status"] == {"ok": len(PHOTOS)}
+    assert stats["captions"]["custom"]["guards"] == {} and stats["captions"]["custom"]["guard_outcomes"] == {}
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
+    assert sorted(r["caption.custom"] for r in rows) == sorted(written.values())
