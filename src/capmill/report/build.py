@@ -6,7 +6,8 @@ the models by id, the status counts and drop reasons summed over `_stats`, every
 in OUT/_eval.json, a histogram per score key with labelled axes ("clip:dsc" is the CLIP score of
 the dsc field), a side-by-side view of two caption fields with their scores, and a grid of
 samples (thumbnail, AltText, every caption with its scores, status) filtered by status and by a
-text search over key, AltText and captions, sorted by key or any score in either order.
+text search over key, AltText and captions, sorted by key or any score in either order, and
+the output guards' counts (rejected texts by caption key and reason) summed over `_stats`.
 Dropped samples come from `_rejects/` when the run wrote them, with their thumbnails.
 
 All text from the data is inserted with textContent by the script, never as HTML.
@@ -127,8 +128,11 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         if len(records) < max_samples:
             records.append(_record(sample, thumbnail(sample.image.data, thumb_size)))
     drops: Counter = Counter()
+    guards: Counter = Counter()
     for stats in out.all_stats():
         drops.update(stats.get("drops", {}))
+        for key, tally in (stats.get("captions") or {}).items():
+            guards.update({f"{key}: {reason}": n for reason, n in (tally.get("guards") or {}).items()})
     models = {stage: [{"id": model_label(m), "source": m} for m in ids] for stage, ids in (run.get("models") or {}).items()}
     return {
         "title": os.path.basename(os.path.abspath(out_dir)),
@@ -141,6 +145,7 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         "drops": dict(drops.most_common()),
         "fields": list(fields),
         "evaluations": _evaluations(out_dir, run.get("config_hash")),
+        "guards": dict(sorted(guards.items(), key=lambda kv: (-kv[1], kv[0]))),
         "samples": records,
     }
 

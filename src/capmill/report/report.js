@@ -54,6 +54,8 @@ function overview() {
   });
   fillTable(document.getElementById("statuses"), Object.entries(DATA.statuses));
   fillTable(document.getElementById("drops"), Object.entries(DATA.drops));
+  // Rejected texts by "caption key: reason" (see the guards section of the README).
+  fillTable(document.getElementById("guards"), Object.entries(DATA.guards || {}));
 }
 
 function evaluations() {
