@@ -133,9 +133,8 @@ def test_openai_backend_against_a_scripted_obeying_server(tmp_path):
     """Every prompt the server received is clean, every obeyed answer is caught (and asked for
     again once, in the same batch), and a server's finish_reason "length" counts as truncation."""
     pytest.importorskip("aiohttp")
-    from capmill.testing.scripted_server import ScriptedServer
-
     from capmill.sample import Caption, Sample
+    from capmill.testing.scripted_server import ScriptedServer
 
     cut = {"when": "Write one short sentence", "answer": "A dog sits on a bench. It looks at the",
            "finish_reason": "length"}

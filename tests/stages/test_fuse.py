@@ -7,10 +7,6 @@ import pytest
 
 from capmill.config import parse_config
 from capmill.errors import ConfigError
-from capmill.run import run
-from capmill.sample import Caption, Sample
-from capmill.stages.base import RunContext
-from capmill.stages.fuse import FuseStageConfig, clean_output
 from capmill.guards import GuardInput, OutputGuard
 from capmill.guards.checks import check_empty, check_loop, check_refusal, check_runaway
 from capmill.guards.fuse import (
@@ -22,6 +18,10 @@ from capmill.guards.fuse import (
     entities,
     lost_entity_share,
 )
+from capmill.run import run
+from capmill.sample import Caption, Sample
+from capmill.stages.base import RunContext
+from capmill.stages.fuse import FuseStageConfig, clean_output
 from tests.conftest import make_config
 
 ALT = "NASA portrait of astronaut Eileen Collins in her flight suit, 1999"

@@ -30,7 +30,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from capmill.guards import language as lang
-from capmill.prompts.safety import forged_delimiter
 from capmill.guards.patterns import (
     ACTIVE_MARKUP,
     CODE,
@@ -47,6 +46,7 @@ from capmill.guards.patterns import (
     TERMINAL,
     URL,
 )
+from capmill.prompts.safety import forged_delimiter
 
 if TYPE_CHECKING:
     from capmill.guards.config import GuardConfig

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from capmill.testing.fault_server import FaultServer, Faults, answer_text, prompt_of, request_id
+from capmill.testing.fault_server import Faults, FaultServer, answer_text, prompt_of, request_id
 
 
 class ScriptedServer(FaultServer):
