@@ -82,6 +82,8 @@ class RunSummary:
     samples: int = 0
     interrupted: bool = False
     captions: CaptionTally = field(default_factory=CaptionTally)
+    # One line per stage the fit step fitted (or reused) before the run: what it decided.
+    fits: list[str] = field(default_factory=list)
 
     def add_shard(self, stats: dict[str, Any]) -> None:
         self.shards_done += 1
@@ -103,6 +105,7 @@ class RunSummary:
             f"{len(self.failed_shards)} failed, of {self.shards_total}",
             f"samples: {self.samples} in {self.wall_seconds:.1f}s ({rate:.1f}/s)",
         ]
+        lines.extend(f"fit {line}" for line in self.fits)
         if self.by_status:
             lines.append("")
             lines.append(f"{'status':<24}{'samples':>10}")

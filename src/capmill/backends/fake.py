@@ -61,7 +61,7 @@ def hashed_vector(seed: bytes, dim: int) -> np.ndarray:
 
 
 class FakeBackend:
-    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer and TextEmbedder."""
+    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, ImageTextMatcher and TextEmbedder."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -112,3 +112,8 @@ class FakeBackend:
         return np.stack([hashed_vector(t.encode("utf-8", "replace"), self.config.dim) for t in texts]) if texts else np.zeros((0, self.config.dim), np.float32)
 
     embed = embed_texts
+
+    def match(self, images, texts: list[str]) -> np.ndarray:
+        """ImageTextMatcher: a probability derived from a hash of the pixels and the text."""
+        return np.array([int.from_bytes(hashlib.sha256(img.tobytes() + t.encode("utf-8", "replace")).digest()[:4],
+                                        "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 
 # open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`.
-FAMILIES = ("clip", "siglip", "blip", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip")
+FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip")
 
 _WORDS = """
 a an the this that of in on at with by for from and or to is are was be it its one two three
@@ -201,14 +201,14 @@ def build_siglip(out: Path) -> None:
     _save(SiglipModel(config), SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer), out)
 
 
-def build_blip(out: Path) -> None:
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+def _blip_parts():
+    """A tiny BlipConfig and its processor, shared by the captioning and the ITM model."""
+    from transformers import BlipConfig, BlipImageProcessor, BlipProcessor
 
     tokenizer = _hf_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]"],
                               pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
                               bos_token="[DEC]")
     tokenizer.padding_side = "right"
-    _seed()
     config = BlipConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=128,
@@ -219,7 +219,24 @@ def build_blip(out: Path) -> None:
         projection_dim=32,
     )
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
-    _save(BlipForConditionalGeneration(config), BlipProcessor(image_processor=image_processor, tokenizer=tokenizer), out)
+    return config, BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_blip(out: Path) -> None:
+    from transformers import BlipForConditionalGeneration
+
+    config, processor = _blip_parts()
+    _seed()
+    _save(BlipForConditionalGeneration(config), processor, out)
+
+
+def build_blip_itm(out: Path) -> None:
+    """BLIP with its image–text matching head (BlipForImageTextRetrieval), as TL;DR scores pairs."""
+    from transformers import BlipForImageTextRetrieval
+
+    config, processor = _blip_parts()
+    _seed()
+    _save(BlipForImageTextRetrieval(config), processor, out)
 
 
 def _llama_text(tokenizer, **extra) -> dict:
@@ -350,7 +367,7 @@ def build_open_clip(out: Path) -> None:
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "llava": build_llava,
+    "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "blip_itm": build_blip_itm, "llava": build_llava,
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
     "open_clip": build_open_clip,
 }
