@@ -42,20 +42,21 @@ paragraph objects colours colors positions text visible count details describe e
 
 
 def _corpus() -> list[str]:
-    """Sentences to train the tokenizers on: the word list plus capmill's own format prompts, so
-    prompts tokenize into few tokens and the tiny models stay fast."""
+    """Sentences to train the tokenizers on: the word list plus capmill's own format and fusion
+    prompts, so prompts tokenize into few tokens (a fusion prompt fits CapsFusion's 256-token
+    budget, as it does with a real LLM's tokenizer) and the tiny models stay fast."""
     import random
 
     rng = random.Random(0)
     lines = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)]
-    formats = Path(__file__).resolve().parent.parent / "prompts" / "formats"
-    for path in sorted(formats.glob("*.yaml")):
-        lines.append(path.read_text(encoding="utf-8"))
+    prompts = Path(__file__).resolve().parent.parent / "prompts"
+    for path in sorted([*prompts.glob("formats/*.yaml"), *prompts.glob("fuse/*.yaml")]):
+        lines.extend([path.read_text(encoding="utf-8")] * 4)  # as frequent as the word list's words
     lines.append(" ".join(_WORDS).capitalize() + ". 0123456789 ,.;:!?'\"()-")
     return lines
 
 
-def _bpe_tokenizer(special: list[str], vocab_size: int = 700):
+def _bpe_tokenizer(special: list[str], vocab_size: int = 1000):
     """A byte-level BPE `tokenizers.Tokenizer` with `special` registered as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
