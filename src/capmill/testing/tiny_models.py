@@ -41,42 +41,49 @@ paragraph objects colours colors positions text visible count details describe e
 """.split()
 
 
-def _corpus() -> list[str]:
-    """Sentences to train the tokenizers on: the word list plus capmill's own format and fusion
-    prompts, so prompts tokenize into few tokens (a fusion prompt fits CapsFusion's 256-token
-    budget, as it does with a real LLM's tokenizer) and the tiny models stay fast."""
+def _corpus(fusion: bool = False) -> list[str]:
+    """Sentences to train the tokenizers on: the word list plus the texts of capmill's own format
+    prompts (and, for the language models that fuse, of its fusion prompts, often enough that a
+    fusion prompt fits CapsFusion's 256-token budget as it does with a real LLM's tokenizer), so
+    prompts tokenize into few tokens and the tiny models stay fast. Only what a model reads is
+    used (templates, not the files' documentation), so documenting a prompt changes no model."""
     import random
+
+    import yaml
 
     rng = random.Random(0)
     lines = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)]
     prompts = Path(__file__).resolve().parent.parent / "prompts"
-    for path in sorted([*prompts.glob("formats/*.yaml"), *prompts.glob("fuse/*.yaml")]):
-        lines.extend([path.read_text(encoding="utf-8")] * 4)  # as frequent as the word list's words
+    for kind, repeat in (("formats", 4 if fusion else 1), *((("fuse", 4),) if fusion else ())):
+        for path in sorted(prompts.glob(f"{kind}/*.yaml")):
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = "\n".join(str(data.get(k) or "") for k in ("system", "template")) + "\n" + str(data.get("options", ""))
+            lines.extend([text] * repeat)
     lines.append(" ".join(_WORDS).capitalize() + ". 0123456789 ,.;:!?'\"()-")
     return lines
 
 
-def _bpe_tokenizer(special: list[str], vocab_size: int = 1000):
+def _bpe_tokenizer(special: list[str], fusion: bool = False):
     """A byte-level BPE `tokenizers.Tokenizer` with `special` registered as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+    trainer = trainers.BpeTrainer(vocab_size=1000 if fusion else 700, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(_corpus(fusion), trainer)
     return tok
 
 
-def _hf_tokenizer(special: list[str], *, chat_template: str | None = None, **roles):
+def _hf_tokenizer(special: list[str], *, chat_template: str | None = None, fusion: bool = False, **roles):
     """A transformers fast tokenizer around a freshly trained BPE. `roles` names bos/eos/pad/unk
     among `special`; every other entry of `special` is an extra special token."""
     from transformers import PreTrainedTokenizerFast
 
     named = set(roles.values())
     extra = [t for t in special if t not in named]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(special), **roles,
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(special, fusion), **roles,
                                         extra_special_tokens=extra, padding_side="left")
     if chat_template is not None:
         tokenizer.chat_template = chat_template
@@ -324,7 +331,7 @@ def build_qwen2_lm(out: Path) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = _hf_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], chat_template=_CHATML_TEXT,
-                              eos_token="<|im_end|>", pad_token="<|endoftext|>")
+                              fusion=True, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     _seed()
     ids = tokenizer.convert_tokens_to_ids
     # head_dim 64, the smallest that every attention kernel (vLLM's CPU backend too) accepts.
@@ -339,7 +346,7 @@ def build_llama_lm(out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    tokenizer = _hf_tokenizer(special, chat_template=_LLAMA3_TEXT, bos_token="<|begin_of_text|>",
+    tokenizer = _hf_tokenizer(special, chat_template=_LLAMA3_TEXT, fusion=True, bos_token="<|begin_of_text|>",
                               eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
     _seed()
     _save(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in _llama_text(tokenizer).items() if k != "model_type"})),
