@@ -71,3 +71,24 @@ def test_recipe_overrides_switch_backends():
                            ["stages.1.backend={type: fake}", "input.path=x/*.tar"])
     config = parse_config(tree)
     assert config.stages[1].backend.type == "fake" and config.stages[1].caption == "ssc"
+
+
+@pytest.mark.parametrize("name, fakes, export", [
+    ("tldr", ["stages.0.scorer", "stages.0.itm", "stages.1.backend"], "tldr"),
+    ("noc", ["stages.0.scorer"], None),
+    ("dreamlip", ["stages.0.backend"], "dreamlip"),
+])
+def test_method_recipes_run_and_export_with_test_doubles(tmp_path, wds, capsys, name, fakes, export):
+    out = tmp_path / "out"
+    sets = [f"input.path={tmp_path}/data/*.tar", f"output.path={out}", *(f"{k}={FAKE}" for k in fakes)]
+    if name == "tldr":
+        sets.append("stages.0.clusters=4")  # 24 samples: a handful of clusters
+    assert main(["run", name, "--no-progress", *sum((["--set", s] for s in sets), [])]) == 0
+    summary = capsys.readouterr().err
+    if name == "tldr":
+        assert "fit 0:tldr: keeps" in summary and "better half by itm" in summary
+    if name == "noc":
+        assert "fit 0:align_bin: 8 uniform bins of clip:alt_text fitted on 24 of 24 samples" in summary
+        assert {json.loads(r)["scores"]["align_bin"] for r in _records(out)} <= set(map(float, range(8)))
+    if export:
+        assert main(["export", str(out), "--recipe", export, "--out", str(tmp_path / "train")]) == 0

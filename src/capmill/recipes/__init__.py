@@ -3,7 +3,7 @@ export recipes (`export/NAME.yaml`) fixing the training mix a published method u
 
 `capmill run revisit` and `capmill run recipes/revisit.yaml` both find the packaged file when
 no such file exists in the working directory; a local file of that path always wins, so a
-copied and edited recipe is what runs. `provenance.yaml` says where every parameter of every
+copied and edited recipe is what runs. `capmill/data/provenance.yaml` says where every parameter of every
 method comes from (see `capmill.recipes.provenance`).
 """
 
