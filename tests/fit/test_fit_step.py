@@ -166,3 +166,17 @@ def test_tldr_run_reports_its_retention_and_ranks_by_itm(tmp_path):
     assert state["retention"] == pytest.approx(kept / 20)
     assert f"keeps {kept} of 20 samples ({100 * kept / 20:.1f}%)" in line and "better half by itm" in line
     assert f"keeps {kept} of 20" in summary.render()
+
+
+def test_tldr_better_half_by_a_real_blip_itm_head(tmp_path, tiny_models):
+    write_webdataset(tmp_path / "data", shards=1, per_shard=8)
+    stages = [{"type": "tldr", "clusters": 2, "stride": 1,
+               "scorer": {"type": "clip", "model": str(tiny_models / "clip"), "device": "cpu"},
+               "itm": {"type": "blip_itm", "model": str(tiny_models / "blip_itm"), "device": "cpu"}}]
+    summary = run(parse_config(make_config(tmp_path / "data", tmp_path / "out", stages=stages)), progress=False)
+    assert summary.ok and "better half by itm" in summary.fits[0]
+    [fit_file] = (tmp_path / "out" / "_fit").glob("tldr-*.json")
+    state = json.loads(fit_file.read_text())
+    # stride 1 keeps every cluster member: what survives is exactly the better half by ITM.
+    assert state["in_stride"] == 8 and state["kept"] == state["better_half"] == 4
+    assert state["half_by"] == f"itm ({tiny_models / 'blip_itm'})"
