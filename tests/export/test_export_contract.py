@@ -216,3 +216,25 @@ def test_kohya_folders_hold_the_chosen_caption(outs, tmp_path):
         export_config("diffusion", 0, ["repeats=3"])
     with pytest.raises(ConfigError, match=r"\{shard\}"):
         export_config("diffusion", 0, ["diffusion_format=sidecar", "folder=images"])
+
+
+def test_joined_texts_are_reported_against_what_was_asked(outs, tmp_path):
+    report = export_run(str(outs["revisit"]), export_config("clip", 0, ["mix.p_synthetic=1.0", "mix.synthetic=[ssc]",
+                                                                        "mix.join_alt_text=true"]), str(tmp_path / "j"))
+    assert report.requested == {"alt_text+ssc": 1.0} and report.text_source == {"alt_text+ssc": 12}
+    line = next(line for line in report.render().splitlines() if line.strip().startswith("alt_text+ssc"))
+    assert line.split()[-2:] == ["100.0%", "100.0%"]
+
+
+def test_captions_of_outputs_without_caption_counts_are_read_from_their_columns(outs, tmp_path):
+    import shutil
+
+    from capmill.export import known_captions
+
+    old = tmp_path / "old"
+    shutil.copytree(outs["revisit"], old)
+    for path in (old / "_stats").glob("*.json"):
+        stats = json.loads(path.read_text())
+        stats.pop("captions")
+        path.write_text(json.dumps(stats))
+    assert known_captions(str(old)) == {"ssc", "dsc", "dsc_plus"}

@@ -48,8 +48,10 @@ class MixConfig(Strict):
     fallback: str | None = None
 
     def requested(self) -> dict[str, float]:
-        """The share of samples each text source is asked for (before any fallback)."""
-        out = {name: self.p_synthetic / len(self.synthetic) for name in self.synthetic}
+        """The share of samples each text source is asked for (before any fallback), named as the
+        report names what was written ("alt_text+NAME" when joined)."""
+        joined = f"{ALT_TEXT}+" if self.join_alt_text else ""
+        out = {f"{joined}{name}": self.p_synthetic / len(self.synthetic) for name in self.synthetic}
         if self.p_synthetic < 1:
             out[ALT_TEXT] = 1 - self.p_synthetic
         return out

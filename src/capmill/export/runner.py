@@ -81,10 +81,28 @@ class ExportReport:
 
 
 def known_captions(run_out: str) -> set[str]:
-    """The caption keys the run wrote: those its committed shards' records count (`_stats`)."""
+    """The caption keys the run wrote: those its committed shards' records count (`_stats`), or,
+    for an output whose records predate those counts, the `caption.NAME` columns of its parquet
+    files (their schemas only) or the records of its first tar shard."""
+    out = OutputDir(run_out)
+    all_stats = out.all_stats()
     names: set[str] = set()
-    for stats in OutputDir(run_out).all_stats():
+    for stats in all_stats:
         names.update((stats.get("captions") or {}).keys())
+    if names or any("captions" in stats for stats in all_stats):
+        return names
+    import pyarrow.parquet as pq
+
+    for stats in all_stats:
+        parquet = f"{stats['shard']}.parquet"
+        if parquet in stats.get("outputs", []):
+            schema = pq.read_schema(os.path.join(run_out, parquet))
+            names.update(c.removeprefix("caption.") for c in schema.names if c.startswith("caption."))
+    if not names:
+        reader = RunOutputInput(path=run_out).build()
+        for shard in reader.shards()[:1]:
+            for sample in reader.read(shard):
+                names.update(sample.captions)
     return names
 
 
