@@ -168,6 +168,7 @@ def test_tldr_run_reports_its_retention_and_ranks_by_itm(tmp_path):
     assert f"keeps {kept} of 20" in summary.render()
 
 
+@pytest.mark.slow
 def test_tldr_better_half_by_a_real_blip_itm_head(tmp_path, tiny_models):
     write_webdataset(tmp_path / "data", shards=1, per_shard=8)
     stages = [{"type": "tldr", "clusters": 2, "stride": 1,
