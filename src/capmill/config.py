@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError
 
+from capmill.commit.policy import ReliabilityConfig
 from capmill.components import StageSpec, Strict
 from capmill.errors import ConfigError
 from capmill.executors.local import LocalExecutorConfig
@@ -33,12 +34,19 @@ class RunConfig(Strict):
     stages: list[StageSpec] = Field(default_factory=list)
     # Seed for everything random in the run (sampling backends, bags, mixes).
     seed: int = 0
+    # Transient-failure budget, circuit breaker, degenerate-result bounds, lock timing.
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
 
     def hashed_content(self) -> dict[str, Any]:
-        """What decides the output. Executor settings are left out on purpose: a run can be
-        resumed with another batch size, more workers, or on Ray, and give the same records."""
+        """What decides the output. Executor and reliability settings are left out on purpose:
+        a run can be resumed with another batch size, more workers, on Ray, or with another
+        failure budget, and give the same records."""
         content = self.model_dump(mode="json")
         content.pop("executor", None)
+        content.pop("reliability", None)
+        # Outputs made before --limit left the hash carry `"limit": null` in theirs; kept, so
+        # that they resume.
+        content["limit"] = None
         return content
 
 

@@ -82,6 +82,15 @@ class RunSummary:
     samples: int = 0
     interrupted: bool = False
     captions: CaptionTally = field(default_factory=CaptionTally)
+    # Shards not committed because they hold too many transient failures (or the run stopped
+    # before committing them): the rerun redoes them.
+    deferred_shards: dict[str, str] = field(default_factory=dict)
+    # Why the run stopped early (circuit breaker, lost lock), if it did.
+    stopped: str | None = None
+    # Committed shards (this run's or earlier ones) holding retryable samples: shard → count.
+    retryable: dict[str, int] = field(default_factory=dict)
+    # Committed shards whose results are degenerate: shard → reasons.
+    degenerate: dict[str, list[str]] = field(default_factory=dict)
 
     def add_shard(self, stats: dict[str, Any]) -> None:
         self.shards_done += 1
@@ -92,15 +101,33 @@ class RunSummary:
             self.seconds[name] += value
         self.captions.merge(stats.get("captions"))
 
+    def note_committed(self, stats: dict[str, Any], degenerate: list[str]) -> None:
+        """Record what a committed shard's commit record says is not right yet."""
+        from capmill.commit.stats import retryable_in
+
+        shard = stats["shard"]
+        n = retryable_in(stats)
+        if n:
+            self.retryable[shard] = n
+        else:
+            self.retryable.pop(shard, None)
+        if degenerate:
+            self.degenerate[shard] = degenerate
+        else:
+            self.degenerate.pop(shard, None)
+
     @property
     def ok(self) -> bool:
-        return not self.failed_shards and not self.interrupted
+        """Exit 0 means the data is right: nothing failed, left over, retryable or degenerate."""
+        return not (self.failed_shards or self.interrupted or self.deferred_shards or self.stopped
+                    or self.retryable or self.degenerate)
 
     def render(self) -> str:
         rate = self.samples / self.wall_seconds if self.wall_seconds else 0.0
+        deferred = f", {len(self.deferred_shards)} left for the rerun" if self.deferred_shards else ""
         lines = [
             f"shards: {self.shards_done} done, {self.shards_skipped} already committed, "
-            f"{len(self.failed_shards)} failed, of {self.shards_total}",
+            f"{len(self.failed_shards)} failed{deferred}, of {self.shards_total}",
             f"samples: {self.samples} in {self.wall_seconds:.1f}s ({rate:.1f}/s)",
         ]
         if self.by_status:
@@ -124,6 +151,17 @@ class RunSummary:
             lines.append(self.captions.render())
         for shard, reason in sorted(self.failed_shards.items()):
             lines.append(f"FAILED shard {shard}: {reason}")
+        for shard, reason in sorted(self.deferred_shards.items()):
+            lines.append(f"LEFT FOR RERUN shard {shard}: {reason}")
+        for shard, reasons in sorted(self.degenerate.items()):
+            lines.append(f"DEGENERATE shard {shard}: {'; '.join(reasons)}")
+        if self.retryable:
+            shown = ", ".join(f"{s} ({n})" for s, n in sorted(self.retryable.items())[:10])
+            more = " …" if len(self.retryable) > 10 else ""
+            lines.append(f"RETRYABLE: {sum(self.retryable.values())} sample(s) in {len(self.retryable)} committed "
+                         f"shard(s) failed transiently: {shown}{more}; rerun with --retry-errors to redo only them")
+        if self.stopped:
+            lines.append(f"STOPPED: {self.stopped}")
         if self.interrupted:
             lines.append("interrupted: committed shards are kept; rerun the same command to resume")
         return "\n".join(lines)

@@ -24,6 +24,9 @@ class RunContext:
     # The run's input config, so a stage that must see the data before the streaming pass
     # (bin edges, clusters) can read it in `setup`; see capmill.fit.prepass.
     input: Any = None
+    # False when the run will discard what `out_dir` holds (--force over another config's
+    # results): a stage must not build on those shards.
+    resuming: bool = True
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("capmill"))
 
 
