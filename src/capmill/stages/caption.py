@@ -21,7 +21,7 @@ from pydantic import Field
 from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.prompts import PromptTemplate, delimited, load_template
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, Caption, Sample
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
     FIRST_TRY,
@@ -153,10 +153,13 @@ class CaptionStage(Stage):
             job.attempts += 1
             texts = [t.strip() for t in gen.texts]
             if gen.error is not None or not texts or not texts[0]:
-                if retry:  # a failed retry keeps the earlier answer, which will be trimmed
+                if retry and not gen.transient:  # a failed retry keeps the earlier answer, which will be trimmed
                     job.meta["retry_error"] = gen.error or "empty caption"
                     continue
-                job.sample.fail(BACKEND_ERROR, f"{job.fmt.name}: {gen.error or 'empty caption'}")
+                # A transient failure is never stored as a result (not even as a trimmed earlier
+                # answer): the sample is retryable and redone as a whole.
+                job.sample.fail(TRANSIENT_ERROR if gen.transient else BACKEND_ERROR,
+                                f"{job.fmt.name}: {gen.error or 'empty caption'}")
                 job.texts = []
                 continue
             job.texts = texts

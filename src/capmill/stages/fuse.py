@@ -23,7 +23,7 @@ from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import delimited, delimited_caption, safe_alt_text
-from capmill.sample import BACKEND_ERROR, Caption, Sample
+from capmill.sample import BACKEND_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import length_meta, token_counter, truncate_to
 from capmill.guards.fuse import GuardConfig, first_failure
@@ -136,6 +136,11 @@ class FuseStage(Stage):
         for (sample, alt, cap_text, cut), gen in zip(owners, self.backend.chat(requests), strict=True):
             better = cap_text if cfg.prefer == "caption" else alt
             inputs = {"caption": cfg.caption, "alt_text_truncated": cut}
+            if not gen.ok and gen.transient:
+                # The server was down or timed out: no fallback is stored as if it were the
+                # result; the sample is retryable.
+                sample.fail(TRANSIENT_ERROR, f"{self.key}: {gen.error}")
+                continue
             if not gen.ok:
                 self._store(sample, better, fallback=BACKEND_ERROR, inputs=inputs, error=gen.error or "no text")
                 continue
