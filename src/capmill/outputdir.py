@@ -65,13 +65,13 @@ def writable_problem(path: str) -> str | None:
         probe = parent
     if not os.path.isdir(probe):
         return f"{probe!r} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe!r} is not writable by this user"
     try:
         if os.statvfs(probe).f_flag & os.ST_RDONLY:
             return f"{probe!r} is on a read-only file system"
     except (AttributeError, OSError):
         pass
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe!r} is not writable by this user"
     return None
 
 

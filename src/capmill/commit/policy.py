@@ -30,9 +30,10 @@ class ReliabilityConfig(Strict):
     breaker_after: int = Field(20, ge=0)
     # A shard is degenerate, and the run fails, when the fallbacks of one caption key reach this
     # share of that key's captions, or the drops of one stage reach this share of the samples it
-    # saw (at least one sample). 1.0: only when all of them did.
-    fail_at_fallback_share: float = Field(1.0, gt=0, le=1)
-    fail_at_drop_share: float = Field(1.0, gt=0, le=1)
+    # saw (at least one sample). 1.0: only when all of them did; above 1: never (a pipeline
+    # meant to drop whole shards).
+    fail_at_fallback_share: float = Field(1.0, gt=0)
+    fail_at_drop_share: float = Field(1.0, gt=0)
     lock: LockConfig = Field(default_factory=LockConfig)
 
     def transient_allowed(self, samples: int) -> int:
