@@ -218,30 +218,48 @@ def test_server_killed_and_restarted_mid_run_commits_nothing_transient(tmp_path)
     assert snapshot(out, frozenset({"_run.json"})) == snapshot(tmp_path / "ref", frozenset({"_run.json"}))
 
 
+def wait_for(predicate, proc, timeout=60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not predicate():
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_kill_9_many_times_with_the_openai_backend_against_a_faulty_server(tmp_path):
     data = tmp_path / "data"
-    write_webdataset(data, shards=24, per_shard=4, photos=False)
+    write_webdataset(data, shards=30, per_shard=4, photos=False)
     with FaultServer() as clean:
         assert run(parse_config(openai_config(tmp_path, data, tmp_path / "ref", clean.base_url)), progress=False).ok
     out = tmp_path / "out"
+    stats = out / "_stats"
     faults = Faults(rate_limit=0.1, retry_after_s=0.05, server_error=0.1, truncated=0.05)
     rng = random.Random(99)
-    kills, runs = 0, 0
-    with FaultServer(faults, latency_s=0.25, seed=7) as server:
+    kills, runs, moments = 0, 0, []
+    with FaultServer(faults, latency_s=0.1, seed=7) as server:
         path = tmp_path / "run.yaml"
         path.write_text(yaml.safe_dump(openai_config(tmp_path, data, out, server.base_url)))
         while kills < 22 and runs < 40:
             runs += 1
+            committed = len(list(stats.glob("*.json"))) if stats.exists() else 0
             proc = capmill("run", str(path), "--no-progress")
-            time.sleep(rng.uniform(0.3, 2.0))  # before, during and after start-up
+            # A third of the kills anywhere from start-up on, a third once the run holds the
+            # lock, a third just after it committed a shard.
+            moment = runs % 3
+            if moment == 0:
+                time.sleep(rng.uniform(0.2, 1.5))
+            elif moment == 1:
+                wait_for(lambda: (out / "_lock.json").exists(), proc)
+                time.sleep(rng.uniform(0.0, 0.6))
+            else:
+                wait_for(lambda: stats.exists() and len(list(stats.glob("*.json"))) > committed, proc)
+                time.sleep(rng.uniform(0.0, 0.3))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
+                moments.append(moment)
             proc.communicate()
-        assert kills >= 20
-        # The kills fell while shards were being written, not only at start-up.
-        assert 0 < len(list((out / "_stats").glob("*.json"))) < 24
+        assert kills >= 20 and set(moments) == {0, 1, 2}
+        assert 0 < len(list(stats.glob("*.json"))) < 30
         for _ in range(3):  # a request may exhaust its retries: its shard is redone by the next run
             proc = capmill("run", str(path), "--no-progress")
             _, err = proc.communicate(timeout=180)
