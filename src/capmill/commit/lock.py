@@ -193,10 +193,18 @@ class Lease:
             json.dump(self.record, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+            mine = os.fstat(f.fileno()).st_ino  # the link shares it
         try:
             os.link(tmp, self.path)
         except FileExistsError:
-            return False
+            # NFS may report EEXIST for a link that did succeed (a retransmitted request): then
+            # our temporary has two names.
+            try:
+                linked = os.stat(tmp).st_nlink == 2 and os.path.samefile(tmp, self.path)
+            except OSError:
+                linked = False
+            if not linked:
+                return False
         except FileNotFoundError:
             return False  # our temporary was removed under us (a holder cleaning up): retry
         except OSError:
@@ -207,13 +215,17 @@ class Lease:
                 return False
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.record, f, indent=2, sort_keys=True)
+                mine = os.fstat(f.fileno()).st_ino
         finally:
             try:
                 os.remove(tmp)
             except OSError:
                 pass
-        self._fd = os.open(self.path, os.O_RDONLY)
-        if os.fstat(self._fd).st_ino != os.stat(self.path).st_ino:  # pragma: no cover - a race lost at once
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        if os.fstat(self._fd).st_ino != mine:  # broken and replaced in between: not ours after all
             os.close(self._fd)
             self._fd = None
             return False
