@@ -112,6 +112,7 @@ def test_executor_settings_do_not_change_the_hash(tmp_path, wds):
     assert run(parse_config(config), progress=False).shards_skipped == 3
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_output_the_second_refused_naming_the_first(tmp_path):
     data = tmp_path / "data"
     write_webdataset(data, shards=6, per_shard=4, photos=False)
