@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -90,7 +89,3 @@ def count_upto(reader: Reader, shard: Shard, n: int) -> int:
         return sum(1 for _ in islice(reader.read(shard), n))
     except Exception:
         return n
-
-
-def names(tasks: Iterable[ShardTask]) -> list[str]:
-    return [t.shard.name for t in tasks]
