@@ -13,8 +13,9 @@ The driver claims the output directory when the first row comes back (every stag
 been set up in a worker, so a setup failure leaves the directory as it was). It is the only
 writer. It keeps, per shard, the next position to write and the rows that came early; rows are
 written in reader order, so a shard's files are the same bytes a local run writes, and the shard
-is committed once its end row has come and every position before it is written. Rows seen twice (a task Ray retried after a worker died) are skipped by position, so a
-shard is never committed twice or half.
+is committed once its end row has come and every position before it is written. Rows seen twice
+(a task Ray retried after a worker died) are skipped by position, so a shard is never committed
+twice or half.
 """
 
 from __future__ import annotations
