@@ -81,9 +81,28 @@ def access_error(path: str, error: OSError) -> OutputAccessError:
 
 
 class OutputDir:
-    def __init__(self, path: str):
+    def __init__(self, path: str, storage_options: dict[str, Any] | None = None):
         self.path = path
+        self.storage_options = dict(storage_options or {})
         self.stats_dir = os.path.join(path, STATS_DIR)
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def makedirs(self, rel: str) -> None:
+        os.makedirs(self.join(rel), exist_ok=True)
+
+    def remove_temporaries(self, shard: str | None = None) -> int:
+        """Delete what killed writers left half-written: everything (only a run holding the
+        output alone may), or one shard's (a run that took over the shard's claim)."""
+        return remove_temporaries(self.path, shard)
+
+    def record_of(self, shard: str) -> dict[str, Any] | None:
+        """The shard's commit record, or None."""
+        try:
+            return self.stats_of(shard)
+        except FileNotFoundError:
+            return None
 
     @property
     def run_file(self) -> str:

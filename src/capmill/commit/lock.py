@@ -305,6 +305,32 @@ class Lease:
                 pass
 
 
+@dataclass
+class LeaseView:
+    """A lease as seen from another process (a Ray shard owner writing under its driver's lock):
+    still held while the lease file names the same holder. Picklable."""
+
+    path: str
+    token: str
+    lost: str | None = None
+
+    @classmethod
+    def of(cls, lease: Lease) -> LeaseView:
+        return cls(lease.path, lease.token)
+
+    def still_held(self) -> bool:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                holder = json.load(f).get("holder")
+        except (OSError, ValueError, AttributeError):
+            holder = None
+        if holder != self.token:
+            self.lost = (f"the lock {self.path} was taken away (removed, or taken over by another run that "
+                         f"judged this one dead); this run stops committing")
+            return False
+        return True
+
+
 class RunLock(Lease):
     """The exclusive lock of one run on its output directory (`OUT/_lock.json`)."""
 

@@ -25,12 +25,23 @@ def tmp_name(out_dir: str, final_name: str) -> str:
     return os.path.join(out_dir, f".{final_name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
 
 
-def remove_temporaries(out_dir: str) -> int:
-    """Delete what a killed run left half-written. Returns how many were removed."""
+def is_temporary(name: str, shard: str | None = None) -> bool:
+    """A writer's temporary (`.FINAL.tmp-XXXX`), of `shard`'s outputs when given."""
+    if not (name.startswith(".") and TMP_MARK in name):
+        return False
+    if shard is None:
+        return True
+    final = name[1:name.index(TMP_MARK)]
+    return final == shard or final.rsplit(".", 1)[0] == shard
+
+
+def remove_temporaries(out_dir: str, shard: str | None = None) -> int:
+    """Delete what a killed run left half-written (of one shard when given). Returns how many
+    were removed."""
     removed = 0
     for root, dirs, files in os.walk(out_dir):
         for name in list(dirs) + files:
-            if name.startswith(".") and TMP_MARK in name:
+            if is_temporary(name, shard):
                 path = os.path.join(root, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
                 removed += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -16,7 +16,11 @@ WriterName = Literal["webdataset", "parquet", "sidecar"]
 
 
 class OutputConfig(Strict):
+    # A local directory, or an object store URL (s3://bucket/prefix, gs://bucket/prefix).
     path: str
+    # fsspec options for an object store path (endpoint, credentials, region). Left out of the
+    # config hash and of `_run.json` (they may hold credentials and do not change the records).
+    storage_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
     writers: list[WriterName] = Field(default_factory=lambda: ["webdataset", "parquet"], min_length=1)
     # The caption written as KEY.txt / sidecar .txt: "alt_text" or a caption name such as "dsc".
     # Samples without that caption fall back to their AltText.
