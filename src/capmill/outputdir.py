@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from typing import Any
 
 from capmill.errors import OutputAccessError, OutputConflictError
@@ -27,9 +28,12 @@ RUN_FILE = "_run.json"
 STATS_DIR = "_stats"
 REJECTS_DIR = "_rejects"
 LOCK_FILE = "_lock.json"
-# Entries capmill itself may create before `_run.json` exists (a lock, a stage's fit), which do
-# not make a directory someone else's.
-OWN_ENTRIES = frozenset({LOCK_FILE, "_fit"})
+# Cooperating runs (--cooperate): one member lease each, and one claim per shard in progress.
+COOPERATORS_DIR = "_cooperators"
+CLAIMS_DIR = "_claims"
+# Entries capmill itself may create before `_run.json` exists (locks, claims, a stage's fit),
+# which do not make a directory someone else's.
+OWN_ENTRIES = frozenset({LOCK_FILE, "_fit", COOPERATORS_DIR, CLAIMS_DIR})
 
 
 def config_hash(content: dict[str, Any]) -> str:
@@ -52,6 +56,27 @@ def write_json_atomic(path: str, content: Any) -> None:
         except OSError:
             pass
         raise
+
+
+def create_json_once(path: str, content: Any) -> bool:
+    """Create `path` holding `content` unless it exists (then False); readers never see it half
+    written (a temporary hard-linked into place, which fails when the name is taken)."""
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2, ensure_ascii=False, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 def writable_problem(path: str) -> str | None:
@@ -140,18 +165,31 @@ class OutputDir:
             return "discard"
         return "resume"
 
-    def prepare(self, record: dict[str, Any], force: bool = False) -> None:
+    def prepare(self, record: dict[str, Any], force: bool = False, cooperate: bool = False) -> None:
         """Claim the directory for a run with `record` (holding `config_hash`), or refuse; the
         caller holds the directory's lock.
 
         Same hash: resume. Different hash: refuse, or with `force` delete the previous run's
         outputs (only the files its stats name) and start over. A non-empty directory that is
         not a capmill output is never touched.
+
+        `cooperate`: other runs may be writing. `_run.json` is written once, by the first run
+        (an exclusive create); the others check that its config hash is theirs. Temporaries are
+        left alone (a run removes only those of shards whose claim it took over from a dead run).
         """
         try:
-            self._prepare(record, force)
+            if cooperate:
+                self._join(record)
+            else:
+                self._prepare(record, force)
         except OSError as e:
             raise access_error(self.path, e) from None
+
+    def _join(self, record: dict[str, Any]) -> None:
+        os.makedirs(self.stats_dir, exist_ok=True)
+        if self.read_run() is None and create_json_once(self.run_file, record):
+            return
+        self.check(record)  # another run's _run.json: the same config, or a refusal
 
     def _prepare(self, record: dict[str, Any], force: bool) -> None:
         os.makedirs(self.path, exist_ok=True)

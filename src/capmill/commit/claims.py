@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from capmill.commit.lock import Lease, LeaseView
 from capmill.errors import OutputLockedError
+from capmill.outputdir import CLAIMS_DIR
 
 if TYPE_CHECKING:
     from capmill.commit.plan import ShardTask
     from capmill.outputdir import OutputDir
 
 log = logging.getLogger("capmill.claims")
-CLAIMS_DIR = "_claims"
 
 
 class ClaimCheck(Protocol):

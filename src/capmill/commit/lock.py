@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from capmill.errors import OutputLockedError
-from capmill.outputdir import LOCK_FILE
+from capmill.outputdir import COOPERATORS_DIR, LOCK_FILE
 from capmill.writers.base import TMP_MARK
 
 log = logging.getLogger("capmill.lock")
@@ -332,8 +332,79 @@ class LeaseView:
 
 
 class RunLock(Lease):
-    """The exclusive lock of one run on its output directory (`OUT/_lock.json`)."""
+    """The exclusive lock of one run on its output directory (`OUT/_lock.json`). It refuses
+    while cooperating runs hold the output (their member leases under `OUT/_cooperators/`)."""
 
     def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0):
         super().__init__(os.path.join(out_dir, LOCK_FILE), mode="exclusive", heartbeat_s=heartbeat_s,
                          stale_after_s=stale_after_s)
+        self.out_dir = out_dir
+
+    def acquire(self) -> Holder | None:
+        taken_over = super().acquire()
+        members = live_cooperators(self.out_dir, self.stale_after_s)
+        if members:  # written our lease first, looked second: a cooperator starting now sees ours
+            self.release()
+            raise OutputLockedError(cooperators_refusal(self.out_dir, members))
+        return taken_over
+
+
+class CooperativeLock(Lease):
+    """One cooperating run's member lease (`OUT/_cooperators/TOKEN.json`, `mode: cooperate`):
+    cooperating runs accept each other; an exclusive run's live `_lock.json` is refused."""
+
+    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0):
+        token = uuid.uuid4().hex
+        super().__init__(os.path.join(out_dir, COOPERATORS_DIR, f"{token}.json"), mode="cooperate",
+                         heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)
+        self.token = self.record["holder"] = token
+        self.out_dir = out_dir
+
+    def acquire(self) -> Holder | None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        super().acquire()
+        exclusive = exclusive_holder(self.out_dir, self.stale_after_s)
+        if exclusive is not None:
+            self.release()
+            raise OutputLockedError(exclusive_refusal(self.out_dir, exclusive))
+        return None
+
+
+def exclusive_holder(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True) -> Holder | None:
+    """The live run holding `out_dir` alone, if any."""
+    holder = Lease(os.path.join(out_dir, LOCK_FILE), stale_after_s=stale_after_s).holder(write_probe)
+    return holder if holder is not None and holder.alive else None
+
+
+def live_cooperators(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True) -> list[Holder]:
+    """The member leases of live cooperating runs on `out_dir`; those of dead runs are removed
+    on the way (with `write_probe`; a dry run only looks)."""
+    folder = os.path.join(out_dir, COOPERATORS_DIR)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    alive = []
+    for name in names:
+        lease = Lease(os.path.join(folder, name), stale_after_s=stale_after_s)
+        holder = lease.holder(write_probe)
+        if holder is None:
+            continue
+        if holder.alive:
+            alive.append(holder)
+        elif write_probe:
+            try:
+                os.remove(lease.path)
+            except OSError:
+                pass
+    return alive
+
+
+def cooperators_refusal(out_dir: str, members: list[Holder]) -> str:
+    return (f"output directory {out_dir!r} is in use by {len(members)} cooperating run(s) (--cooperate), e.g. "
+            f"{members[0].describe()}. Join them with --cooperate, or wait for them to end")
+
+
+def exclusive_refusal(out_dir: str, holder: Holder) -> str:
+    return (f"output directory {out_dir!r} is held by a run without --cooperate: {holder.describe()}. "
+            f"Wait for it to end, or stop it and start every run with --cooperate")
