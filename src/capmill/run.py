@@ -83,10 +83,14 @@ def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry
     reader = config.input.build()
     reader.check()  # configured columns/fields against the first file
     shards = reader.shards()
-    out = OutputDir(config.output.path)
+    out = OutputDir(config.output.path, config.output.storage_options)
     record = {**new_run_record(config.model_dump(mode="json"), config.hashed_content(), models_of(config)),
               "written": written}
     summary = RunSummary(shards_total=len(shards), listeners=list(listeners))
+    if not out.local and any(stage_config.build().needs_fit for stage_config in config.stages):
+        raise ConfigError(f"output {out.path!r} is on an object store, and stage(s) of this pipeline need the fit "
+                          f"step, whose results (OUT/_fit) are kept on a file system for now: write to a local or "
+                          f"shared file system path, then copy the output")
     # Refuse before any model loads: another config's results, a live run, a read-only folder.
     action = check_output(config, out, record, force, share.cooperating)
     committed = out.records() if action == "resume" else {}
@@ -96,7 +100,7 @@ def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry
     note_kept(config, plan, summary)
     rel = config.reliability
     timing = {"heartbeat_s": rel.lock.heartbeat_s, "stale_after_s": rel.lock.stale_after_s}
-    lock = CooperativeLock(out.path, **timing) if share.cooperating else RunLock(out.path, **timing)
+    lock = (CooperativeLock if share.cooperating else RunLock)(out.path, **timing, store=out.store)
     claims = ShardClaims(out, committed, **timing) if share.cooperating else None
     bar = Progress(total_shards=len(plan.tasks), stream=progress_stream, enabled=progress)
     executor = config.executor.build()
@@ -111,7 +115,7 @@ def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry
     def claim() -> ShardCommitter:
         """Take the lock and claim the directory; called by the executor once every stage is set up."""
         try:
-            os.makedirs(out.path, exist_ok=True)
+            out.store.makedirs(out.path)
         except OSError as e:
             raise access_error(out.path, e) from None
         try:
@@ -177,7 +181,7 @@ def fit_once(config: RunConfig, out: OutputDir, ctx: RunContext, timing: dict) -
         out.makedirs(FIT_DIR)
     except OSError as e:
         raise access_error(out.path, e) from None
-    lease = Lease(out.join(FIT_DIR, ".lease.json"), mode="fit", **timing)
+    lease = Lease(out.join(FIT_DIR, ".lease.json"), mode="fit", **timing, store=out.store)
     waited = False
     while True:
         try:
@@ -202,14 +206,16 @@ def check_output(config: RunConfig, out: OutputDir, record: dict, force: bool, c
     cannot be written are refused too."""
     action = out.check(record, force)
     stale = config.reliability.lock.stale_after_s
-    if os.path.isdir(out.path):
-        holder = exclusive_holder(out.path, stale, write_probe=False)
+    if out.store.isdir(out.path):
+        holder = exclusive_holder(out.path, stale, write_probe=False, store=out.store)
         if holder is not None:
             raise OutputLockedError(exclusive_refusal(out.path, holder) if cooperate
                                     else RunLock(out.path, stale_after_s=stale).refusal(holder))
-        members = [] if cooperate else live_cooperators(out.path, stale, write_probe=False)
+        members = [] if cooperate else live_cooperators(out.path, stale, write_probe=False, store=out.store)
         if members:
             raise OutputLockedError(cooperators_refusal(out.path, members))
+    if not out.local:
+        return action  # an object store says what it refuses when written
     problem = writable_problem(out.path)
     if problem is not None:
         raise OutputAccessError(f"cannot write to output directory {out.path!r}: {problem}; choose a writable output.path")
@@ -287,7 +293,7 @@ def dry_run_report(config: RunConfig, *, force: bool = False, limit: int | None 
     reader.check()
     shards = reader.shards()
     report = DryRun(config, RunSummary(shards_total=len(shards)), models=config_models(config))
-    out = OutputDir(config.output.path)
+    out = OutputDir(config.output.path, config.output.storage_options)
     record = new_run_record(config.model_dump(mode="json"), config.hashed_content(), models_of(config))
     try:
         action = check_output(config, out, record, force, share is not None and share.cooperating)
@@ -296,7 +302,7 @@ def dry_run_report(config: RunConfig, *, force: bool = False, limit: int | None 
         return report
     committed = out.records() if action == "resume" else {}
     report.output = {
-        "new": f"{out.path} would be created" if not os.path.exists(out.path) else f"{out.path} is empty: a new output",
+        "new": f"{out.path} would be created" if not out.store.exists(out.path) else f"{out.path} is empty: a new output",
         "resume": f"{out.path} resumes: {len(committed)} shard(s) committed by earlier runs",
         "discard": f"{out.path} holds another config's results: --force would discard them",
     }[action]

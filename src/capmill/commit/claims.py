@@ -67,7 +67,8 @@ class ShardClaims:
         """Claim the task's shard; False when another live run holds it or has committed it."""
         name = task.shard.name
         self.out.makedirs(CLAIMS_DIR)
-        lease = Lease(self.path(name), mode="claim", heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s)
+        lease = Lease(self.path(name), mode="claim", heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s,
+                      store=self.out.store)
         try:
             dead = lease.acquire()
         except OutputLockedError:
@@ -105,4 +106,4 @@ class ShardClaims:
 
     def view(self, shard: str) -> ClaimView:
         lease = self.held[shard]
-        return ClaimView(lease.path, lease.token)
+        return ClaimView(lease.path, lease.token, storage_options=self.out.storage_options or None)

@@ -34,11 +34,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capmill.errors import OutputLockedError
 from capmill.outputdir import COOPERATORS_DIR, LOCK_FILE
 from capmill.writers.base import TMP_MARK
+
+if TYPE_CHECKING:
+    from capmill.writers.store import Store
 
 log = logging.getLogger("capmill.lock")
 
@@ -95,8 +98,11 @@ class Lease:
     """One lease file: take it, keep its heartbeat, give it back."""
 
     def __init__(self, path: str, *, mode: str = "exclusive", heartbeat_s: float = 10.0,
-                 stale_after_s: float = 120.0, command: str | None = None):
+                 stale_after_s: float = 120.0, command: str | None = None, store: Store | None = None):
         self.path = path
+        # An object store (capmill.writers.store) keeps leases as objects written conditionally.
+        self.store = store if store is not None and not store.local else None
+        self._etag: str | None = None
         self.mode = mode
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
@@ -117,6 +123,8 @@ class Lease:
         """The current lease on `path`, or None when there is none. With `write_probe` off (a dry
         run writes nothing) another host's heartbeat is aged by this machine's clock."""
         self._probe = write_probe
+        if self.store is not None:
+            return self._obj_holder()
         try:
             with open(self.path, encoding="utf-8") as f:
                 mtime = os.fstat(f.fileno()).st_mtime
@@ -149,6 +157,8 @@ class Lease:
         """The file system's clock: the modification time of a file written just now."""
         if not getattr(self, "_probe", True):
             return time.time()
+        if self.store is not None:
+            return self.store.now(os.path.dirname(self.path))
         probe = os.path.join(os.path.dirname(self.path), f".clock{TMP_MARK}{uuid.uuid4().hex[:8]}")
         try:
             with open(probe, "w") as f:
@@ -161,14 +171,32 @@ class Lease:
             except OSError:
                 pass
 
+    def _obj_holder(self) -> Holder | None:
+        found = self.store.stat(self.path)
+        if found is None:
+            return None
+        data, mtime, etag = found
+        try:
+            record = json.loads(data)
+            if not isinstance(record, dict):
+                raise ValueError("not a mapping")
+        except ValueError:
+            age = self._fs_now() - mtime
+            return Holder({"_etag": etag}, mtime, age < self.stale_after_s, f"unreadable lock object, {age:.0f}s old")
+        return self._judge({**record, "_etag": etag}, mtime)
+
+    def _record_bytes(self) -> bytes:
+        return json.dumps(self.record, indent=2, sort_keys=True).encode("utf-8")
+
     # ---- taking and giving back --------------------------------------------------------------
 
     def acquire(self) -> Holder | None:
         """Take the lease, breaking one whose holder is dead; returns that dead holder (for a
         message) or None. Raises OutputLockedError naming a live holder."""
         taken_over: Holder | None = None
+        self._taken = False
         for _ in range(8):
-            if self._create():
+            if self._taken or self._create():
                 self._start_heartbeat()
                 return taken_over
             current = self.holder()
@@ -187,6 +215,9 @@ class Lease:
                 f"counts as dead once its heartbeat is older than {self.stale_after_s:g}s)")
 
     def _create(self) -> bool:
+        if self.store is not None:
+            self._etag = self.store.create(self.path, self._record_bytes())
+            return self._etag is not None
         directory = os.path.dirname(self.path) or "."
         tmp = os.path.join(directory, f".{os.path.basename(self.path)}{TMP_MARK}{self.token[:8]}")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -233,6 +264,15 @@ class Lease:
 
     def _break(self, dead: Holder) -> None:
         log.warning("taking over the lock of %s: %s", os.path.dirname(self.path) or ".", dead.describe())
+        if self.store is not None:
+            # Replace exactly the record judged dead (If-Match on its ETag): a contender that
+            # took it first makes this fail, and the next round sees the contender alive.
+            etag = dead.record.get("_etag")
+            if etag:
+                self._etag = self.store.replace_if(self.path, self._record_bytes(), etag)
+                if self._etag is not None:
+                    self._taken = True
+            return
         aside = os.path.join(os.path.dirname(self.path) or ".", f".{os.path.basename(self.path)}.stale{TMP_MARK}{self.token[:8]}")
         try:
             os.rename(self.path, aside)
@@ -257,6 +297,11 @@ class Lease:
 
     def still_held(self) -> bool:
         """True while the lease file is the one this object created."""
+        if self.store is not None:
+            if self._etag is None:
+                return False
+            found = self.store.stat(self.path)
+            return found is not None and found[2] == self._etag
         if self._fd is None:
             return False
         try:
@@ -266,6 +311,14 @@ class Lease:
 
     def beat(self) -> bool:
         """Refresh the heartbeat; False (and `lost` set) when the lease was taken away."""
+        if self.store is not None:
+            etag = self.store.replace_if(self.path, self._record_bytes(), self._etag) if self._etag else None
+            if etag is None:
+                self.lost = (f"the lock {self.path} was taken away (removed, or taken over by another run that "
+                             f"judged this one dead); this run stops committing")
+                return False
+            self._etag = etag
+            return True
         if self._fd is None:
             return False
         try:
@@ -293,6 +346,11 @@ class Lease:
         self._stop.set()
         if self._beater is not None:
             self._beater.join(timeout=5)
+        if self.store is not None:
+            if self._etag is not None and self.still_held():
+                self.store.remove(self.path)
+            self._etag = None
+            return
         if self._fd is None:
             return
         ours = self.still_held()
@@ -313,15 +371,24 @@ class LeaseView:
     path: str
     token: str
     lost: str | None = None
+    # An object store's options, when the lease is an object there.
+    storage_options: dict | None = None
 
     @classmethod
-    def of(cls, lease: Lease) -> LeaseView:
-        return cls(lease.path, lease.token)
+    def of(cls, lease: Lease, storage_options: dict | None = None) -> LeaseView:
+        return cls(lease.path, lease.token, storage_options=storage_options)
 
     def still_held(self) -> bool:
+        from capmill.writers.store import store_for
+
+        store = store_for(self.path, self.storage_options)
         try:
-            with open(self.path, encoding="utf-8") as f:
-                holder = json.load(f).get("holder")
+            if store.local:
+                with open(self.path, encoding="utf-8") as f:
+                    holder = json.load(f).get("holder")
+            else:
+                found = store.stat(self.path)
+                holder = json.loads(found[0]).get("holder") if found is not None else None
         except (OSError, ValueError, AttributeError):
             holder = None
         if holder != self.token:
@@ -335,14 +402,15 @@ class RunLock(Lease):
     """The exclusive lock of one run on its output directory (`OUT/_lock.json`). It refuses
     while cooperating runs hold the output (their member leases under `OUT/_cooperators/`)."""
 
-    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0):
+    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0,
+                 store: Store | None = None):
         super().__init__(os.path.join(out_dir, LOCK_FILE), mode="exclusive", heartbeat_s=heartbeat_s,
-                         stale_after_s=stale_after_s)
+                         stale_after_s=stale_after_s, store=store)
         self.out_dir = out_dir
 
     def acquire(self) -> Holder | None:
         taken_over = super().acquire()
-        members = live_cooperators(self.out_dir, self.stale_after_s)
+        members = live_cooperators(self.out_dir, self.stale_after_s, store=self.store)
         if members:  # written our lease first, looked second: a cooperator starting now sees ours
             self.release()
             raise OutputLockedError(cooperators_refusal(self.out_dir, members))
@@ -353,40 +421,44 @@ class CooperativeLock(Lease):
     """One cooperating run's member lease (`OUT/_cooperators/TOKEN.json`, `mode: cooperate`):
     cooperating runs accept each other; an exclusive run's live `_lock.json` is refused."""
 
-    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0):
+    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0,
+                 store: Store | None = None):
         token = uuid.uuid4().hex
         super().__init__(os.path.join(out_dir, COOPERATORS_DIR, f"{token}.json"), mode="cooperate",
-                         heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)
+                         heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, store=store)
         self.token = self.record["holder"] = token
         self.out_dir = out_dir
 
     def acquire(self) -> Holder | None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        if self.store is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
         super().acquire()
-        exclusive = exclusive_holder(self.out_dir, self.stale_after_s)
+        exclusive = exclusive_holder(self.out_dir, self.stale_after_s, store=self.store)
         if exclusive is not None:
             self.release()
             raise OutputLockedError(exclusive_refusal(self.out_dir, exclusive))
         return None
 
 
-def exclusive_holder(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True) -> Holder | None:
+def exclusive_holder(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True,
+                     store: Store | None = None) -> Holder | None:
     """The live run holding `out_dir` alone, if any."""
-    holder = Lease(os.path.join(out_dir, LOCK_FILE), stale_after_s=stale_after_s).holder(write_probe)
+    holder = Lease(os.path.join(out_dir, LOCK_FILE), stale_after_s=stale_after_s, store=store).holder(write_probe)
     return holder if holder is not None and holder.alive else None
 
 
-def live_cooperators(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True) -> list[Holder]:
+def live_cooperators(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True,
+                     store: Store | None = None) -> list[Holder]:
     """The member leases of live cooperating runs on `out_dir`; those of dead runs are removed
     on the way (with `write_probe`; a dry run only looks)."""
+    from capmill.writers.store import LOCAL
+
+    files = store or LOCAL
     folder = os.path.join(out_dir, COOPERATORS_DIR)
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    names = sorted(n for n in files.listdir(folder) if n.endswith(".json") and not n.startswith("."))
     alive = []
     for name in names:
-        lease = Lease(os.path.join(folder, name), stale_after_s=stale_after_s)
+        lease = Lease(os.path.join(folder, name), stale_after_s=stale_after_s, store=store)
         holder = lease.holder(write_probe)
         if holder is None:
             continue
@@ -394,7 +466,7 @@ def live_cooperators(out_dir: str, stale_after_s: float = 120.0, write_probe: bo
             alive.append(holder)
         elif write_probe:
             try:
-                os.remove(lease.path)
+                files.remove(lease.path)
             except OSError:
                 pass
     return alive

@@ -194,7 +194,13 @@ class ShardCommitter:
             except Exception:
                 pass
             tmp = getattr(w, "tmp", None)
-            if tmp and os.path.lexists(tmp):
+            store = getattr(w, "store", None)
+            if tmp and store is not None and not store.local:
+                try:
+                    store.remove(tmp)
+                except OSError:
+                    pass
+            elif tmp and os.path.lexists(tmp):
                 try:
                     shutil.rmtree(tmp) if os.path.isdir(tmp) and not os.path.islink(tmp) else os.remove(tmp)
                 except OSError:

@@ -323,7 +323,8 @@ class _Dispatch:
         from capmill.commit.lock import LeaseView
 
         ray, job, summary = self.ray, self.job, self.job.summary
-        lease = LeaseView.of(self.committer.lock) if self.committer.lock is not None else None
+        options = job.config.output.storage_options or None
+        lease = LeaseView.of(self.committer.lock, options) if self.committer.lock is not None else None
         ledger = None
         if self.cfg.check_duplicate_keys:
             from capmill.executors.ray_workers import KeyLedger

@@ -1,7 +1,8 @@
 """The shard-writer contract: write under a temporary name, rename into place on commit.
 
 A reader of the output directory never sees a half-written shard under a final name: final
-names appear only through `os.replace`, which is atomic on POSIX file systems.
+names appear only through `os.replace`, which is atomic on POSIX file systems (on an object
+store, through a copy of the uploaded temporary: see capmill.writers.store).
 """
 
 from __future__ import annotations
@@ -76,10 +77,14 @@ def row_fields(sample: Sample, text: str) -> dict[str, Any]:
 class ShardWriter(ABC):
     """Writes one output shard. `commit` returns the final paths, relative to the output dir."""
 
-    def __init__(self, out_dir: str, shard: str, text_field: str):
+    def __init__(self, out_dir: str, shard: str, text_field: str, storage_options: dict[str, Any] | None = None):
+        from capmill.writers.store import store_for
+
         self.out_dir = out_dir
         self.shard = shard
         self.text_field = text_field
+        # A local folder, or an object store URL (capmill.writers.store).
+        self.store = store_for(out_dir, storage_options)
 
     @abstractmethod
     def write(self, sample: Sample) -> None: ...

@@ -43,9 +43,11 @@ class OutputConfig(Strict):
 
 
 _WRITERS = {
-    "webdataset": lambda c, out, shard: WebDatasetWriter(out, shard, c.text_field, c.reencode, c.reencode_quality, c.image_ext),
-    "parquet": lambda c, out, shard: ParquetWriter(out, shard, c.text_field, images=c.parquet_images),
-    "sidecar": lambda c, out, shard: SidecarWriter(out, shard, c.text_field),
+    "webdataset": lambda c, out, shard: WebDatasetWriter(out, shard, c.text_field, c.reencode, c.reencode_quality,
+                                                         c.image_ext, storage_options=c.storage_options),
+    "parquet": lambda c, out, shard: ParquetWriter(out, shard, c.text_field, images=c.parquet_images,
+                                                   storage_options=c.storage_options),
+    "sidecar": lambda c, out, shard: SidecarWriter(out, shard, c.text_field, storage_options=c.storage_options),
 }
 
 
@@ -64,4 +66,5 @@ def open_writers(config: OutputConfig, out_dir: str, shard: str) -> list[ShardWr
 def open_rejects(config: OutputConfig, out_dir: str, shard: str) -> ShardWriter | None:
     if not config.rejects:
         return None
-    return ParquetWriter(out_dir, shard, config.text_field, subdir="_rejects", images=True)
+    return ParquetWriter(out_dir, shard, config.text_field, subdir="_rejects", images=True,
+                         storage_options=config.storage_options)
