@@ -177,7 +177,15 @@ class ObjectStore(Store):
         return _etag(out) or _etag(self.fs.info(path))
 
     def replace_if(self, path: str, data: bytes, etag: str) -> str | None:
-        """Overwrite `path` only if it is still the object with `etag`; the new ETag or None."""
+        """Overwrite `path` only if it is still the object with `etag`; the new ETag or None.
+        S3 checks the ETag in the PUT itself (`If-Match`); other stores are read, compared and
+        written, which leaves a short window where two writers can both succeed."""
+        if self.protocol not in ("s3", "s3a"):
+            found = self.stat(path)
+            if found is None or found[2] != etag:
+                return None
+            self.fs.pipe_file(path, data)
+            return _etag(self.fs.info(path))
         try:
             out = self.fs.pipe_file(path, data, IfMatch=etag)
         except FileNotFoundError:
