@@ -169,7 +169,13 @@ class ObjectStore(Store):
         return data, _seconds(info.get("LastModified") or info.get("mtime") or info.get("updated")), _etag(info)
 
     def create(self, path: str, data: bytes) -> str | None:
-        """Create `path` unless it exists; its ETag, or None when it existed."""
+        """Create `path` unless it exists; its ETag, or None when it existed. S3 decides in the
+        PUT itself (`If-None-Match: *`); other stores are looked at first, then written."""
+        if self.protocol not in ("s3", "s3a"):
+            if self.fs.exists(path):
+                return None
+            self.fs.pipe_file(path, data)
+            return _etag(self.fs.info(path))
         try:
             out = self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
