@@ -38,10 +38,11 @@ log = logging.getLogger("capmill.ray")
 
 
 def is_pooled(stage_config) -> bool:
-    """A stage gets its own actor pool when it asks for GPUs or sets its `concurrency`; every
+    """A stage gets its own actor pool when it asks for GPUs, sets its `concurrency`, or keeps
+    run-wide state while streaming (`keeps_run_state`: one actor must see every sample); every
     other stage runs inside the shard owners (as wide as they are, with no extra hop)."""
     res = stage_config.resources
-    return res.gpus > 0 or "concurrency" in res.model_fields_set
+    return res.gpus > 0 or "concurrency" in res.model_fields_set or bool(getattr(stage_config, "keeps_run_state", False))
 
 
 class StageActor:
