@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from capmill.prompts.safety import neutralise_special_tokens
+from capmill.prompts.safety import delimiters, neutralise_model_tokens
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -36,10 +36,25 @@ def model_special_tokens(tokenizer: Any) -> list[str]:
     return sorted((t for t in found if t and len(t) > 1 and not _WORDLIKE.match(t)), key=len, reverse=True)
 
 
+# capmill's delimiters around untrusted text, as one splitting pattern (the capture group keeps
+# them in the split's output).
+_DELIMITERS = re.compile("(" + "|".join(re.escape(d) for d in delimiters()) + ")")
+
+
 def neutralise_for(text: str, special_tokens: Iterable[str]) -> str:
     """`text` with every known special-token shape and every one of `special_tokens` broken, so
-    that none of it reaches a tokenizer as a special token."""
-    text = neutralise_special_tokens(text)
+    that none of it reaches a tokenizer as a special token.
+
+    capmill's delimiters (`<alt_text>` … `</alt_text>` and the other kinds) are left exactly as
+    they are: untrusted text was neutralised before it was wrapped, so every delimiter in a
+    prompt is a real one, and rewriting them here would make the real closing marker identical to
+    a neutralised forgery inside the data. Only the text between them is touched."""
+    parts = _DELIMITERS.split(text)
+    return "".join(part if i % 2 else _neutralise_part(part, special_tokens) for i, part in enumerate(parts))
+
+
+def _neutralise_part(text: str, special_tokens: Iterable[str]) -> str:
+    text = neutralise_model_tokens(text)
     for token in special_tokens:
         if token in text:
             broken = token.translate(_LOOKALIKE)

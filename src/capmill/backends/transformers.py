@@ -239,8 +239,7 @@ class TransformersBackend(ScoringMixin):
         if self.model is not None:
             return
         import_torch_stack()
-        from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
-                                  AutoTokenizer)
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         cfg = self.config
         path = resolve_model(cfg.model, cfg.revision)

@@ -193,18 +193,20 @@ class VLLMBackend:
     # ---- protocol methods ------------------------------------------------------------------
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
-        budget = self.config.max_pixels
-        images = per_image_once(requests, lambda img: fit_pixel_budget(img, budget))
-        conversations = [
-            vlm_messages(self.neutralise(r.prompt), fitted, self.neutralise(r.system) if r.system else None)
-            for r, fitted in zip(requests, images, strict=True)
-        ]
-        return self._run(conversations, [(r.n, r.params or self.config.params) for r in requests])
+        return self._run(self.vlm_conversations(requests), [(r.n, r.params or self.config.params) for r in requests])
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
-        conversations = [[{"role": m["role"], "content": self.neutralise(m["content"])} for m in r.messages]
-                         for r in requests]
-        return self._run(conversations, [(r.n, r.params or self.config.params) for r in requests])
+        return self._run(self.chat_conversations(requests), [(r.n, r.params or self.config.params) for r in requests])
+
+    def vlm_conversations(self, requests: list[VLMRequest]) -> list[list[dict[str, Any]]]:
+        """What `LLM.chat` receives for caption requests: texts neutralised, images fitted."""
+        budget = self.config.max_pixels
+        images = per_image_once(requests, lambda img: fit_pixel_budget(img, budget))
+        return [vlm_messages(self.neutralise(r.prompt), fitted, self.neutralise(r.system) if r.system else None)
+                for r, fitted in zip(requests, images, strict=True)]
+
+    def chat_conversations(self, requests: list[ChatRequest]) -> list[list[dict[str, Any]]]:
+        return [[{"role": m["role"], "content": self.neutralise(m["content"])} for m in r.messages] for r in requests]
 
     def _run(self, conversations: list[list[dict[str, Any]]], settings: list[tuple[int, GenerationParams]]) -> list[Generation]:
         if self.llm is None:

@@ -81,5 +81,7 @@ def _record(members: dict[str, bytes]) -> Sample:
     members.pop("txt", None)
     if members:
         ext, data = next(iter(members.items()))
-        sample.image = ImageRef(data=data, path=sample.image.path, url=sample.image.url, ext=ext)
+        # The tar may store every image under one member name (output.image_ext); the record
+        # keeps the format the bytes really are.
+        sample.image = ImageRef(data=data, path=sample.image.path, url=sample.image.url, ext=sample.image.ext or ext)
     return sample

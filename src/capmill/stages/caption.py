@@ -8,6 +8,13 @@ request carrying the sample's one decoded image object, so a backend can batch a
 and formats and preprocess each image once. Captions that miss their length target are
 regenerated together (one more batched call per retry round) with a firmer instruction, then
 trimmed at a sentence boundary; `meta["length"]` records which happened.
+
+Every caption passes the output guards (`capmill.guards`: refusals, loops, injected
+instructions, URLs, markup or code in no input, another language, a truncated end) before it is
+stored. Rejected captions are asked for again together (`guards.regenerate` rounds, one batched
+call each); one still rejected then goes as `on_reject` says: replaced by the AltText when the
+AltText can stand in (the default; `meta["fallback"]` names the reason), kept but flagged, or
+its sample dropped with the reason. `meta["guards"]` keeps every rejected text with its reasons.
 """
 
 from __future__ import annotations
@@ -19,12 +26,29 @@ from typing import Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
+from capmill.backends.base import Generation, GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.guards import (
+    DROPPED,
+    FALLBACK,
+    FLAGGED,
+    GuardConfig,
+    Guarded,
+    GuardInput,
+    OutputGuard,
+    finish_reason,
+    settle,
+)
+from capmill.guards.checks import TRUNCATED
+from capmill.guards.config import AUTO
+from capmill.guards.guard import REJECTED_CHARS
+from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
-from capmill.prompts import PromptTemplate, delimited, load_template
+from capmill.prompts import PromptTemplate, load_template, untrusted
+from capmill.prompts.safety import clean_text, source_text, without_untrusted
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, Caption, Sample
+from capmill.sample import DROPPED as DROPPED_STATUS
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
     FIRST_TRY,
@@ -59,6 +83,15 @@ class CaptionStageConfig(StageConfig):
     retries: int | None = Field(None, ge=0)
     # Decoding settings; None uses the backend's configured defaults.
     params: GenerationParams | None = None
+    # Output guards; `language: auto` expects the language the format's prompt is written in.
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    # A caption the guards still reject after regeneration: "alt_text" replaces it with the
+    # AltText (cleaned, cut to the format's length target) when the AltText can stand in — it
+    # has words and no instruction, loop, markup or code — and drops the sample otherwise, since
+    # it then has no trustworthy text for the format; "keep" stores it flagged
+    # (`meta["flagged"]`); "drop" drops the sample. Dropped samples keep the rejected caption
+    # and go to `_rejects/` with `output.rejects`.
+    on_reject: Literal["alt_text", "keep", "drop"] = "alt_text"
 
     def build(self) -> CaptionStage:
         return CaptionStage(self)
@@ -102,6 +135,7 @@ class CaptionFormat:
     target: LengthTarget | None
     policy: MissPolicy
     count: Callable[[str], int] | None = None  # set in setup: loading a tokenizer is heavy
+    language: str | None = None  # expected language of its captions (None: not checked)
 
     @property
     def name(self) -> str:
@@ -114,10 +148,12 @@ class _Job:
 
     sample: Sample
     fmt: CaptionFormat
-    request: VLMRequest
+    request: VLMRequest  # the request as first sent; retries add a note to a copy
+    given: GuardInput
     texts: list[str] = field(default_factory=list)
     attempts: int = 0
     meta: dict = field(default_factory=dict)
+    guarded: Guarded | None = None
 
 
 class CaptionStage(Stage):
@@ -132,7 +168,11 @@ class CaptionStage(Stage):
             target, policy = length_settings(template.options, f"format {template.prompt_id}")
             if config.retries is not None:
                 policy = policy.model_copy(update={"retries": config.retries})
-            self.formats.append(CaptionFormat(template, target, policy))
+            language = config.guards.language
+            if language == AUTO:  # the language the format asks in (built-in formats: English)
+                language = detect(f"{template.system or ''} {template.template}")
+            self.formats.append(CaptionFormat(template, target, policy, language=language))
+        self.guard = OutputGuard(config.guards, stage="caption")
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
@@ -150,77 +190,160 @@ class CaptionStage(Stage):
             if sample.image.image is None:
                 sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
                 continue
-            alt = delimited(sample.alt_text, cfg.alt_text_max_chars)
+            alt = untrusted(sample.alt_text, "alt_text", cfg.alt_text_max_chars)
             for fmt in self.formats:
                 slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50}
-                jobs.append(_Job(sample, fmt, VLMRequest(
+                request = VLMRequest(
                     prompt=fmt.template.render(**slots),
                     images=[sample.image.image],  # the same object for every format of this sample
                     n=cfg.n,
                     system=fmt.template.render_system(**slots),
                     params=cfg.params,
                     tag=f"{sample.key}:{fmt.name}",
-                )))
+                )
+                # The AltText is an input of this caption only when the format shows it to the model;
+                # the guards read it raw (line breaks of fake turns intact) up to a bound that covers
+                # what the prompt held.
+                shown = "alt_text" in fmt.template.slots()
+                sources = {"alt_text": source_text(sample.alt_text, cfg.alt_text_max_chars)} if shown else {}
+                given = GuardInput(sources=sources, prompt=without_untrusted(f"{request.system or ''}\n{request.prompt}"),
+                                   language=fmt.language)
+                jobs.append(_Job(sample, fmt, request, given))
         if not jobs:
             return batch
         # Format-major order: a backend chunking the list gets prompts of one template together,
         # so padding within a chunk stays small.
         jobs.sort(key=lambda j: self.formats.index(j.fmt))
         self._generate(jobs)
-        retry_round = 0
-        while True:
-            retry_round += 1
-            pending = [j for j in jobs if j.texts and self._too_long(j) and j.fmt.policy.retries >= retry_round]
-            if not pending:
-                break
-            self._generate([self._firmer(j) for j in pending], retry=True)
-        for job in jobs:
+        live = [j for j in jobs if j.texts]
+        for job in live:
+            job.guarded = Guarded(job.texts[0], job.given, owner=job)
+        # Rejected captions of the whole batch go back together, one backend call per round.
+        settle(self.guard, [j.guarded for j in live], self._regenerate, skip_for=self._skip_for)
+        self._length_rounds([j for j in live if j.guarded.ok])
+        for job in live:
             self._store(job)
         return batch
 
-    def _generate(self, jobs: list[_Job], retry: bool = False) -> None:
+    def _generate(self, jobs: list[_Job]) -> None:
         generations = self.backend.generate([j.request for j in jobs])
         for job, gen in zip(jobs, generations, strict=True):
             job.attempts += 1
             texts = [t.strip() for t in gen.texts]
             if gen.error is not None or not texts or not texts[0]:
-                if retry:  # a failed retry keeps the earlier answer, which will be trimmed
-                    job.meta["retry_error"] = gen.error or "empty caption"
-                    continue
                 job.sample.fail(BACKEND_ERROR, f"{job.fmt.name}: {gen.error or 'empty caption'}")
                 job.texts = []
                 continue
             job.texts = texts
             job.meta.update(gen.meta)
+            job.given.finish = finish_reason(gen.meta)
+
+    def _retry(self, jobs: list[_Job], notes: list[str]) -> list[Generation]:
+        """One backend call for every job, each prompt with its note added; successful answers
+        become the jobs' candidates."""
+        requests = []
+        for job, note in zip(jobs, notes, strict=True):
+            base = job.request
+            requests.append(VLMRequest(prompt=f"{base.prompt}\n\n{note}", images=base.images, n=base.n, system=base.system,
+                                       params=base.params, tag=f"{base.tag}#retry{job.attempts}"))
+        generations = self.backend.generate(requests)
+        for job, gen in zip(jobs, generations, strict=True):
+            job.attempts += 1
+            texts = [t.strip() for t in gen.texts]
+            if gen.error is None and texts and texts[0]:
+                job.texts = texts
+                job.meta.update(gen.meta)
+            else:
+                job.meta["retry_error"] = gen.error or "empty caption"
+        return generations
+
+    def _regenerate(self, items: list[Guarded]) -> list[Generation]:
+        jobs = [item.owner for item in items]
+        return self._retry(jobs, [self.guard.retry_note(item.verdict, job.fmt.language)
+                                  for item, job in zip(items, jobs, strict=True)])
+
+    def _skip_for(self, item: Guarded) -> frozenset[str]:
+        # A caption over its length target is cut at a sentence by the length policy, which
+        # also ends a truncated one cleanly.
+        return frozenset({TRUNCATED}) if self._over(item.owner.fmt, item.text) else frozenset()
+
+    def _length_rounds(self, jobs: list[_Job]) -> None:
+        """Captions over their target are asked again with a firmer instruction, together, as
+        long as their format allows; an answer the guards reject keeps the earlier caption (it
+        is then trimmed)."""
+        retry_round = 0
+        while True:
+            retry_round += 1
+            pending = [j for j in jobs if self._over(j.fmt, j.guarded.text) and j.fmt.policy.retries >= retry_round]
+            if not pending:
+                return
+            previous = [(list(j.texts), j.given.finish) for j in pending]
+            notes = [j.fmt.policy.firmer.format(limit=j.fmt.target.max, unit=j.fmt.target.unit) for j in pending]
+            for job, gen, (texts, finish) in zip(pending, self._retry(pending, notes), previous, strict=True):
+                answer = gen.texts[0].strip() if gen.ok and gen.texts and gen.texts[0].strip() else ""
+                if not answer:
+                    continue
+                job.given.finish = finish_reason(gen.meta)
+                skip = frozenset({TRUNCATED}) if self._over(job.fmt, answer) else frozenset()
+                verdict = self.guard.review(answer, job.given, skip)
+                if verdict.ok:
+                    job.guarded.text = answer
+                else:  # the earlier caption passed: keep it (it is trimmed) and record this one
+                    job.guarded.rejected.append({"text": answer[:REJECTED_CHARS], **verdict.to_meta()})
+                    job.texts, job.given.finish = texts, finish
 
     @staticmethod
-    def _too_long(job: _Job) -> bool:
-        fmt = job.fmt
-        return fmt.target is not None and fmt.count(job.texts[0]) > fmt.target.max
+    def _over(fmt: CaptionFormat, text: str) -> bool:
+        return fmt.target is not None and fmt.count(text) > fmt.target.max
 
-    @staticmethod
-    def _firmer(job: _Job) -> _Job:
-        fmt = job.fmt
-        instruction = fmt.policy.firmer.format(limit=fmt.target.max, unit=fmt.target.unit)
-        base = job.request
-        job.request = VLMRequest(prompt=f"{base.prompt}\n\n{instruction}", images=base.images, n=base.n,
-                                 system=base.system, params=base.params, tag=f"{base.tag}#retry{job.attempts}")
-        return job
+    def _fit(self, fmt: CaptionFormat, text: str) -> tuple[str, bool]:
+        """`text` within the format's target (trimmed when over), and whether it was trimmed."""
+        if self._over(fmt, text):
+            return trim(text, fmt.target.max, fmt.count, fmt.policy.trim_at), True
+        return text, False
 
     def _store(self, job: _Job) -> None:
-        if not job.texts:
-            return
-        fmt, text = job.fmt, job.texts[0]
-        outcome = FIRST_TRY if job.attempts == 1 else REGENERATED
-        if self._too_long(job):
-            text, outcome = trim(text, fmt.target.max, fmt.count, fmt.policy.trim_at), TRIMMED
-            if not text:
-                job.sample.fail(BACKEND_ERROR, f"{fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
-                return
-        meta = dict(job.meta)
-        if len(job.texts) > 1:
-            meta["candidates"] = job.texts[1:]
-        meta["length"] = length_meta(text, fmt.target, job.attempts, outcome)
+        fmt, guarded, sample = job.fmt, job.guarded, job.sample
         key = self.key_for(fmt)
-        job.sample.captions[key] = Caption(text=text, source=key, model=self.backend.model_id,
-                                           prompt_id=fmt.template.prompt_id, meta=meta)
+        meta = dict(job.meta)
+        model = self.backend.model_id
+        if guarded.ok:
+            if len(job.texts) > 1:  # other candidates stay unchecked, as before
+                meta["candidates"] = job.texts[1:]
+            text, trimmed = self._fit(fmt, guarded.text)
+            if not text:
+                sample.fail(BACKEND_ERROR, f"{fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
+                return
+            guards_meta = guarded.meta()
+        else:
+            text, trimmed, model, guards_meta = self._settle_rejected(job, key, meta)
+        outcome = TRIMMED if trimmed else (FIRST_TRY if job.attempts == 1 else REGENERATED)
+        meta["length"] = length_meta(text, fmt.target, job.attempts, outcome)
+        if guards_meta:
+            meta["guards"] = guards_meta
+        sample.captions[key] = Caption(text=text, source=key, model=model, prompt_id=fmt.template.prompt_id, meta=meta)
+
+    def _settle_rejected(self, job: _Job, key: str, meta: dict) -> tuple[str, bool, str | None, dict]:
+        """A caption still rejected: (text, trimmed, model, guards meta) as `on_reject` says;
+        `meta` gets the fallback or flag."""
+        fmt, guarded, sample = job.fmt, job.guarded, job.sample
+        guarded.reject()
+        reason, policy = guarded.verdict.reason, self.config.on_reject
+        problem = None
+        if policy == "alt_text":
+            problem = self.guard.stand_in_problem(source_text(sample.alt_text, self.config.alt_text_max_chars))
+            alt, trimmed = self._fit(fmt, clean_text(sample.alt_text or "", self.config.alt_text_max_chars))
+            if problem is None and alt:
+                meta.update(fallback=reason, rejected=guarded.text[:REJECTED_CHARS])
+                return alt, trimmed, None, guarded.meta(FALLBACK)
+            problem = problem or "no part of it fits the length target"
+        meta["flagged"] = reason
+        text, trimmed = self._fit(fmt, guarded.text)
+        outcome = FLAGGED
+        if policy != "keep":  # drop, or an AltText that cannot stand in
+            outcome = DROPPED
+            sample.fail(DROPPED_STATUS, f"guard: {key}: {reason}")
+        guards_meta = guarded.meta(outcome)
+        if problem:
+            guards_meta["alt_text_cannot_stand_in"] = problem
+        return text or guarded.text, trimmed and bool(text), self.backend.model_id, guards_meta
