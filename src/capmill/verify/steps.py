@@ -85,11 +85,12 @@ def prompt_of(request: ChatRequest) -> str:
 
 
 def review(guard: OutputGuard, text: str, sources: dict[str, str], prompt: str, meta: dict[str, Any] | None,
-           language: str | None) -> str | None:
-    """The first reason the guards reject an intermediate text, or None when it passes."""
+           language: str | None, skip: frozenset[str] = frozenset()) -> str | None:
+    """The first reason the guards reject an intermediate text, or None when it passes. `skip`
+    names checks that do not fit the text (a short phrase is no truncated sentence)."""
     given = GuardInput(sources={k: v for k, v in sources.items() if v}, prompt=prompt,
                        finish=finish_reason(meta), language=language)
-    return guard.review(text, given).reason
+    return guard.review(text, given, skip).reason
 
 
 def expected_language(guard: OutputGuard, *texts: str) -> str | None:
