@@ -29,9 +29,17 @@ EXAMPLES = {
     "filter": [CAPTION, {"type": "filter", "rules": [{"length": "dsc", "min": 1}]}],
     "dedup": [CAPTION, {"type": "dedup", "exact": ["image", "dsc"], "near": ["image"], "backend": FAKE}],
     "tldr": [{"type": "tldr", "scorer": FAKE, "clusters": 2, "stride": 2}],
+    "scalecap": [CAPTION, {"type": "scalecap", "caption": "dsc", "vlm": FAKE, "llm": FAKE, "analyzer": FAKE}],
+    "patch_matters": [CAPTION, {"type": "patch_matters", "caption": "dsc", "vlm": FAKE, "llm": FAKE, "detector": FAKE,
+                                "min_region_px": 8}],
+    "vfc": [CAPTION, {"type": "vfc", "proposals": ["ssc", "dsc"], "llm": FAKE, "detector": FAKE, "vqa": FAKE}],
+    "fusecap": [CAPTION, {"type": "fusecap", "caption": "dsc", "llm": FAKE, "detector": FAKE, "attributes": FAKE,
+                          "ocr": FAKE}],
 }
 
-PROTOCOLS = {protocols.VisionLanguageModel, protocols.LanguageModel, protocols.ImageTextScorer, protocols.TextEmbedder}
+PROTOCOLS = {protocols.VisionLanguageModel, protocols.LanguageModel, protocols.ImageTextScorer, protocols.TextEmbedder,
+             protocols.AskingVisionLanguageModel, protocols.ContrastiveVisionLanguageModel, protocols.Detector,
+             protocols.TextRecognizer, protocols.TextAnalyzer}
 
 
 def registered_stages() -> dict[str, type]:
