@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import fit_pixel_budget, neutralise_for, per_image_once
+from capmill.backends.base import Answer, AskRequest, ChatRequest, Generation, GenerationParams, VLMRequest
+from capmill.backends.common import fit_pixel_budget, neutralise_for, per_image_once, yes_probability
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 from capmill.media.image import to_rgb
@@ -99,6 +99,11 @@ class OpenAIBackendConfig(BackendConfig):
     # AltText would otherwise reach the server's tokenizer as the real token (one `<|image_pad|>`
     # too many crashes a Qwen2.5-VL worker in vLLM).
     special_tokens: list[str] = Field(default_factory=list)
+    # `ask` (yes/no questions) reads the first answer token's `top_logprobs` (this many). A server
+    # that returns no log-probabilities is answered from the generated word ("text": P(yes) is 1.0
+    # or 0.0, marked `source: text`) or each such question fails ("error").
+    top_logprobs: int = Field(20, ge=1, le=20)
+    ask_without_logprobs: Literal["text", "error"] = "text"
     # Check at load that the server answers and serves `model` (GET /models).
     probe: bool = True
     probe_timeout_s: float = Field(10.0, gt=0)
@@ -139,6 +144,8 @@ class _Answer:
     error: str | None = None
     attempts: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    # The first token's top log-probabilities of each choice (token → log-prob), when returned.
+    logprobs: list[dict[str, float] | None] = field(default_factory=list)
 
 
 class _RetryableError(Exception):
@@ -209,6 +216,25 @@ def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: lis
     return messages
 
 
+def first_token_logprobs(payload: Any) -> list[dict[str, float] | None]:
+    """Per choice, the top log-probabilities of its first generated token (chat-completions
+    `logprobs.content[0].top_logprobs`, the chosen token included), or None where absent."""
+    out: list[dict[str, float] | None] = []
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    for choice in choices if isinstance(choices, list) else []:
+        content = ((choice or {}).get("logprobs") or {}).get("content") if isinstance(choice, dict) else None
+        if not isinstance(content, list) or not content or not isinstance(content[0], dict):
+            out.append(None)
+            continue
+        first = content[0]
+        top: dict[str, float] = {}
+        for entry in [first, *(first.get("top_logprobs") or [])]:
+            if isinstance(entry, dict) and isinstance(entry.get("token"), str) and isinstance(entry.get("logprob"), (int, float)):
+                top.setdefault(entry["token"], float(entry["logprob"]))
+        out.append(top or None)
+    return out
+
+
 def parse_completion(payload: Any) -> tuple[list[str], list[str | None], dict[str, int]]:
     """Texts, finish reasons and usage of a chat-completions answer; _FinalError when it is not
     one or when the model refused."""
@@ -250,7 +276,7 @@ class _LoopThread:
 
 
 class OpenAIChatBackend:
-    """Implements VisionLanguageModel and LanguageModel over /chat/completions."""
+    """Implements VisionLanguageModel (with `ask`) and LanguageModel over /chat/completions."""
 
     def __init__(self, config: OpenAIBackendConfig):
         self.config = config
@@ -363,6 +389,43 @@ class OpenAIChatBackend:
         return self._run([([{**m, "content": neutralise_for(m["content"], tokens)} for m in r.messages], r.n, r.params, r.tag)
                           for r in requests])
 
+    def ask(self, requests: list[AskRequest]) -> list[Answer]:
+        """P("yes") for each yes/no question: one-token answers with `top_logprobs`, all questions
+        of the call concurrently; see `top_logprobs` and `ask_without_logprobs` in the config."""
+        if self._runner is None:
+            raise SetupError("the openai backend is not loaded: call load() first")
+        cfg = self.config
+        vlm = [VLMRequest(prompt=r.question, images=[r.image], tag=r.tag) for r in requests]
+        urls = per_image_once(vlm, lambda img: image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels))
+        messages = [vlm_messages(r, u, cfg.special_tokens) for r, u in zip(vlm, urls, strict=True)]
+        if not messages:
+            return []
+        return self._runner.call(self._gather_ask(messages, [r.tag for r in requests]))
+
+    async def _gather_ask(self, messages: list[list[dict[str, Any]]], tags: list[str]) -> list[Answer]:
+        return list(await asyncio.gather(*(self._ask_one(m, tag) for m, tag in zip(messages, tags, strict=True))))
+
+    async def _ask_one(self, messages: list[dict[str, Any]], tag: str) -> Answer:
+        cfg = self.config
+        body = {"model": cfg.model, "messages": messages, cfg.max_tokens_field: 1, "temperature": 0.0,
+                "logprobs": True, "top_logprobs": cfg.top_logprobs, **cfg.extra_body}
+        if cfg.params.seed is not None:
+            body["seed"] = cfg.params.seed
+        answer = await self._complete(body, tag)
+        if answer.error is not None:
+            return Answer(p_yes=None, error=answer.error, meta={"attempts": answer.attempts})
+        top = answer.logprobs[0] if answer.logprobs else None
+        p = yes_probability(top) if top else None
+        if p is not None:
+            return Answer(p_yes=p, source="logprobs", meta={"attempts": answer.attempts})
+        if cfg.ask_without_logprobs == "error":
+            return Answer(p_yes=None, error="the server returned no log-probabilities for yes or no "
+                          "(set ask_without_logprobs: text to use the generated word)")
+        word = (answer.texts[0] if answer.texts else "").strip().lower().strip(".,!*")
+        if word in ("yes", "no"):
+            return Answer(p_yes=1.0 if word == "yes" else 0.0, source="text", meta={"attempts": answer.attempts})
+        return Answer(p_yes=None, error=f"answer is neither yes nor no: {word[:40]!r}")
+
     def _run(self, jobs: list[tuple[list[dict[str, Any]], int, GenerationParams | None, str]]) -> list[Generation]:
         if self._runner is None:
             raise SetupError("the openai backend is not loaded: call load() first")
@@ -442,7 +505,8 @@ class OpenAIChatBackend:
                 answer.attempts += 1
                 self.stats["attempts"] += 1
                 try:
-                    answer.texts, answer.finish_reasons, answer.usage = await self._attempt(body, min(cfg.attempt_timeout_s, remaining))
+                    answer.texts, answer.finish_reasons, answer.usage, answer.logprobs = await self._attempt(
+                        body, min(cfg.attempt_timeout_s, remaining))
                     return answer
                 except _FinalError as e:
                     answer.error = self._scrub(str(e))
@@ -464,7 +528,7 @@ class OpenAIChatBackend:
             log.debug("retrying %s in %.2fs after: %s", tag, delay, last)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int]]:
+    async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int], list]:
         import aiohttp
 
         try:
@@ -486,7 +550,7 @@ class OpenAIChatBackend:
             payload = json.loads(text)
         except ValueError as e:
             raise _FinalError(f"malformed response (not JSON: {e})") from None
-        return parse_completion(payload)
+        return (*parse_completion(payload), first_token_logprobs(payload))
 
     def _scrub(self, text: str) -> str:
         """Error texts may quote server answers; a server echoing the key must not leak it."""
