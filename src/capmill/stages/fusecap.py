@@ -29,7 +29,6 @@ from capmill import keys
 from capmill.backends.base import Detector, GenerationParams, LanguageModel, TextRecognizer, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
-from capmill.guards import GuardConfig, OutputGuard
 from capmill.guards.language import code_for
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
@@ -38,7 +37,16 @@ from capmill.sample import DECODE_ERROR, STAGE_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.verify import regions as geo
 from capmill.verify.facts import Facts, group_objects, reading_order
-from capmill.verify.steps import FinalJob, chat_request, clean_caption, expected_language, review, settle_captions
+from capmill.verify.steps import (
+    FinalJob,
+    VerifyGuardConfig,
+    chat_request,
+    clean_caption,
+    expected_language,
+    review,
+    settle_captions,
+    verify_guard,
+)
 
 FUSECAP_SLOTS = {"caption", "facts", "ocr_text", "alt_text", "language_rule"}
 
@@ -75,7 +83,7 @@ class FuseCapStageConfig(StageConfig):
     language: str = "caption"
     params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=160))
     attribute_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=24))
-    guards: GuardConfig = Field(default_factory=GuardConfig)
+    guards: VerifyGuardConfig = Field(default_factory=VerifyGuardConfig)
     max_chars: int = Field(2000, ge=64)
 
     def build(self) -> FuseCapStage:
@@ -108,7 +116,7 @@ class FuseCapStage(Stage):
         else:
             self.language_rule = rules.get("named", "Write in {language}.").format(language=config.language)
         self.alt_block = self.template.options.get("alt_text", "{alt_text}")
-        self.guard = OutputGuard(config.guards, stage=self.name)
+        self.guard = verify_guard(config.guards, self.name)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)

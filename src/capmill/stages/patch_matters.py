@@ -37,7 +37,6 @@ from capmill import keys
 from capmill.backends.base import Detector, GenerationParams, LanguageModel, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, Strict, StageConfig
 from capmill.errors import ConfigError
-from capmill.guards import GuardConfig, OutputGuard
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import source_text, untrusted
@@ -46,6 +45,8 @@ from capmill.stages.base import RunContext, Stage
 from capmill.verify import regions as geo
 from capmill.verify.parse import parse_items, parse_sections
 from capmill.verify.steps import (
+    VerifyGuardConfig,
+    verify_guard,
     FinalJob,
     bullet_block,
     chat_parsed,
@@ -95,7 +96,7 @@ class PatchMattersStageConfig(StageConfig):
     objects_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=64))
     merge_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=256))
     final_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=320))
-    guards: GuardConfig = Field(default_factory=GuardConfig)
+    guards: VerifyGuardConfig = Field(default_factory=VerifyGuardConfig)
     max_chars: int = Field(2000, ge=64)
 
     def build(self) -> PatchMattersStage:
@@ -147,7 +148,7 @@ class PatchMattersStage(Stage):
         self.t_merge = load_template("patch_matters", p.merge, dirs).check_slots({"first", "second", "first_box",
                                                                                  "second_box"})
         self.t_final = load_template("patch_matters", p.final, dirs).check_slots({"caption", "regions"})
-        self.guard = OutputGuard(config.guards, stage=self.name)
+        self.guard = verify_guard(config.guards, self.name)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)

@@ -39,7 +39,6 @@ from capmill.backends.base import (
 )
 from capmill.components import BackendSpec, Strict, StageConfig, default_backend
 from capmill.errors import ConfigError
-from capmill.guards import GuardConfig, OutputGuard
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import source_text, untrusted
@@ -48,6 +47,8 @@ from capmill.stages.base import RunContext, Stage
 from capmill.verify.golden import GoldenResult, content_mask, golden_sentences, masked_gaps
 from capmill.verify.parse import parse_items
 from capmill.verify.steps import (
+    VerifyGuardConfig,
+    verify_guard,
     FinalJob,
     bullet_block,
     chat_parsed,
@@ -95,7 +96,7 @@ class ScaleCapStageConfig(StageConfig):
     answer_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=96))
     objects_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=96))
     final_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=320))
-    guards: GuardConfig = Field(default_factory=GuardConfig)
+    guards: VerifyGuardConfig = Field(default_factory=VerifyGuardConfig)
     # Characters of each untrusted text allowed into a prompt.
     max_chars: int = Field(2000, ge=64)
 
@@ -136,7 +137,7 @@ class ScaleCapStage(Stage):
         self.t_detail = load_template("scalecap", p.detail, dirs).check_slots({"object"})
         self.t_position = load_template("scalecap", p.position, dirs).check_slots({"object"})
         self.t_final = load_template("scalecap", p.final, dirs).check_slots({"sentences", "details", "positions"})
-        self.guard = OutputGuard(config.guards, stage=self.name)
+        self.guard = verify_guard(config.guards, self.name)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)

@@ -31,7 +31,6 @@ from capmill import keys
 from capmill.backends.base import AskingVisionLanguageModel, AskRequest, Detector, GenerationParams, LanguageModel
 from capmill.components import BackendSpec, Strict, StageConfig
 from capmill.errors import ConfigError
-from capmill.guards import GuardConfig, OutputGuard
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import source_text, untrusted
@@ -40,6 +39,8 @@ from capmill.stages.base import RunContext, Stage
 from capmill.verify.parse import parse_sections
 from capmill.verify.regions import matches
 from capmill.verify.steps import (
+    VerifyGuardConfig,
+    verify_guard,
     FinalJob,
     bullet_block,
     chat_parsed,
@@ -80,7 +81,7 @@ class VfcStageConfig(StageConfig):
     prompt_dirs: list[str] = Field(default_factory=list)
     extract_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=256))
     write_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=256))
-    guards: GuardConfig = Field(default_factory=GuardConfig)
+    guards: VerifyGuardConfig = Field(default_factory=VerifyGuardConfig)
     max_chars: int = Field(2000, ge=64)
 
     def build(self) -> VfcStage:
@@ -110,7 +111,7 @@ class VfcStage(Stage):
         if config.style not in styles and len(config.style.split()) < 3:
             raise ConfigError(f"{self.name}: style {config.style!r} is neither a style of {self.t_write.prompt_id} "
                               f"({', '.join(sorted(styles))}) nor an instruction")
-        self.guard = OutputGuard(config.guards, stage=self.name)
+        self.guard = verify_guard(config.guards, self.name)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)

@@ -19,8 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from pydantic import Field
+
 from capmill.backends.base import ChatRequest, Generation
-from capmill.guards import FALLBACK, GuardInput, Guarded, OutputGuard, finish_reason, settle
+from capmill.guards import FALLBACK, GuardConfig, GuardInput, Guarded, OutputGuard, finish_reason, settle
+from capmill.guards.fuse import OFF_TOPIC, check_off_topic
 from capmill.guards.language import detect
 from capmill.prompts.safety import without_untrusted
 
@@ -28,6 +31,24 @@ if TYPE_CHECKING:
     from capmill.backends.base import LanguageModel
 
 T = TypeVar("T")
+
+
+class VerifyGuardConfig(GuardConfig):
+    """Guards of the verifying stages: the generic ones, plus `off_topic` on the caption that
+    scalecap, patch_matters and fusecap store: it rewrites an earlier caption and must keep some
+    of its content (an answer to an instruction printed in the image or hidden in the AltText
+    keeps none of it). vfc writes from checked facts in any style, so it is not held to it."""
+
+    # Off topic: the stored caption keeps less than this share of the earlier caption's content words.
+    min_caption_overlap: float = Field(0.2, ge=0, le=1)
+
+
+# Checks run after the generic ones, on the texts whose GuardInput names a "caption" source.
+VERIFY_CHECKS = {OFF_TOPIC: check_off_topic}
+
+
+def verify_guard(config: VerifyGuardConfig, stage: str) -> OutputGuard:
+    return OutputGuard(config, extra=VERIFY_CHECKS, stage=stage)
 
 UNPARSED, NO_ANSWER = "unparsed", "no_answer"
 
@@ -95,7 +116,9 @@ def review(guard: OutputGuard, text: str, sources: dict[str, str], prompt: str, 
 
 def expected_language(guard: OutputGuard, *texts: str) -> str | None:
     """The language the guards expect of a text written from `texts`: the configured one, else
-    the language the first of them that tells is in (None: not checked)."""
+    the language the first of them that tells is in, else English (the language of the built-in
+    prompts, which is what a model answers in unless something told it otherwise). None: the
+    guards' `language: null`, not checked."""
     wanted = guard.config.language
     if wanted is None:
         return None
@@ -105,7 +128,7 @@ def expected_language(guard: OutputGuard, *texts: str) -> str | None:
         code = detect(text or "")
         if code:
             return code
-    return None
+    return "en"
 
 
 @dataclass
