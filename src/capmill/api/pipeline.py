@@ -109,7 +109,7 @@ class Pipeline:
             raise ConfigError(format_validation_error(e)) from None
 
     def run(self, *, force: bool = False, limit: int | None = None, dry_run: bool = False,
-            progress: bool = True) -> RunSummary:
+            retry_errors: bool = False, progress: bool = True) -> RunSummary:
         """`capmill run`: read the input, write the output directory (resuming a run of the same
         config), and return the summary (`summary.ok` is False when a shard failed)."""
         if not isinstance(self.config, RunConfig):
@@ -122,13 +122,12 @@ class Pipeline:
             from capmill.outputdir import config_hash
             from capmill.tracking import open_tracker
 
-            hashed = {**self.config.hashed_content(), "limit": limit}
             tracker = open_tracker(self.config.tracking, self.config.output.path,
-                                   self.config.model_dump(mode="json"), config_hash(hashed))
+                                   self.config.model_dump(mode="json"), config_hash(self.config.hashed_content()))
         summary = None
         try:
-            summary = run(self.config, force=force, limit=limit, dry_run=dry_run, progress=progress,
-                          listeners=[tracker.on_shard] if tracker else [])
+            summary = run(self.config, force=force, limit=limit, dry_run=dry_run, retry_errors=retry_errors,
+                          progress=progress, listeners=[tracker.on_shard] if tracker else [])
         finally:
             if tracker is not None:
                 try:

@@ -21,7 +21,7 @@ from capmill.backends.base import Answer, AskRequest, ChatRequest, Generation, G
 from capmill.backends.common import (fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once,
                                      yes_probability)
 from capmill.components import BackendConfig
-from capmill.errors import SetupError
+from capmill.errors import SetupError, is_transient_exception
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -130,6 +130,17 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             content = [{"type": "image"} if part["type"] == "image_pil" else part for part in content]
         out.append({"role": m["role"], "content": content})
     return out
+
+
+def engine_failures() -> tuple[type[BaseException], ...]:
+    """vLLM's exceptions for an engine that failed or died (not the request's fault), where this
+    vLLM has them; with `is_transient_exception` (GPU out of memory) they fail a batch
+    transiently instead of costing each sample its row for good."""
+    try:
+        from vllm.v1.engine import exceptions
+    except ImportError:
+        return ()
+    return tuple(t for t in (getattr(exceptions, "EngineDeadError", None), getattr(exceptions, "EngineGenerateError", None)) if t)
 
 
 def beam_text(tokenizer: Any, sequence: Any) -> str:
@@ -247,11 +258,17 @@ class VLLMBackend:
         out: list[Generation | None] = [None] * len(conversations)
         sampled = [i for i, (_, p) in enumerate(settings) if p.num_beams == 1]
         beamed = [i for i, (_, p) in enumerate(settings) if p.num_beams > 1]
-        if sampled:
-            for i, gen in zip(sampled, self._chat([conversations[i] for i in sampled], [settings[i] for i in sampled]), strict=True):
+        try:
+            if sampled:
+                for i, gen in zip(sampled, self._chat([conversations[i] for i in sampled], [settings[i] for i in sampled]), strict=True):
+                    out[i] = gen
+            for i, gen in zip(beamed, self._beams([conversations[i] for i in beamed], [settings[i] for i in beamed]), strict=True):
                 out[i] = gen
-        for i, gen in zip(beamed, self._beams([conversations[i] for i in beamed], [settings[i] for i in beamed]), strict=True):
-            out[i] = gen
+        except Exception as e:
+            if not (is_transient_exception(e) or isinstance(e, engine_failures())):
+                raise  # the stage retries sample by sample to find the request at fault
+            error = f"vLLM engine failed: {type(e).__name__}: {e}"
+            return [Generation(error=error, meta={"backend": "vllm"}, transient=True) for _ in conversations]
         return out  # type: ignore[return-value]
 
     def _chat(self, conversations, settings) -> list[Generation]:
