@@ -44,8 +44,11 @@ def test_printed_instructions_never_reach_a_caption(tmp_path, ocr):
                   {"type": "fusecap", "caption": "dsc", "llm": http, "attributes": http, "ocr": {"type": ocr},
                    "detector": {"type": "fake"}, "with_alt_text": True}]
         config = parse_config(make_config(tmp_path / "data", tmp_path / "out", stages=stages))
-        assert run(config, progress=False).ok
+        summary = run(config, progress=False)
         bodies = list(server.bodies)
+    # every fused caption fell back: the run says so and does not pass as a success
+    assert not summary.ok and summary.by_status == {"ok": len(typographic_cases())}
+    assert any("caption 'fusecap'" in r for reasons in summary.degenerate.values() for r in reasons)
     records = {r["key"]: r for r in _records(tmp_path / "out")}
     assert set(records) == {c.id for c in typographic_cases()}
     fusion_prompts = [b["messages"][-1]["content"] for b in bodies

@@ -133,6 +133,7 @@ class Answer:
     source: str = "logits"
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False  # as Generation.transient: asking again later may succeed
 
     @property
     def ok(self) -> bool:

@@ -67,7 +67,7 @@ class AskMixin:
             body["seed"] = cfg.params.seed
         answer = await self._complete(body, tag)
         if answer.error is not None:
-            return Answer(p_yes=None, error=answer.error, meta={"attempts": answer.attempts})
+            return Answer(p_yes=None, error=answer.error, meta={"attempts": answer.attempts}, transient=answer.transient)
         top = answer.logprobs[0] if answer.logprobs else None
         p = yes_probability(top) if top else None
         if p is not None:

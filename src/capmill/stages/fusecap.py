@@ -33,7 +33,7 @@ from capmill.guards.language import code_for
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import source_text, untrusted
-from capmill.sample import DECODE_ERROR, STAGE_ERROR, Caption, Sample
+from capmill.sample import DECODE_ERROR, STAGE_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.verify import regions as geo
 from capmill.verify.facts import Facts, group_objects, reading_order
@@ -191,6 +191,8 @@ class FuseCapStage(Stage):
         for (job, k, prompt), gen in zip(owners, self.vlm.generate(requests), strict=True):
             fact = job["facts"].objects[k]
             if not gen.ok:
+                if gen.transient:  # not a verdict on the object: the sample is redone as a whole
+                    job["sample"].fail(TRANSIENT_ERROR, f"{self.name}: attribute of {fact.label}: {gen.error}")
                 job["meta"]["attributes"][fact.label] = f"no_answer: {gen.error or 'empty'}"
                 continue
             text = " ".join(gen.texts[0].split()).rstrip(".")
@@ -220,6 +222,8 @@ class FuseCapStage(Stage):
         cfg = self.config
         todo = []
         for job in jobs:
+            if not job["sample"].ok:
+                continue
             facts: Facts = job["facts"]
             if facts.empty:
                 self._store(job, job["caption"], "no_facts")
@@ -244,6 +248,9 @@ class FuseCapStage(Stage):
                                    owner=job, language=self._language(job)))
         for final, settled in zip(finals, settle_captions(self.guard, self.llm, finals, clean_caption), strict=True):
             job = final.owner
+            if settled.transient:  # not a verdict on the caption: the sample is redone as a whole
+                job["sample"].fail(TRANSIENT_ERROR, f"{self.name}: {settled.backend_meta.get('error')}")
+                continue
             if settled.rejected is not None:
                 job["meta"]["rejected"] = settled.rejected
             if settled.backend_meta.get("error"):

@@ -40,7 +40,7 @@ from capmill.errors import ConfigError
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import source_text, untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, STAGE_ERROR, Caption, Sample
+from capmill.sample import DECODE_ERROR, STAGE_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.verify import regions as geo
 from capmill.verify.parse import parse_items, parse_sections
@@ -53,6 +53,7 @@ from capmill.verify.steps import (
     chat_request,
     clean_caption,
     expected_language,
+    failure_status,
     review,
     settle_captions,
 )
@@ -197,7 +198,7 @@ class PatchMattersStage(Stage):
             return []
         for (job, what), request, gen in zip(owners, requests, self.vlm.generate(requests), strict=True):
             if not gen.ok:
-                job.sample.fail(BACKEND_ERROR, f"{self.name}: {what}: {gen.error or 'no text'}")
+                job.sample.fail(failure_status(gen), f"{self.name}: {what}: {gen.error or 'no text'}")
                 continue
             text = clean_caption(gen.texts[0])
             reason = review(self.guard, text, {}, request.prompt, gen.meta, expected_language(self.guard, job.caption, text))
@@ -221,6 +222,9 @@ class PatchMattersStage(Stage):
         parsed = chat_parsed(self.llm, requests, lambda t: parse_items(t, max_items=12, max_words=3),
                              self.t_objects.options.get("retry_note", "Reply only with the list."))
         for job, result in zip(todo, parsed, strict=True):
+            if result.transient:  # not a verdict on the image: the sample is redone as a whole
+                job.sample.fail(TRANSIENT_ERROR, f"{self.name}: objects: {result.reason}")
+                continue
             job.objects = result.value or []
             job.meta["objects"] = {"found": job.objects, "attempts": result.attempts}
             if not result.ok:
@@ -270,6 +274,8 @@ class PatchMattersStage(Stage):
             return
         for (job, region), gen in zip(owners, self.vlm.generate(requests), strict=True):
             if not gen.ok:
+                if gen.transient:
+                    job.sample.fail(TRANSIENT_ERROR, f"{self.name}: region {region.name}: {gen.error}")
                 region.skipped = f"no_answer: {gen.error or 'empty'}"
                 continue
             text = " ".join(gen.texts[0].split())
@@ -313,6 +319,8 @@ class PatchMattersStage(Stage):
                              self.t_merge.options.get("retry_note", "Reply only with the three lists."))
         for (job, first, second), result in zip(owners, parsed, strict=True):
             w, h = job.size
+            if result.transient:
+                job.sample.fail(TRANSIENT_ERROR, f"{self.name}: merge: {result.reason}")
             record = {"regions": [first.name, second.name], "attempts": result.attempts}
             if not result.ok:
                 record.update(failed=result.reason, raw=result.raw)
@@ -329,6 +337,8 @@ class PatchMattersStage(Stage):
         finals = []
         todo = []
         for job in jobs:
+            if not job.sample.ok:
+                continue
             if not job.facts:
                 self._store(job, job.caption, fallback="no_region_facts")
                 continue
@@ -344,6 +354,9 @@ class PatchMattersStage(Stage):
                                    language=expected_language(self.guard, job.caption)))
         for final, settled in zip(finals, settle_captions(self.guard, self.llm, finals, clean_caption), strict=True):
             job = final.owner
+            if settled.transient:  # not a verdict on the caption: the sample is redone as a whole
+                job.sample.fail(TRANSIENT_ERROR, f"{self.name}: {settled.backend_meta.get('error')}")
+                continue
             if settled.rejected is not None:
                 job.meta["rejected"] = settled.rejected
             if settled.backend_meta.get("error"):

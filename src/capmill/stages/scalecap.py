@@ -42,7 +42,7 @@ from capmill.errors import ConfigError
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import source_text, untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, STAGE_ERROR, Caption, Sample
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, STAGE_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.verify.golden import GoldenResult, content_mask, golden_sentences, masked_gaps
 from capmill.verify.parse import parse_items
@@ -55,6 +55,7 @@ from capmill.verify.steps import (
     chat_request,
     clean_caption,
     expected_language,
+    failure_status,
     review,
     settle_captions,
 )
@@ -192,7 +193,7 @@ class ScaleCapStage(Stage):
         kept = []
         for job, gen in zip(jobs, self.vlm.generate(requests) if requests else [], strict=True):
             if not gen.ok:
-                job.sample.fail(BACKEND_ERROR, f"{self.name}: first caption: {gen.error or 'no text'}")
+                job.sample.fail(failure_status(gen), f"{self.name}: first caption: {gen.error or 'no text'}")
                 continue
             text = clean_caption(gen.texts[0])
             reason = review(self.guard, text, {}, prompt, gen.meta, expected_language(self.guard, text))
@@ -243,6 +244,9 @@ class ScaleCapStage(Stage):
                              self.t_objects.options.get("retry_note", "Reply only with the list."))
         for job, result in zip(jobs, parsed, strict=True):
             job.meta["objects"] = {"attempts": result.attempts, "found": result.value or []}
+            if result.transient:  # not a verdict on the caption: the sample is redone as a whole
+                job.sample.fail(TRANSIENT_ERROR, f"{self.name}: objects: {result.reason}")
+                continue
             if not result.ok:
                 job.meta["objects"]["failed"] = result.reason
                 job.meta["objects"]["raw"] = result.raw
@@ -268,6 +272,8 @@ class ScaleCapStage(Stage):
         rated = []
         for (job, entry, kind, prompt), gen in zip(owners, self.vlm.generate(requests), strict=True):
             if not gen.ok:
+                if gen.transient:
+                    job.sample.fail(TRANSIENT_ERROR, f"{self.name}: {kind} question: {gen.error}")
                 entry[kind] = None
                 entry.setdefault("dropped", {})[kind] = f"no_answer: {gen.error or 'empty'}"
                 continue
@@ -296,6 +302,8 @@ class ScaleCapStage(Stage):
         cfg = self.config
         todo, finals = [], []
         for job in jobs:
+            if not job.sample.ok:
+                continue
             if "fallback_reason" in job.meta:
                 self._store(job, job.golden.text, fallback=job.meta.pop("fallback_reason"))
                 continue
@@ -316,6 +324,9 @@ class ScaleCapStage(Stage):
                                    owner=job, language=expected_language(self.guard, job.caption)))
         for final, settled in zip(finals, settle_captions(self.guard, self.llm, finals, clean_caption), strict=True):
             job = final.owner
+            if settled.transient:  # not a verdict on the caption: the sample is redone as a whole
+                job.sample.fail(TRANSIENT_ERROR, f"{self.name}: {settled.backend_meta.get('error')}")
+                continue
             if settled.rejected is not None:
                 job.meta["rejected"] = settled.rejected
             if settled.backend_meta.get("error"):

@@ -34,7 +34,7 @@ from capmill.errors import ConfigError
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import source_text, untrusted
-from capmill.sample import DECODE_ERROR, STAGE_ERROR, Caption, Sample
+from capmill.sample import DECODE_ERROR, STAGE_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.verify.parse import parse_sections
 from capmill.verify.regions import matches
@@ -136,7 +136,7 @@ class VfcStage(Stage):
         if not jobs:
             return batch
         self._extract(jobs)
-        self._verify([j for j in jobs if "facts" in j])
+        self._verify([j for j in jobs if "facts" in j and j["sample"].ok])
         self._write(jobs)
         return batch
 
@@ -151,6 +151,9 @@ class VfcStage(Stage):
                              self.t_extract.options.get("retry_note", "Reply only with the two lists."))
         for job, result in zip(jobs, parsed, strict=True):
             job["meta"]["extract"] = {"attempts": result.attempts}
+            if result.transient:  # not a verdict on the proposals: the sample is redone as a whole
+                job["sample"].fail(TRANSIENT_ERROR, f"{self.name}: extract: {result.reason}")
+                continue
             if not result.ok:
                 job["meta"]["extract"].update(failed=result.reason, raw=result.raw)
                 job["fallback"] = f"extract_{result.reason.split(':')[0]}"
@@ -181,16 +184,18 @@ class VfcStage(Stage):
                     questions.append(AskRequest(image, self.t_check.render(
                         claim=untrusted(self.object_claim.format(object=obj), "caption", 300)),
                         tag=f"{job['sample'].key}:obj"))
-                    owners.append(entry)
+                    owners.append((job, entry))
             for claim in job["facts"]["claims"]:
                 entry = {"text": claim}
                 job["claims"].append(entry)
                 questions.append(AskRequest(image, self.t_check.render(claim=untrusted(claim, "caption", 500)),
                                             tag=f"{job['sample'].key}:claim"))
-                owners.append(entry)
+                owners.append((job, entry))
         if not questions:
             return
-        for entry, answer in zip(owners, self.vqa.ask(questions), strict=True):
+        for (job, entry), answer in zip(owners, self.vqa.ask(questions), strict=True):
+            if answer.transient:  # not a verdict on the claim: the sample is redone as a whole
+                job["sample"].fail(TRANSIENT_ERROR, f"{self.name}: question: {answer.error}")
             if not answer.ok:
                 entry.update(verified=False, by="vqa", error=answer.error)
                 continue
@@ -227,6 +232,9 @@ class VfcStage(Stage):
                                    language=expected_language(self.guard, *job["proposals"])))
         for final, settled in zip(finals, settle_captions(self.guard, self.llm, finals, clean_caption), strict=True):
             job = final.owner
+            if settled.transient:  # not a verdict on the caption: the sample is redone as a whole
+                job["sample"].fail(TRANSIENT_ERROR, f"{self.name}: {settled.backend_meta.get('error')}")
+                continue
             if settled.rejected is not None:
                 job["meta"]["rejected"] = settled.rejected
             if settled.backend_meta.get("error"):

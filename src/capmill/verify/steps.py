@@ -59,6 +59,7 @@ class Parsed(Generic[T]):
     reason: str | None = None  # why there is no value: "unparsed" or "no_answer: <backend error>"
     attempts: int = 0
     raw: list[str] = field(default_factory=list)  # the answers that did not parse, cut short
+    transient: bool = False  # the last attempt failed in a way asking again later may fix
 
     @property
     def ok(self) -> bool:
@@ -87,8 +88,10 @@ def chat_parsed(backend: LanguageModel, requests: list[ChatRequest], parse: Call
             result.attempts += 1
             if not gen.ok:
                 result.reason = f"{NO_ANSWER}: {gen.error or 'empty answer'}"
+                result.transient = bool(getattr(gen, "transient", False))
                 still.append(i)
                 continue
+            result.transient = False
             value = parse(gen.texts[0])
             if value is None:
                 result.reason = UNPARSED
@@ -150,6 +153,7 @@ class Settled:
     guards: dict[str, Any] | None
     rejected: str | None = None
     backend_meta: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False  # the LLM failed transiently: nothing is stored, the sample is redone
 
 
 def settle_captions(guard: OutputGuard, backend: LanguageModel, jobs: list[FinalJob],
@@ -161,7 +165,7 @@ def settle_captions(guard: OutputGuard, backend: LanguageModel, jobs: list[Final
         gen = job.generation
         if not gen.ok:
             out[k] = Settled(text=job.previous, fallback="backend_error", guards=None,
-                             backend_meta={"error": gen.error or "no text"})
+                             backend_meta={"error": gen.error or "no text"}, transient=bool(gen.transient))
             continue
         given = GuardInput(sources={n: t for n, t in job.sources.items() if t}, prompt=prompt_of(job.request),
                            finish=finish_reason(gen.meta), language=job.language, grounded=True)
@@ -211,3 +215,11 @@ def bullet_block(items: list[str]) -> str:
     """Items as "- item" lines; "(none)" for an empty list. The result is untrusted text: callers
     wrap it with `untrusted`, which puts it on one line."""
     return " ".join(f"- {item}" for item in items) if items else "(none)"
+
+
+def failure_status(result: Any) -> str:
+    """The status of a sample whose model step failed: `transient_error` when asking again later
+    may succeed (the sample is redone, nothing is stored), else `backend_error`."""
+    from capmill.sample import BACKEND_ERROR, TRANSIENT_ERROR
+
+    return TRANSIENT_ERROR if getattr(result, "transient", False) else BACKEND_ERROR
