@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from capmill.components import StageSpec, Strict
 from capmill.errors import ConfigError
 from capmill.executors.local import LocalExecutorConfig
 from capmill.executors.ray import RayExecutorConfig
 from capmill.media.image import ImageConfig
+from capmill.media.video import VideoConfig
 from capmill.readers import FolderInput, HfInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
 from capmill.writers.output import OutputConfig
 
@@ -31,9 +32,17 @@ class RunConfig(Strict):
     output: OutputConfig
     executor: ExecutorSpec = Field(default_factory=LocalExecutorConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
+    # How videos are decoded: hygiene limits and which frames to sample.
+    video: VideoConfig = Field(default_factory=VideoConfig)
     stages: list[StageSpec] = Field(default_factory=list)
     # Seed for everything random in the run (sampling backends, bags, mixes).
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _attach_video(self) -> RunConfig:
+        # Executors hand the decode step `run.image` only; it carries the video settings along.
+        self.image.with_video(self.video)
+        return self
 
     def hashed_content(self) -> dict[str, Any]:
         """What decides the output. Executor settings are left out on purpose: a run can be

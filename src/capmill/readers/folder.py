@@ -1,4 +1,5 @@
-"""An image folder with sidecar captions (`cat.jpg` + `cat.txt`), the layout diffusion trainers use."""
+"""A folder of images or videos with sidecar captions (`cat.jpg` + `cat.txt`, `run.mp4` +
+`run.txt`), the layout diffusion trainers use. Videos are read where they lie, never whole."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from capmill.readers.base import IMAGE_EXTS, InputConfig, Reader, Shard, decode_text
+from capmill.media.kinds import kind_of
+from capmill.readers.base import READABLE_EXTS, InputConfig, Reader, Shard, decode_text
 from capmill.readers.locate import confined
 from capmill.sample import READ_ERROR, ImageRef, Sample
 
@@ -36,7 +38,7 @@ class FolderReader(Reader):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
-                if name.rpartition(".")[2].lower() in IMAGE_EXTS and not name.startswith("."):
+                if name.rpartition(".")[2].lower() in READABLE_EXTS and not name.startswith("."):
                     found.append(os.path.relpath(os.path.join(dirpath, name), root))
         return found
 
@@ -77,4 +79,5 @@ class FolderReader(Reader):
                                         "(set allow_outside_root: true to read it)")
                 yield sample
                 continue
-            yield Sample(key=key, image=ImageRef(path=image_path, ext=ext.lower()), alt_text=alt_text, meta=meta)
+            yield Sample(key=key, image=ImageRef(path=image_path, ext=ext.lower(), kind=kind_of(ext)),
+                         alt_text=alt_text, meta=meta)

@@ -10,7 +10,8 @@ from pydantic import Field
 from capmill.errors import ConfigError, InputRefused
 from capmill.readers.base import InputConfig, Reader, Shard, expand_paths, shard_stem, unique_shard_names
 from capmill.readers.locate import LocationConfig, Locator, with_downloads
-from capmill.sample import READ_ERROR, ImageRef, Sample
+from capmill.media.kinds import sniff
+from capmill.sample import IMAGE, READ_ERROR, VIDEO, ImageRef, Sample
 
 
 class ParquetInput(InputConfig, LocationConfig):
@@ -106,7 +107,8 @@ def image_value(sample: Sample, value: Any, locator: Locator) -> None:
     if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
-        sample.image = ImageRef(data=bytes(value))
+        kind, ext = sniff(bytes(value))
+        sample.image = ImageRef(data=bytes(value), ext=ext if kind == VIDEO else None, kind=kind or IMAGE)
     elif isinstance(value, str) and value:
         try:
             sample.image = locator.locate(value)

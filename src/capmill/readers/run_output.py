@@ -17,7 +17,7 @@ from capmill.errors import ConfigError
 from capmill.outputdir import OutputDir
 from capmill.readers.base import InputConfig, Reader, Shard
 from capmill.readers.webdataset import split_member
-from capmill.sample import ImageRef, Sample
+from capmill.sample import Sample
 
 
 class RunOutputInput(InputConfig):
@@ -80,6 +80,8 @@ def _record(members: dict[str, bytes]) -> Sample:
     sample = Sample.from_dict(json.loads(members.pop("json")))
     members.pop("txt", None)
     if members:
+        # The stored media member; the record's reference keeps its kind, clip window and
+        # sampled frame times.
         ext, data = next(iter(members.items()))
-        sample.image = ImageRef(data=data, path=sample.image.path, url=sample.image.url, ext=ext)
+        sample.image.data, sample.image.ext = data, ext
     return sample

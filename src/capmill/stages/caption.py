@@ -8,6 +8,11 @@ request carrying the sample's one decoded image object, so a backend can batch a
 and formats and preprocess each image once. Captions that miss their length target are
 regenerated together (one more batched call per retry round) with a firmer instruction, then
 trimmed at a sentence boundary; `meta["length"]` records which happened.
+
+Videos go through the same stage: a format's `media.video` prompt (same format name, prompt id
+"NAME@V:video") with the sample's sampled frames and their timestamps as the request's video.
+A format with no prompt for a sample's kind is skipped for that sample and named in its
+`meta["formats_without_prompt"]`; a sample none of the formats can caption fails with the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pydantic import Field
 from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.prompts import PromptTemplate, delimited, load_template
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, Caption, Sample
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, VIDEO, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
     FIRST_TRY,
@@ -36,6 +41,8 @@ from capmill.text.length import (
 )
 
 FORMAT_SLOTS = {"alt_text", "word_count"}
+# Slots a video prompt may use besides those.
+VIDEO_SLOTS = {"seconds", "frames"}
 
 
 class CaptionStageConfig(StageConfig):
@@ -61,21 +68,48 @@ class CaptionStageConfig(StageConfig):
         return CaptionStage(self)
 
     def templates(self) -> list[PromptTemplate]:
-        return [load_template("formats", f, self.prompt_dirs).check_slots(FORMAT_SLOTS) for f in self.formats]
+        out = []
+        for name in self.formats:
+            template = load_template("formats", name, self.prompt_dirs)
+            for kind in template.all_kinds:
+                template.for_kind(kind).check_slots(FORMAT_SLOTS | (VIDEO_SLOTS if kind == VIDEO else set()))
+            out.append(template)
+        return out
 
 
 @dataclass
-class CaptionFormat:
-    """A format template with its parsed length target and miss policy."""
+class FormatVariant:
+    """A format's template for one media kind, with its parsed length target and miss policy."""
 
     template: PromptTemplate
     target: LengthTarget | None
     policy: MissPolicy
     count: Callable[[str], int] | None = None  # set in setup: loading a tokenizer is heavy
 
+
+@dataclass
+class CaptionFormat:
+    """A format: its name and its variant per media kind."""
+
+    name: str
+    variants: dict[str, FormatVariant]
+
+    # The variant of the format's top-level template (images, for the built-in formats).
     @property
-    def name(self) -> str:
-        return self.template.name
+    def main(self) -> FormatVariant:
+        return next(iter(self.variants.values()))
+
+    @property
+    def template(self) -> PromptTemplate:
+        return self.main.template
+
+    @property
+    def target(self) -> LengthTarget | None:
+        return self.main.target
+
+    @property
+    def policy(self) -> MissPolicy:
+        return self.main.policy
 
 
 @dataclass
@@ -84,6 +118,7 @@ class _Job:
 
     sample: Sample
     fmt: CaptionFormat
+    variant: FormatVariant
     request: VLMRequest
     texts: list[str] = field(default_factory=list)
     attempts: int = 0
@@ -97,16 +132,21 @@ class CaptionStage(Stage):
         super().__init__(config)
         # Templates are checked when the stage is built, so a bad slot fails before any model loads.
         self.formats = []
-        for template in config.templates():
-            target, policy = length_settings(template.options, f"format {template.prompt_id}")
-            if config.retries is not None:
-                policy = policy.model_copy(update={"retries": config.retries})
-            self.formats.append(CaptionFormat(template, target, policy))
+        for base in config.templates():
+            variants = {}
+            for kind in base.all_kinds:
+                template = base.for_kind(kind)
+                target, policy = length_settings(template.options, f"format {template.prompt_id}")
+                if config.retries is not None:
+                    policy = policy.model_copy(update={"retries": config.retries})
+                variants[kind] = FormatVariant(template, target, policy)
+            self.formats.append(CaptionFormat(base.name, variants))
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
         for fmt in self.formats:
-            fmt.count = counter_for(fmt.target) if fmt.target is not None else None
+            for variant in fmt.variants.values():
+                variant.count = counter_for(variant.target) if variant.target is not None else None
         self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the caption stage")
 
     def key_for(self, fmt: CaptionFormat) -> str:
@@ -116,36 +156,70 @@ class CaptionStage(Stage):
         cfg = self.config
         jobs: list[_Job] = []
         for sample in batch:
-            if sample.image.image is None:
-                sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
+            kind = sample.media.kind
+            media = self._media(sample)
+            if media is None:
                 continue
+            images, video = media
             alt = delimited(sample.alt_text, cfg.alt_text_max_chars)
+            without = []
             for fmt in self.formats:
-                slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50}
-                jobs.append(_Job(sample, fmt, VLMRequest(
-                    prompt=fmt.template.render(**slots),
-                    images=[sample.image.image],  # the same object for every format of this sample
+                variant = fmt.variants.get(kind)
+                if variant is None:
+                    without.append(fmt.name)
+                    continue
+                slots = {"alt_text": alt, "word_count": variant.target.max if variant.target else 50}
+                if video is not None:
+                    slots.update(seconds=f"{video.seconds:.0f}", frames=len(video.frames))
+                jobs.append(_Job(sample, fmt, variant, VLMRequest(
+                    prompt=variant.template.render(**slots),
+                    images=images,  # the same objects for every format of this sample
                     n=cfg.n,
-                    system=fmt.template.render_system(**slots),
+                    system=variant.template.render_system(**slots),
                     params=cfg.params,
                     tag=f"{sample.key}:{fmt.name}",
+                    video=video,
                 )))
+            if len(without) == len(self.formats):
+                sample.fail(STAGE_ERROR, f"none of the formats {', '.join(without)} has a prompt for {kind} samples "
+                                         f"(a format YAML gives one in its `media.{kind}` block)")
+            elif without:
+                sample.meta["formats_without_prompt"] = without
         if not jobs:
             return batch
         # Format-major order: a backend chunking the list gets prompts of one template together,
         # so padding within a chunk stays small.
-        jobs.sort(key=lambda j: self.formats.index(j.fmt))
+        jobs.sort(key=lambda j: (self.formats.index(j.fmt), j.sample.media.kind))
         self._generate(jobs)
         retry_round = 0
         while True:
             retry_round += 1
-            pending = [j for j in jobs if j.texts and self._too_long(j) and j.fmt.policy.retries >= retry_round]
+            pending = [j for j in jobs if j.texts and self._too_long(j) and j.variant.policy.retries >= retry_round]
             if not pending:
                 break
             self._generate([self._firmer(j) for j in pending], retry=True)
         for job in jobs:
             self._store(job)
         return batch
+
+    @staticmethod
+    def _media(sample: Sample):
+        """(images, video) a request for `sample` carries, or None after failing the sample."""
+        from capmill.media.video import video_input
+
+        kind = sample.media.kind
+        if kind == IMAGE:
+            if sample.image.image is None:
+                sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
+                return None
+            return [sample.image.image], None
+        if kind == VIDEO:
+            if not sample.media.frames:
+                sample.fail(DECODE_ERROR, "caption needs the video's sampled frames (video.decode is off or decoding failed)")
+                return None
+            return [], video_input(sample)
+        sample.fail(STAGE_ERROR, f"caption cannot read {kind} samples yet")
+        return None
 
     def _generate(self, jobs: list[_Job], retry: bool = False) -> None:
         generations = self.backend.generate([j.request for j in jobs])
@@ -164,32 +238,33 @@ class CaptionStage(Stage):
 
     @staticmethod
     def _too_long(job: _Job) -> bool:
-        fmt = job.fmt
+        fmt = job.variant
         return fmt.target is not None and fmt.count(job.texts[0]) > fmt.target.max
 
     @staticmethod
     def _firmer(job: _Job) -> _Job:
-        fmt = job.fmt
+        fmt = job.variant
         instruction = fmt.policy.firmer.format(limit=fmt.target.max, unit=fmt.target.unit)
         base = job.request
         job.request = VLMRequest(prompt=f"{base.prompt}\n\n{instruction}", images=base.images, n=base.n,
-                                 system=base.system, params=base.params, tag=f"{base.tag}#retry{job.attempts}")
+                                 system=base.system, params=base.params, tag=f"{base.tag}#retry{job.attempts}",
+                                 video=base.video)
         return job
 
     def _store(self, job: _Job) -> None:
         if not job.texts:
             return
-        fmt, text = job.fmt, job.texts[0]
+        fmt, text = job.variant, job.texts[0]
         outcome = FIRST_TRY if job.attempts == 1 else REGENERATED
         if self._too_long(job):
             text, outcome = trim(text, fmt.target.max, fmt.count, fmt.policy.trim_at), TRIMMED
             if not text:
-                job.sample.fail(BACKEND_ERROR, f"{fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
+                job.sample.fail(BACKEND_ERROR, f"{job.fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
                 return
         meta = dict(job.meta)
         if len(job.texts) > 1:
             meta["candidates"] = job.texts[1:]
         meta["length"] = length_meta(text, fmt.target, job.attempts, outcome)
-        key = self.key_for(fmt)
+        key = self.key_for(job.fmt)
         job.sample.captions[key] = Caption(text=text, source=key, model=self.backend.model_id,
                                            prompt_id=fmt.template.prompt_id, meta=meta)

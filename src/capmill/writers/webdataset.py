@@ -1,4 +1,5 @@
-"""Tar shards for training: per sample the image, `KEY.json` (the full record), `KEY.txt`."""
+"""Tar shards for training: per sample the image or video (a clip's own bytes for a clip),
+`KEY.json` (the full record), `KEY.txt`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import io
 import os
 import tarfile
 
-from capmill.media.image import encode_image, sniff_ext
+from capmill.media.image import encode_image
 from capmill.sample import Sample
 from capmill.writers.base import ShardWriter, tmp_name
 
@@ -35,8 +36,13 @@ class WebDatasetWriter(ShardWriter):
         if self.reencode and image.image is not None:
             self._add(f"{key}.{_EXT_OF_FORMAT[self.reencode]}", encode_image(image.image, self.reencode, self.quality))
         elif image.data is not None:
-            ext = image.ext or sniff_ext(image.data) or "bin"
-            self._add(f"{key}.{ext}", image.data)
+            self._add(f"{key}.{self.media_ext(sample)}", image.data)
+        elif (source := self.open_media(sample)) is not None:
+            size, f = source
+            with f:  # copied in chunks: a long video is never held whole
+                info = tarfile.TarInfo(f"{key}.{self.media_ext(sample)}")
+                info.size, info.mode = size, 0o644
+                self.tar.addfile(info, f)
         self._add(f"{key}.json", sample.to_json().encode("utf-8"))
         self._add(f"{key}.txt", self.chosen_text(sample).encode("utf-8"))
 
