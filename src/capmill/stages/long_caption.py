@@ -1,0 +1,239 @@
+"""Long captions of long videos by hierarchical aggregation (`type: long_caption`).
+
+LongCaptioning ("LongCaptioning: Unlocking the Power of Long Video Caption Generation in Large
+Multimodal Models", 2025) finds that video models stop early when asked for long captions, and
+builds captions of over 1,000 words bottom up instead:
+
+1. the video is cut into parts of `segment_seconds`; a vision-language model describes each
+   part from its own frames (a subset of the sample's sampled frames);
+2. a language model merges the descriptions of `group_size` consecutive parts into one, level
+   after level, until at most `group_size` remain;
+3. it writes the long caption from those, asked for about `words` words.
+
+The final caption's length is enforced as a caption format's is (`capmill.text.length`): over
+`max_words` it is regenerated with a firmer instruction up to `retries` times, then trimmed at a
+sentence boundary, and `meta["length"]` says which happened. Part descriptions and every level
+are kept in the caption's meta. Each level of all samples of a batch is one backend call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel, VisionLanguageModel, VLMRequest
+from capmill.components import BackendSpec, StageConfig
+from capmill.prompts import load_template
+from capmill.prompts.safety import delimited_caption
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Frame, Sample
+from capmill.stages.base import RunContext, Stage
+from capmill.text.length import FIRST_TRY, REGENERATED, TRIMMED, LengthTarget, MissPolicy, count_words, length_meta, trim
+
+
+class LongCaptionConfig(StageConfig):
+    type: Literal["long_caption"] = "long_caption"
+    # The vision-language model describing each part.
+    backend: BackendSpec
+    # The language model merging descriptions; None: `backend` (it must chat).
+    aggregator: BackendSpec | None = None
+    # Length of a part, and how many of the sample's sampled frames describe it at most. Sample
+    # enough frames for this (e.g. video.sampling: {mode: fps, fps: 0.5, max_frames: 128}).
+    segment_seconds: float = Field(10.0, gt=0)
+    frames_per_segment: int = Field(4, ge=1)
+    # Descriptions merged per call at each level.
+    group_size: int = Field(4, ge=2)
+    # Length asked for, and the budget enforced on the final caption (words).
+    words: int = Field(1000, ge=10)
+    max_words: int = Field(1500, ge=10)
+    retries: int = Field(1, ge=0)
+    store_as: str = "long_caption"
+    segment_template: str = "longcaption_segment"
+    merge_template: str = "longcaption_merge"
+    final_template: str = "longcaption_final"
+    prompt_dirs: list[str] = Field(default_factory=list)
+    params: GenerationParams | None = None
+    # Decoding of merges and the final caption: long outputs need a large max_new_tokens.
+    aggregate_params: GenerationParams | None = Field(default_factory=lambda: GenerationParams(max_new_tokens=2048))
+
+    def build(self) -> LongCaptionStage:
+        return LongCaptionStage(self)
+
+
+@dataclass
+class Part:
+    start: float
+    end: float
+    text: str = ""
+
+
+@dataclass
+class _Video:
+    sample: Sample
+    parts: list[Part]
+    levels: list[list[dict[str, Any]]] = field(default_factory=list)
+    failed: bool = False
+
+
+def segments(frames: list[Frame], seconds: float, length: float, per_segment: int) -> list[tuple[float, float, list[Frame]]]:
+    """The parts [k·length, (k+1)·length) of a `seconds`-long video that hold sampled frames,
+    each with at most `per_segment` of its frames (evenly spread)."""
+    import math
+
+    from capmill.media.sampling import thin
+
+    count = max(1, math.ceil(seconds / length - 1e-9))
+    out = []
+    for k in range(count):
+        start = k * length
+        end = max(seconds, start) if k == count - 1 else (k + 1) * length
+        inside = [f for f in frames if f.t >= start and (f.t < end or k == count - 1)]
+        if inside:
+            out.append((start, end, thin(inside, per_segment)))
+    return out
+
+
+def groups(parts: list[Part], size: int) -> list[list[Part]]:
+    """Consecutive runs of `size` parts (the last may be shorter)."""
+    return [parts[i:i + size] for i in range(0, len(parts), size)]
+
+
+def parts_block(parts: list[Part]) -> str:
+    return "\n".join(f"[{p.start:.0f}-{p.end:.0f} s] {delimited_caption(p.text, 6000)}" for p in parts)
+
+
+class LongCaptionStage(Stage):
+    config: LongCaptionConfig
+
+    def __init__(self, config: LongCaptionConfig):
+        super().__init__(config)
+        dirs = config.prompt_dirs
+        self.segment = load_template("video", config.segment_template, dirs).check_slots({"start", "end"})
+        self.merge = load_template("video", config.merge_template, dirs).check_slots({"parts", "start", "end"})
+        self.final = load_template("video", config.final_template, dirs).check_slots({"parts", "seconds", "words"})
+        self.target = LengthTarget(unit="words", max=config.max_words)
+        self.policy = MissPolicy(retries=config.retries)
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        cfg = self.config
+        self.vlm = self.load_backend(cfg.backend, VisionLanguageModel, "long_caption's backend")
+        if cfg.aggregator is None:
+            from capmill.backends.base import require
+
+            self.llm = require(self.vlm, LanguageModel, "long_caption's aggregator (none set: the backend)")
+        else:
+            self.llm = self.load_backend(cfg.aggregator, LanguageModel, "long_caption's aggregator")
+
+    def process(self, batch: list[Sample]) -> list[Sample]:
+        from capmill.media.video import video_input, window_seconds
+
+        cfg = self.config
+        videos, requests = [], []
+        for sample in batch:
+            if sample.media.kind != VIDEO or not sample.media.frames:
+                sample.fail(DECODE_ERROR, "long_caption needs a decoded video (sampled frames)")
+                continue
+            parts = segments(sample.media.frames, window_seconds(sample), cfg.segment_seconds, cfg.frames_per_segment)
+            video = _Video(sample, [Part(a, b) for a, b, _ in parts])
+            videos.append(video)
+            for start, end, frames in parts:
+                slots = {"start": f"{start:.0f}", "end": f"{end:.0f}"}
+                requests.append((video, VLMRequest(prompt=self.segment.render(**slots), video=video_input(sample, frames),
+                                                   system=self.segment.render_system(**slots), params=cfg.params,
+                                                   tag=f"{sample.key}:part{start:.0f}")))
+        if not videos:
+            return batch
+        index: dict[int, int] = {}
+        for (video, _), gen in zip(requests, self.vlm.generate([r for _, r in requests]), strict=True):
+            i = index[id(video)] = index.get(id(video), -1) + 1
+            self._take(video, gen, "part description", lambda text, v=video, i=i: setattr(v.parts[i], "text", text))
+        for video in videos:
+            if not video.failed:
+                video.levels.append([{"start": p.start, "end": p.end, "text": p.text} for p in video.parts])
+        while True:
+            pending = [v for v in videos if not v.failed and len(v.parts) > cfg.group_size]
+            if not pending:
+                break
+            self._merge_level(pending)
+        self._final([v for v in videos if not v.failed])
+        return batch
+
+    def _take(self, video: _Video, gen, what: str, store) -> None:
+        text = gen.texts[0].strip() if gen.ok else ""
+        if not text:
+            video.failed = True
+            video.sample.fail(BACKEND_ERROR, f"long_caption {what}: {gen.error or 'empty text'}")
+        else:
+            store(text)
+
+    def _chat(self, template, slots: dict[str, str], tag: str) -> ChatRequest:
+        messages = []
+        if template.system:
+            messages.append({"role": "system", "content": template.render_system(**slots)})
+        messages.append({"role": "user", "content": template.render(**slots)})
+        return ChatRequest(messages=messages, params=self.config.aggregate_params, tag=tag)
+
+    def _merge_level(self, videos: list[_Video]) -> None:
+        jobs = []
+        for video in videos:
+            merged = [Part(g[0].start, g[-1].end) for g in groups(video.parts, self.config.group_size)]
+            for group, part in zip(groups(video.parts, self.config.group_size), merged, strict=True):
+                if len(group) == 1:
+                    part.text = group[0].text
+                    continue
+                slots = {"parts": parts_block(group), "start": f"{part.start:.0f}", "end": f"{part.end:.0f}"}
+                jobs.append((video, part, self._chat(self.merge, slots, f"{video.sample.key}:merge{part.start:.0f}")))
+            video.parts = merged
+        for (video, part, _), gen in zip(jobs, self.llm.chat([r for *_, r in jobs]) if jobs else [], strict=True):
+            self._take(video, gen, "merge", lambda text, p=part: setattr(p, "text", text))
+        for video in videos:
+            if not video.failed:
+                video.levels.append([{"start": p.start, "end": p.end, "text": p.text} for p in video.parts])
+
+    def _final(self, videos: list[_Video]) -> None:
+        from capmill.media.video import window_seconds
+
+        cfg = self.config
+        requests = {}
+        for video in videos:
+            slots = {"parts": parts_block(video.parts), "seconds": f"{window_seconds(video.sample):.0f}",
+                     "words": str(cfg.words)}
+            requests[id(video)] = self._chat(self.final, slots, f"{video.sample.key}:long")
+        texts: dict[int, str] = {}
+        attempts: dict[int, int] = {}
+        todo = list(videos)
+        for attempt in range(cfg.retries + 1):
+            if not todo:
+                break
+            gens = self.llm.chat([requests[id(v)] for v in todo])
+            again = []
+            for video, gen in zip(todo, gens, strict=True):
+                text = gen.texts[0].strip() if gen.ok else ""
+                attempts[id(video)] = attempt + 1
+                if not text:
+                    if id(video) not in texts:  # a failed retry keeps the earlier answer
+                        video.failed = True
+                        video.sample.fail(BACKEND_ERROR, f"long_caption final caption: {gen.error or 'empty caption'}")
+                    continue
+                texts[id(video)] = text
+                if count_words(text) > cfg.max_words and attempt < cfg.retries:
+                    firmer = self.policy.firmer.format(limit=cfg.max_words, unit="words")
+                    base = requests[id(video)]
+                    messages = [*base.messages[:-1], {"role": "user", "content": f"{base.messages[-1]['content']}\n\n{firmer}"}]
+                    requests[id(video)] = ChatRequest(messages=messages, params=base.params, tag=f"{base.tag}#retry{attempt + 1}")
+                    again.append(video)
+            todo = again
+        for video in videos:
+            if id(video) not in texts:
+                continue
+            text, tries = texts[id(video)], attempts[id(video)]
+            outcome = FIRST_TRY if tries == 1 else REGENERATED
+            if count_words(text) > cfg.max_words:
+                text, outcome = trim(text, cfg.max_words, count_words, "sentence"), TRIMMED
+            key = cfg.store_as
+            video.sample.captions[key] = Caption(
+                text=text, source=key, model=self.llm.model_id, prompt_id=self.final.prompt_id,
+                meta={"length": length_meta(text, self.target, tries, outcome), "levels": video.levels,
+                      "part_model": self.vlm.model_id, "segment_seconds": cfg.segment_seconds})
