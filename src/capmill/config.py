@@ -7,6 +7,7 @@ writers and executors are the closed sets below.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from capmill.executors.ray import RayExecutorConfig
 from capmill.media.image import ImageConfig
 from capmill.media.video import VideoConfig
 from capmill.readers import FolderInput, HfInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
+from capmill.suggest import did_you_mean
 from capmill.writers.output import OutputConfig
 
 InputSpec = Annotated[WebDatasetInput | ParquetInput | FolderInput | JsonlInput | RunOutputInput | HfInput,
@@ -37,6 +39,28 @@ class RunConfig(Strict):
     stages: list[StageSpec] = Field(default_factory=list)
     # Seed for everything random in the run (sampling backends, bags, mixes).
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _distinct_stage_names(self) -> RunConfig:
+        """Named stages must differ; an unnamed stage repeating a type is shown as `TYPE_2`,
+        `TYPE_3`, … so each keeps its own timings and drop reasons."""
+        taken: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            if stage.name is not None:
+                if stage.name in taken:
+                    raise ValueError(f"stages {taken[stage.name]} and {i} are both named {stage.name!r}; "
+                                     f"give each stage its own `name:`")
+                taken[stage.name] = i
+        for i, stage in enumerate(self.stages):
+            if stage.name is not None:
+                continue
+            label, n = stage.type, 1
+            while label in taken:
+                n += 1
+                label = f"{stage.type}_{n}"
+            stage._position_name = label if n > 1 else None
+            taken[label] = i
+        return self
 
     @model_validator(mode="after")
     def _attach_video(self) -> RunConfig:
@@ -86,11 +110,27 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _message(e: dict[str, Any]) -> str:
+    """pydantic's message, with "did you mean" for a mistyped type or choice, and without the
+    "Value error," prefix on our own validators' messages."""
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "union_tag_invalid":
+        return e["msg"] + "." + did_you_mean(str(ctx.get("tag")), _QUOTED.findall(str(ctx.get("expected_tags", ""))))
+    if kind == "literal_error" and isinstance(e.get("input"), str):
+        return e["msg"] + "." + did_you_mean(e["input"], _QUOTED.findall(str(ctx.get("expected", ""))))
+    return e["msg"]
+
+
 def format_validation_error(error: ValidationError) -> str:
     lines = []
     for e in error.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
+        lines.append(f"  {where}: {_message(e)}")
     return "invalid config:\n" + "\n".join(lines)
 
 

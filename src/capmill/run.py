@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from capmill.chain import check_chain
 from capmill.config import RunConfig
 from capmill.outputdir import OutputDir, new_run_record
 from capmill.progress import Progress, RunSummary
@@ -22,12 +23,13 @@ def models_of(config: RunConfig) -> dict[str, list[str]]:
 
 def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry_run: bool = False,
         progress_stream: TextIO | None = None, progress: bool = True) -> RunSummary:
+    written = check_chain(config).written  # every stage's reads, before anything is read or claimed
     reader = config.input.build()
     reader.check()  # configured columns/fields against the first file, before anything is claimed
     shards = reader.shards()
     out = OutputDir(config.output.path)
     hashed = {**config.hashed_content(), "limit": limit}
-    record = new_run_record(config.model_dump(mode="json"), hashed, models_of(config))
+    record = {**new_run_record(config.model_dump(mode="json"), hashed, models_of(config)), "written": written}
     summary = RunSummary(shards_total=len(shards))
     if dry_run:
         # Build every stage so config errors surface, but load nothing and write nothing.

@@ -52,3 +52,31 @@ def test_cli_writes_every_family(tmp_path):
 
     assert tiny_models.main([str(tmp_path / "m")]) == 0
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(FAMILIES)
+
+
+@pytest.mark.slow
+def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
+    """`--models DIR` hands each stage the tiny model of its role (capmill.testing.tiny_models.ROLES)."""
+    from PIL import Image
+
+    from capmill.backends import base
+    from capmill.components import BackendSpec
+    from capmill.testing.smoke import tiny_backend
+    from pydantic import TypeAdapter
+
+    calls = {
+        base.VisionLanguageModel: lambda b: b.generate([base.VLMRequest("Describe.", [Image.new("RGB", (32, 32))],
+                                                                        params=base.GenerationParams(max_new_tokens=3))]),
+        base.LanguageModel: lambda b: b.chat([base.ChatRequest([{"role": "user", "content": "Hi"}],
+                                                               params=base.GenerationParams(max_new_tokens=3))]),
+        base.ImageTextScorer: lambda b: b.embed_texts(["a dog"]),
+        base.TextEmbedder: lambda b: b.embed(["a dog"]),
+    }
+    for role, call in calls.items():
+        config = TypeAdapter(BackendSpec).validate_python(tiny_backend(role, str(tiny_models)))
+        backend = base.require(config.build(), role, role.__name__)
+        backend.load()
+        try:
+            assert len(call(backend)) == 1, role.__name__
+        finally:
+            backend.close()

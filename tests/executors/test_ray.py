@@ -22,6 +22,7 @@ import yaml
 from capmill.components import StageConfig
 from capmill.config import parse_config
 from capmill.errors import SetupError
+from capmill.keys import StageIO
 from capmill.run import run
 from capmill.sample import Sample
 from capmill.stages.base import RunContext, Stage
@@ -51,6 +52,9 @@ class FaultStageConfig(StageConfig):
 
     def build(self) -> FaultStage:
         return FaultStage(self)
+
+    def io(self, available) -> StageIO:
+        return StageIO()  # writes only its own meta
 
 
 class FaultStage(Stage):

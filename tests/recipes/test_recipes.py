@@ -1,12 +1,14 @@
-"""Packaged recipes: listed, shown, found by `capmill run`, and run end to end (revisit)."""
+"""Packaged recipes: listed, shown, run with --recipe, and every one end to end on tiny models."""
 
 import json
 
 import pytest
+import yaml
 
 from capmill.cli.main import main
 from capmill.config import apply_overrides, load_yaml, parse_config
-from capmill.recipes import find_recipe, list_recipes, resolve_config_path
+from capmill.errors import ConfigError
+from capmill.recipes import config_tree, find_recipe, list_recipes, recipe_named_by
 
 FAKE = "{type: fake, words: 40}"
 
@@ -31,22 +33,32 @@ def test_recipe_documents_its_paper_and_validates(name):
     assert models and all(m.startswith(("HuggingFaceTB/", "Qwen/")) for m in models)
 
 
-def test_run_resolves_packaged_recipes_unless_a_local_file_exists(tmp_path, monkeypatch):
+def test_a_recipe_runs_only_when_asked_for_with_recipe(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    packaged = str(find_recipe("revisit").path)
-    assert resolve_config_path("recipes/revisit.yaml") == packaged
-    assert resolve_config_path("revisit") == packaged
+    for arg in ("revisit", "revisit.yaml", "recipes/revisit.yaml"):
+        assert main(["run", arg, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert f"no config file {arg!r}. 'revisit' is a packaged recipe" in err
+        assert "capmill run --recipe revisit" in err and "capmill recipes show revisit > run.yaml" in err
+    assert main(["models", "capsfusion"]) == 2
+    assert "capmill models --recipe capsfusion" in capsys.readouterr().err
+    assert config_tree(None, "revisit") == load_yaml(find_recipe("revisit").path)
+    # a local file of that path is what runs
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "revisit.yaml").write_text("x: 1\n")
-    assert resolve_config_path("recipes/revisit.yaml") == "recipes/revisit.yaml"
-    assert resolve_config_path("other/revisit.yaml") == "other/revisit.yaml"
+    assert config_tree("recipes/revisit.yaml", None) == {"x": 1}
+    assert recipe_named_by("other/revisit.yaml") is None and recipe_named_by("nope") is None
+    assert main(["run", "--recipe", "revisti", "--dry-run"]) == 2
+    assert "Did you mean 'revisit'?" in capsys.readouterr().err
+    assert main(["run", "x.yaml", "--recipe", "revisit"]) == 2
+    assert "one of the two" in capsys.readouterr().err
     assert {r.name for r in list_recipes()} >= {"revisit", "capsfusion", "veclip"}
 
 
 def test_revisit_recipe_end_to_end_with_all_four_exports(tmp_path, monkeypatch, wds, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    rc = main(["run", "recipes/revisit.yaml", "--no-progress", "--set", f"input.path={tmp_path}/data/*.tar",
+    rc = main(["run", "--recipe", "revisit", "--no-progress", "--set", f"input.path={tmp_path}/data/*.tar",
                "--set", f"output.path={out}", "--set", f"stages.0.backend={FAKE}", "--set", f"stages.1.backend={FAKE}"])
     assert rc == 0
     summary = capsys.readouterr().err
@@ -71,3 +83,47 @@ def test_recipe_overrides_switch_backends():
                            ["stages.1.backend={type: fake}", "input.path=x/*.tar"])
     config = parse_config(tree)
     assert config.stages[1].backend.type == "fake" and config.stages[1].caption == "ssc"
+
+
+# --- every recipe without weights: --models DIR swaps each model for the tiny one of its role
+
+def test_models_dir_replaces_every_model_by_its_role(tmp_path, capsys):
+    from capmill.testing.smoke import with_tiny_models
+    from capmill.testing.tiny_models import ROLES
+
+    models = tmp_path / "tiny"
+    for entry in ROLES.values():
+        (models / entry["family"]).mkdir(parents=True, exist_ok=True)
+    for recipe in list_recipes():
+        tree = with_tiny_models(load_yaml(recipe.path), str(models))
+        config = parse_config(tree)
+        for stage in config.stages:
+            for field, role in stage.backend_roles().items():
+                backend = getattr(stage, field)
+                if backend is not None:
+                    assert backend.model_ids() == [str(models / ROLES[role.__name__]["family"])], recipe.name
+        assert main(["recipes", "show", recipe.name, "--models", str(models)]) == 0
+        shown = capsys.readouterr().out
+        assert shown.count("# every model replaced by the tiny model") == 1
+        assert yaml.safe_load(shown) == tree  # what is shown is what runs
+    caption = {"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]}
+    with pytest.raises(ConfigError, match=r"nowhere/idefics3 does not exist; write the tiny models with "
+                                          r"`python -m capmill.testing.tiny_models .*nowhere`"):
+        with_tiny_models({"input": {"type": "webdataset", "path": "x"}, "output": {"path": "o"}, "stages": [caption]},
+                         str(tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [r.name for r in list_recipes()])
+def test_every_recipe_runs_end_to_end_on_tiny_models(name, tiny_models, tmp_path, wds, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    rc = main(["run", "--recipe", name, "--models", str(tiny_models), "--set", f"input.path={tmp_path}/data/*.tar",
+               "--set", f"output.path={out}", "--limit", "8", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    written = json.loads((out / "_run.json").read_text())["written"]
+    records = [json.loads(r) for r in _records(out)]
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records)
+    for record in records:
+        assert set(record["captions"]) == set(written["captions"])
+        assert {c["model"] for c in record["captions"].values()} <= {None, *(str(tiny_models / f) for f in ("idefics3", "qwen2_lm"))}

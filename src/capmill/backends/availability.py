@@ -33,7 +33,7 @@ class ModelLocation:
 
 
 def fetch_hint(model: str) -> str:
-    if _HUB_ID.match(model):
+    if not meant_as_folder(model):
         folder = f"models/{model.rsplit('/', 1)[-1]}"
         return (f"fetch it with `hf download {model} --local-dir {folder}` on a machine with network "
                 f"and set `model: {folder}` in the config, or point `model` at any local folder holding it")
@@ -56,6 +56,14 @@ def _cached_snapshot(model: str, revision: str | None) -> str | None:
         return None
 
 
+def meant_as_folder(model: str) -> bool:
+    """Whether `model` names a local folder rather than a hub id: a path that is absolute, starts
+    with `.` or `~`, has more than one `/`, or whose first part is a folder here (`models/x`)."""
+    if not _HUB_ID.match(model):
+        return True
+    return os.path.isdir(model.split("/", 1)[0])
+
+
 def locate(model: str, revision: str | None = None) -> ModelLocation:
     """Where `model` would be loaded from, without downloading anything."""
     expanded = os.path.expanduser(model)
@@ -66,7 +74,27 @@ def locate(model: str, revision: str | None = None) -> ModelLocation:
     cached = _cached_snapshot(model, revision)
     if cached is not None:
         return ModelLocation(model, HUB_CACHE, cached, True)
+    if meant_as_folder(model):
+        return ModelLocation(model, MISSING, None, False)
     return ModelLocation(model, HUB, None, False)
+
+
+def missing_folder(model: str, what: str = "model") -> str:
+    """The message for a model that names a folder that does not exist: which folder, what its
+    parent holds (with the nearest name), and what a model folder must contain."""
+    from capmill.suggest import did_you_mean
+
+    folder = os.path.abspath(os.path.expanduser(model))
+    parent = os.path.dirname(folder)
+    message = f"{what} {model!r}: the folder {folder} does not exist"
+    if os.path.isdir(parent):
+        entries = sorted(e for e in os.listdir(parent) if not e.startswith("."))
+        shown = ", ".join(entries[:12]) + (", ..." if len(entries) > 12 else "")
+        message += f" ({parent} holds: {shown or 'nothing'}).{did_you_mean(os.path.basename(folder), entries)}"
+    else:
+        message += f", nor does {parent}."
+    return message + (" Point `model` at a folder holding the model files (config.json, weights, processor or "
+                      "tokenizer files), or at a hub id (owner/name).")
 
 
 def resolve_model(model: str, revision: str | None = None, what: str = "model") -> str:
@@ -75,8 +103,7 @@ def resolve_model(model: str, revision: str | None = None, what: str = "model") 
     if where.path is not None:
         return where.path
     if where.source == MISSING:
-        raise SetupError(f"{what} {model!r} not found: no such folder, and it is not a hub id (owner/name). "
-                         + fetch_hint(model))
+        raise SetupError(missing_folder(model, what))
     if _hub_offline():
         raise SetupError(f"{what} {model!r} is not in the local hub cache and the hub is offline "
                          f"(HF_HUB_OFFLINE is set); {fetch_hint(model)}")

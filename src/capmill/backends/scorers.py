@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.availability import LOCAL, locate, resolve_model
+from capmill.backends.availability import LOCAL, locate, missing_folder, resolve_model
 from capmill.backends.common import import_torch_stack, pick_device
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
@@ -190,6 +190,8 @@ class OpenClipScorer(_Scorer):
         except ImportError as e:
             raise SetupError("the open_clip scorer needs open_clip_torch: pip install 'capmill[transformers]'") from e
         name = cfg.model_name()
+        if not name.startswith(("local-dir:", "hf-hub:")) and ("/" in name or name.startswith((".", "~"))):
+            raise SetupError(missing_folder(cfg.model, "open_clip model"))
         if not name.startswith(("local-dir:", "hf-hub:")) and name not in open_clip.list_models():
             raise SetupError(f"open_clip model {cfg.model!r} is neither a folder, an hf-hub: id nor a known "
                              f"architecture (see open_clip.list_models())")

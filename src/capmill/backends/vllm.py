@@ -158,6 +158,10 @@ class VLLMBackend:
             import vllm
         except ImportError:
             raise SetupError(INSTALL_HINT) from None
+        from capmill.backends.availability import MISSING, locate, missing_folder
+
+        if locate(self.config.model).source == MISSING:
+            raise SetupError(missing_folder(self.config.model))
         try:
             self.llm = vllm.LLM(**self.config.llm_kwargs())
         except (OSError, ValueError) as e:

@@ -13,7 +13,8 @@ _SERVED = re.compile(r"^[A-Za-z][\w.+-]*:(?![\\/])")
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the models a config will load and whether they are available offline")
-    p.add_argument("config", help="run config (YAML) or a packaged recipe name")
+    p.add_argument("config", nargs="?", help="run config (YAML)")
+    p.add_argument("--recipe", metavar="NAME", help="a packaged recipe instead (see `capmill recipes list`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable)")
     p.set_defaults(handler=main)
@@ -38,12 +39,11 @@ def rows(config) -> list[tuple[str, str, str, str, bool | None]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from capmill.backends.availability import fetch_hint
+    from capmill.backends.availability import MISSING, fetch_hint, missing_folder
     from capmill.cli.main import EXIT_FAILED, EXIT_OK
-    from capmill.config import load_config
-    from capmill.recipes import resolve_config_path
+    from capmill.cli.run import load_run_config
 
-    config = load_config(resolve_config_path(args.config), args.overrides)
+    config = load_run_config(args, "models")
     table = rows(config)
     if not table:
         print("this config loads no models")
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    missing = [m for _, _, m, _, offline in table if offline is False]
-    for model in missing:
-        print(f"\n{model}: not available offline; {fetch_hint(model)}")
+    missing = [(m, where) for _, _, m, where, offline in table if offline is False]
+    for model, where in missing:
+        print("\n" + (missing_folder(model) if where == MISSING else f"{model}: not available offline; {fetch_hint(model)}"))
     return EXIT_FAILED if missing else EXIT_OK

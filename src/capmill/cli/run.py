@@ -1,4 +1,4 @@
-"""`capmill run CONFIG`: run a pipeline."""
+"""`capmill run CONFIG` / `capmill run --recipe NAME`: run a pipeline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import sys
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="run the pipeline a config describes")
-    p.add_argument("config", help="run config (YAML), or a packaged recipe: NAME or recipes/NAME.yaml (see `capmill recipes list`)")
+    p.add_argument("config", nargs="?", help="run config (YAML)")
+    p.add_argument("--recipe", metavar="NAME", help="run a packaged recipe instead (see `capmill recipes list`)")
+    p.add_argument("--models", metavar="DIR", help="replace every model by the tiny model of its role from DIR, "
+                   "written by `python -m capmill.testing.tiny_models DIR` (a smoke test without weights)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set executor.batch_size=32 (repeatable)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="process only the first N samples")
@@ -18,13 +21,24 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=main)
 
 
+def load_run_config(args: argparse.Namespace, command: str = "run"):
+    """The RunConfig of a command taking CONFIG or --recipe NAME, --set and --models."""
+    from capmill.config import apply_overrides, parse_config
+    from capmill.recipes import config_tree
+
+    tree = apply_overrides(config_tree(args.config, args.recipe, command), args.overrides)
+    if getattr(args, "models", None):
+        from capmill.testing.smoke import with_tiny_models
+
+        tree = with_tiny_models(tree, args.models)
+    return parse_config(tree)
+
+
 def main(args: argparse.Namespace) -> int:
     from capmill.cli.main import EXIT_FAILED, EXIT_OK
-    from capmill.config import load_config
-    from capmill.recipes import resolve_config_path
     from capmill.run import run
 
-    config = load_config(resolve_config_path(args.config), args.overrides)
+    config = load_run_config(args)
     summary = run(config, force=args.force, limit=args.limit, dry_run=args.dry_run, progress=not args.no_progress)
     if args.dry_run:
         print(f"config OK: {summary.shards_total} shard(s) to read from {config.input.type} input, "

@@ -418,7 +418,8 @@ def _decode_at(container, stream, clock, deadline, keyframes, wanted, window, in
         if size is None:
             size = frame_size(frame.width, frame.height, config.max_side)
         image = frame.to_image(width=size[0], height=size[1])
-        frames.append(Frame(t=max(0.0, ft - window[0]), image=image))
+        # Rounded as records store it, so a stage sees the same time in every executor.
+        frames.append(Frame(t=round(max(0.0, ft - window[0]), 6), image=image))
     if not frames:
         raise VideoDecodeError("no frame could be decoded (truncated or corrupt video data)")
     return frames

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 
 from capmill.components import Strict
 from capmill.errors import ConfigError
+from capmill.suggest import did_you_mean
 
 BUILTIN_DIR = Path(__file__).parent
 
@@ -120,9 +121,10 @@ def load_template(kind: str, name_or_path: str, extra_dirs: list[str] | None = N
     builtin = _builtin(kind)
     if name_or_path in builtin:
         return builtin[name_or_path]
+    own = [p.stem for folder in extra_dirs or [] for p in Path(folder).glob("*.y*ml")]
     raise ConfigError(
-        f"unknown {kind} template {name_or_path!r}; built-in: {', '.join(sorted(builtin)) or 'none'}. "
-        f"Add your own as a YAML file and name its path or folder."
+        f"unknown {kind} template {name_or_path!r}; built-in: {', '.join(sorted(builtin)) or 'none'}."
+        f"{did_you_mean(name_or_path, [*builtin, *own])} Add your own as a YAML file and name its path or folder."
     )
 
 

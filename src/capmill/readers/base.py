@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from capmill import keys
 from capmill.components import Strict
 from capmill.errors import ConfigError
+from capmill.keys import Key
 from capmill.media.clips import ClipConfig
 from capmill.media.kinds import IMAGE_EXTS, READABLE_EXTS, VIDEO_EXTS
 from capmill.sample import READ_ERROR, VIDEO, Sample
@@ -40,6 +42,11 @@ class InputConfig(Strict):
     # Cut every video into clips, each its own sample (`SOURCE_clipNNNN`, with its window and
     # source in `media.clip`); None keeps one sample per video. See capmill.media.clips.
     clips: ClipConfig | None = None
+
+    def provides(self) -> frozenset[Key]:
+        """The record fields every sample of this input carries (`capmill.chain` starts from
+        them): the AltText and the image (or video) unless the config says the data has none."""
+        return frozenset({keys.ALT_TEXT, keys.IMAGE, keys.VIDEO})
 
 
 class Reader(ABC):

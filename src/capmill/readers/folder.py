@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from capmill import keys
+from capmill.keys import Key
 from capmill.media.kinds import kind_of
 from capmill.readers.base import READABLE_EXTS, InputConfig, Reader, Shard, decode_text
 from capmill.readers.locate import confined
@@ -24,6 +26,12 @@ class FolderInput(InputConfig):
     shard_size: int = Field(1000, ge=1)
     # Read images and captions that are links pointing outside the folder.
     allow_outside_root: bool = False
+
+    def provides(self) -> frozenset[Key]:
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        if not self.caption_exts:
+            fields.discard(keys.ALT_TEXT)
+        return frozenset(fields)
 
     def build(self) -> FolderReader:
         return FolderReader(self)

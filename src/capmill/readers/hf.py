@@ -20,7 +20,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from capmill import keys
 from capmill.errors import ConfigError, SetupError
+from capmill.keys import Key
 from capmill.readers.base import InputConfig, Reader, Shard
 from capmill.readers.locate import LocationConfig, Locator, with_downloads
 from capmill.readers.parquet import check_columns, image_value
@@ -49,6 +51,14 @@ class HfInput(InputConfig, LocationConfig):
     rows_per_shard: int = Field(10_000, ge=1)
     # Where `datasets` prepares a dataset read with streaming: false (default: its own cache).
     cache_dir: str | None = None
+
+    def provides(self) -> frozenset[Key]:
+        fields = {keys.ALT_TEXT, keys.IMAGE}
+        if self.alt_text_column is None:
+            fields.discard(keys.ALT_TEXT)
+        if self.image_column is None:
+            fields.discard(keys.IMAGE)
+        return frozenset(fields)
 
     def build(self) -> HfReader:
         return HfReader(self)

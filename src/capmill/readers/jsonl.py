@@ -8,7 +8,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from capmill import keys
 from capmill.errors import ConfigError, InputRefused
+from capmill.keys import Key
 from capmill.readers.base import InputConfig, Reader, Shard, expand_paths, shard_stem
 from capmill.readers.locate import LocationConfig, Locator, with_downloads
 from capmill.sample import READ_ERROR, ImageRef, Sample
@@ -26,6 +28,12 @@ class JsonlInput(InputConfig, LocationConfig):
     alt_text_field: str | None = "alt_text"
     # Lines per virtual shard.
     shard_size: int = Field(1000, ge=1)
+
+    def provides(self) -> frozenset[Key]:
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        if self.alt_text_field is None:
+            fields.discard(keys.ALT_TEXT)
+        return frozenset(fields)
 
     def build(self) -> JsonlReader:
         return JsonlReader(self)

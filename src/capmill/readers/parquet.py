@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from capmill import keys
 from capmill.errors import ConfigError, InputRefused
+from capmill.keys import Key
 from capmill.readers.base import InputConfig, Reader, Shard, expand_paths, shard_stem, unique_shard_names
 from capmill.readers.locate import LocationConfig, Locator, with_downloads
 from capmill.media.kinds import sniff
@@ -27,6 +29,14 @@ class ParquetInput(InputConfig, LocationConfig):
     key_column: str | None = "key"
     # Split each file into shards of this many row groups (None: one shard per file).
     row_groups_per_shard: int | None = Field(None, ge=1)
+
+    def provides(self) -> frozenset[Key]:
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        if self.alt_text_column is None:
+            fields.discard(keys.ALT_TEXT)
+        if self.image_column is None and self.image_path_column is None:
+            fields -= {keys.IMAGE, keys.VIDEO}
+        return frozenset(fields)
 
     def build(self) -> ParquetReader:
         return ParquetReader(self)

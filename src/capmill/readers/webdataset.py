@@ -12,7 +12,9 @@ import tarfile
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from capmill import keys
 from capmill.errors import ConfigError, DuplicateKeyError
+from capmill.keys import Key
 from capmill.media.kinds import VIDEO_EXTS, kind_of
 from capmill.readers.base import (
     IMAGE_EXTS,
@@ -39,6 +41,12 @@ class WebDatasetInput(InputConfig):
     # Where the AltText is: a member extension ("txt", "caption") or a key inside the
     # member KEY.json ("json:caption"); None when the shards have no AltText.
     alt_text: str | None = "txt"
+
+    def provides(self) -> frozenset[Key]:
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        if self.alt_text is None:
+            fields.discard(keys.ALT_TEXT)
+        return frozenset(fields)
 
     def build(self) -> WebDatasetReader:
         return WebDatasetReader(self)

@@ -1,10 +1,10 @@
 """Ready run configs for the methods capmill implements, shipped as YAML beside this file.
 
-`capmill run revisit` and `capmill run recipes/revisit.yaml` both find the packaged file when
-no such file exists in the working directory; a local file of that path always wins, so a
-copied and edited recipe is what runs.
+`capmill run --recipe revisit` runs the packaged file; `capmill recipes show revisit > run.yaml`
+copies it to edit. A config argument that names a recipe but is no file is an error that says
+both, so a missing file never silently becomes a packaged pipeline.
 """
 
-from capmill.recipes.catalog import Recipe, find_recipe, list_recipes, resolve_config_path
+from capmill.recipes.catalog import Recipe, config_tree, find_recipe, list_recipes, recipe_named_by
 
-__all__ = ["Recipe", "find_recipe", "list_recipes", "resolve_config_path"]
+__all__ = ["Recipe", "config_tree", "find_recipe", "list_recipes", "recipe_named_by"]

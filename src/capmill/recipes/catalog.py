@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from capmill.errors import ConfigError
+from capmill.suggest import did_you_mean
 
 RECIPE_DIR = Path(__file__).parent
 
@@ -43,21 +45,42 @@ def find_recipe(name: str) -> Recipe:
     for recipe in list_recipes():
         if recipe.name == stem:
             return recipe
-    raise ConfigError(f"no recipe {name!r}; available: {', '.join(r.name for r in list_recipes())}")
+    names = [r.name for r in list_recipes()]
+    raise ConfigError(f"no recipe {name!r}; available: {', '.join(names)}.{did_you_mean(stem, names)}")
 
 
-def resolve_config_path(arg: str) -> str:
-    """A config path for `capmill run`: the file if it exists, else a packaged recipe named by
-    `NAME`, `NAME.yaml` or `recipes/NAME.yaml`; anything else is returned unchanged (and then
-    reported as missing by the config loader)."""
+def recipe_named_by(arg: str) -> Recipe | None:
+    """The packaged recipe a config argument names when it is no file: `NAME`, `NAME.yaml` or
+    `recipes/NAME.yaml`."""
     path = Path(arg)
-    if path.exists():
-        return arg
     bare = len(path.parts) == 1 and path.suffix in ("", ".yaml", ".yml")
     under_recipes = len(path.parts) == 2 and path.parts[0] == "recipes"
-    if bare or under_recipes:
-        try:
-            return str(find_recipe(path.name).path)
-        except ConfigError:
-            return arg
-    return arg
+    if path.exists() or not (bare or under_recipes):
+        return None
+    try:
+        return find_recipe(path.name)
+    except ConfigError:
+        return None
+
+
+def config_tree(config: str | None, recipe: str | None, command: str = "run") -> dict[str, Any]:
+    """The config of `capmill COMMAND CONFIG` or `capmill COMMAND --recipe NAME`, as a tree.
+
+    A packaged recipe is run only when asked for with `--recipe`: a config path that does not
+    exist but names a recipe is an error saying so, so a missing file never silently becomes a
+    packaged pipeline.
+    """
+    from capmill.config import load_yaml
+
+    if (config is None) == (recipe is None):
+        raise ConfigError(f"capmill {command}: give a config file or --recipe NAME (one of the two)")
+    if recipe is not None:
+        return load_yaml(find_recipe(recipe).path)
+    named = recipe_named_by(config)
+    if named is not None:
+        raise ConfigError(
+            f"no config file {config!r}. {named.name!r} is a packaged recipe: run it with "
+            f"`capmill {command} --recipe {named.name}`, or copy it to edit with "
+            f"`capmill recipes show {named.name} > run.yaml`"
+        )
+    return load_yaml(config)

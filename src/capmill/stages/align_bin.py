@@ -20,9 +20,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from capmill import keys
 from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.keys import Key, StageIO
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DECODE_ERROR, Sample
 from capmill.fit import prepass
@@ -59,7 +61,8 @@ class AlignBinStageConfig(StageConfig):
     # Computes the cosine when the record lacks it (during the fit and the streaming pass).
     scorer: BackendSpec | None = None
     bins: int = Field(8, ge=2)
-    key: str = "align_bin"
+    # Score key of the bin; default: the stage's `name`, else "align_bin".
+    key: str | None = Field(None, min_length=1)
     # Fixed edges (bins+1 increasing values); skips the fit.
     edges: list[float] | None = None
     # Samples the fit reads, spread evenly over the shards; None reads the whole input.
@@ -73,10 +76,26 @@ class AlignBinStageConfig(StageConfig):
         if self.edges is not None:
             if len(self.edges) != self.bins + 1 or any(b <= a for a, b in zip(self.edges, self.edges[1:])):
                 raise ValueError(f"edges must be {self.bins + 1} increasing values for {self.bins} bins")
+        if self.key is None:
+            self.key = self.name or "align_bin"
         return self
 
     def build(self) -> AlignBinStage:
         return AlignBinStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        reads, writes = [keys.ALT_TEXT], [keys.score(self.key)]
+        cosine = keys.score(self.score)
+        if cosine not in available:
+            if self.scorer is None:
+                reads.append(cosine)  # nothing to compute it with: it must be there
+            else:
+                reads.append(keys.IMAGE)
+                writes.append(cosine)
+        return StageIO(reads=reads, writes=writes)
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"scorer": ImageTextScorer}
 
 
 class AlignBinStage(Stage):

@@ -17,7 +17,9 @@ from typing import Literal
 from pydantic import Field
 
 from capmill.backends.base import SpeechRecognizer, SpeechRequest
+from capmill import keys
 from capmill.components import BackendSpec, StageConfig
+from capmill.keys import Key, StageIO
 from capmill.errors import NoAudioStream, SampleError
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Sample
 from capmill.stages.base import RunContext, Stage
@@ -36,6 +38,13 @@ class AsrStageConfig(StageConfig):
 
     def build(self) -> AsrStage:
         return AsrStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        # The soundtrack is decoded here from the video's bytes; the video must be there.
+        return StageIO(reads=[keys.VIDEO], writes=[keys.caption(self.store_as)])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"backend": SpeechRecognizer}
 
 
 class AsrStage(Stage):

@@ -43,9 +43,9 @@ class Stage:
 
     @property
     def name(self) -> str:
-        """Display name, derived from the class: `CaptionStage` → `caption`."""
-        cls = type(self).__name__
-        return (cls[: -len("Stage")] if cls.endswith("Stage") else cls).lower()
+        """Display name (timings, drop reasons): the config's `name`, else its `type`, numbered
+        when an unnamed type repeats in a run (`filter`, `filter_2`)."""
+        return self.config.display_name
 
     @property
     def resources(self) -> Resources:

@@ -23,8 +23,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from capmill import keys
 from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
+from capmill.errors import ConfigError
+from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, delimited, load_template
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, VIDEO, Caption, Sample
 from capmill.stages.base import RunContext, Stage
@@ -75,6 +78,37 @@ class CaptionStageConfig(StageConfig):
                 template.for_kind(kind).check_slots(FORMAT_SLOTS | (VIDEO_SLOTS if kind == VIDEO else set()))
             out.append(template)
         return out
+
+    def caption_key(self, format_name: str) -> str:
+        """The caption key of one format: `store_as` with `{format}` and `{model}` (the last part
+        of the backend's model id) filled in."""
+        model = next(iter(self.backend.model_ids()), self.backend.type)
+        try:
+            return self.store_as.format(format=format_name, model=model.rsplit("/", 1)[-1])
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"caption: store_as {self.store_as!r} may use only {{format}} and {{model}} ({e})") from None
+
+    def caption_keys(self) -> list[str]:
+        """One caption key per format, in the order of `formats`; two formats sharing one key
+        would overwrite each other, so that is a config error."""
+        names = [self.caption_key(t.name) for t in self.templates()]
+        clash = sorted({k for k in names if names.count(k) > 1})
+        if clash:
+            raise ConfigError(f"caption: formats {self.formats} all store under {clash} with store_as "
+                              f"{self.store_as!r}; put {{format}} in store_as")
+        return names
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        # The AltText fills the formats' {alt_text} slot when there is one; without it the prompt
+        # still works, so it is not a required read.
+        # Images when any format has an image prompt, else videos (a format written for videos
+        # only); whether a sample is one or the other is known only when it is read.
+        kinds = {kind for t in self.templates() for kind in t.all_kinds}
+        media = keys.IMAGE if IMAGE in kinds or not kinds & {VIDEO} else keys.VIDEO
+        return StageIO(reads=[media], writes=[keys.caption(k) for k in self.caption_keys()])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"backend": VisionLanguageModel}
 
 
 @dataclass
@@ -132,6 +166,7 @@ class CaptionStage(Stage):
         super().__init__(config)
         # Templates are checked when the stage is built, so a bad slot fails before any model loads.
         self.formats = []
+        config.caption_keys()  # a store_as that makes formats collide fails here, before any model loads
         for base in config.templates():
             variants = {}
             for kind in base.all_kinds:
@@ -150,7 +185,7 @@ class CaptionStage(Stage):
         self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the caption stage")
 
     def key_for(self, fmt: CaptionFormat) -> str:
-        return self.config.store_as.format(format=fmt.name, model=self.backend.model_id.rsplit("/", 1)[-1])
+        return self.config.caption_key(fmt.name)
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         cfg = self.config

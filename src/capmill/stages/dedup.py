@@ -31,9 +31,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from capmill import keys
 from capmill.backends.base import ImageTextScorer, TextEmbedder
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.keys import Key, StageIO
 from capmill.sample import DROPPED, Sample
 from capmill.stages.base import RunContext, Stage
 
@@ -82,6 +84,14 @@ class DedupStageConfig(StageConfig):
 
     def build(self) -> DedupStage:
         return DedupStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        targets = dict.fromkeys([*self.exact, *self.near])
+        return StageIO(reads=[keys.IMAGE if t == IMAGE else keys.text(t) for t in targets])
+
+    def backend_roles(self) -> dict[str, type]:
+        # Near images need an image-text scorer; near captions take a text embedder (or a scorer).
+        return {"backend": ImageTextScorer if IMAGE in self.near else TextEmbedder}
 
 
 class _NearIndex:

@@ -25,7 +25,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer, LanguageModel, VisionLanguageModel, VLMRequest
+from capmill import keys
 from capmill.components import BackendSpec, StageConfig, Strict
+from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import delimited_caption
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Frame, Sample
@@ -33,9 +35,6 @@ from capmill.stages.base import RunContext, Stage
 
 
 class KeyframeConfig(Strict):
-    # Image-text scorer whose image embeddings compare frames (e.g. CLIP); None compares the
-    # frames' pixels (16×16 RGB), which catches cuts and large changes without a model.
-    scorer: BackendSpec | None = None
     # A frame at least this similar (cosine) to the last keyframe is redundant. Pixel vectors
     # of a still shot sit near 1, large motion brings them to about 0.8, a cut near 0; CLIP
     # image embeddings of one shot stay above about 0.85.
@@ -51,6 +50,9 @@ class DifferentialCaptionConfig(StageConfig):
     backend: BackendSpec
     # The language model of the summary; None: `backend` (it must chat).
     summarizer: BackendSpec | None = None
+    # Image-text scorer whose image embeddings compare frames for the keyframe rule (e.g. CLIP);
+    # None compares the frames' pixels (16×16 RGB), which catches cuts and large changes.
+    keyframe_scorer: BackendSpec | None = None
     keyframes: KeyframeConfig = Field(default_factory=KeyframeConfig)
     store_as: str = "sharegpt4video"
     first_template: str = "sharegpt4video_first"
@@ -64,6 +66,12 @@ class DifferentialCaptionConfig(StageConfig):
 
     def build(self) -> DifferentialCaptionStage:
         return DifferentialCaptionStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        return StageIO(reads=[keys.VIDEO], writes=[keys.caption(self.store_as)])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"backend": VisionLanguageModel, "summarizer": LanguageModel, "keyframe_scorer": ImageTextScorer}
 
 
 @dataclass
@@ -99,7 +107,7 @@ class DifferentialCaptionStage(Stage):
             self.llm = require(self.vlm, LanguageModel, "differential_caption's summarizer (none set: the backend)")
         else:
             self.llm = self.load_backend(cfg.summarizer, LanguageModel, "differential_caption's summarizer")
-        scorer = cfg.keyframes.scorer
+        scorer = cfg.keyframe_scorer
         self.scorer = self.load_backend(scorer, ImageTextScorer, "differential_caption's keyframe scorer") if scorer else None
 
     def _keyframes(self, sample: Sample) -> list[Frame]:

@@ -18,7 +18,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from capmill import keys
 from capmill.components import StageConfig, Strict
+from capmill.keys import Key, StageIO
 from capmill.sample import DROPPED, Sample
 from capmill.stages.base import Stage
 
@@ -51,6 +53,10 @@ class FilterRule(Strict):
         return self
 
     @property
+    def reads(self) -> Key:
+        return keys.score(self.score) if self.score is not None else keys.text(self.length)
+
+    @property
     def target(self) -> str:
         return self.score if self.score is not None else f"{self.length} {self.unit}"
 
@@ -79,6 +85,11 @@ class FilterStageConfig(StageConfig):
 
     def build(self) -> FilterStage:
         return FilterStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        # A rule on a key nothing writes would drop every sample (or, with `missing: keep`,
+        # none): either way a mistake, so every rule's key is a required read.
+        return StageIO(reads=[rule.reads for rule in self.rules])
 
 
 class FilterStage(Stage):

@@ -18,9 +18,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from capmill import keys
 from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import delimited, delimited_caption, safe_alt_text
 from capmill.sample import BACKEND_ERROR, Caption, Sample
@@ -69,6 +71,15 @@ class FuseStageConfig(StageConfig):
 
     def load(self) -> PromptTemplate:
         return load_template("fuse", self.template, self.prompt_dirs).check_slots(FUSE_SLOTS)
+
+    def fused_key(self) -> str:
+        return self.store_as or self.load().name
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        return StageIO(reads=[keys.caption(self.caption), keys.ALT_TEXT], writes=[keys.caption(self.fused_key())])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"backend": LanguageModel}
 
 
 class FuseStage(Stage):

@@ -26,7 +26,9 @@ from typing import Literal
 from pydantic import Field
 
 from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer, LanguageModel
+from capmill import keys
 from capmill.components import BackendSpec, StageConfig
+from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import delimited_caption
 from capmill.sample import BACKEND_ERROR, DROPPED, STAGE_ERROR, VIDEO, Caption, Sample
@@ -59,6 +61,14 @@ class HowToCaptionConfig(StageConfig):
 
     def build(self) -> HowToCaptionStage:
         return HowToCaptionStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        # Frames are read for the alignment only, when a scorer is set.
+        reads = [keys.caption(self.transcript)] + ([keys.VIDEO] if self.scorer is not None else [])
+        return StageIO(reads=reads, writes=[keys.caption(self.store_as)])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"llm": LanguageModel, "scorer": ImageTextScorer}
 
 
 def transcript_block(block: Block) -> str:

@@ -24,7 +24,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel, VisionLanguageModel, VLMRequest
+from capmill import keys
 from capmill.components import BackendSpec, StageConfig
+from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import delimited_caption
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Frame, Sample
@@ -59,6 +61,12 @@ class LongCaptionConfig(StageConfig):
 
     def build(self) -> LongCaptionStage:
         return LongCaptionStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        return StageIO(reads=[keys.VIDEO], writes=[keys.caption(self.store_as)])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"backend": VisionLanguageModel, "aggregator": LanguageModel}
 
 
 @dataclass

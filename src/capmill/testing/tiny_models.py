@@ -22,10 +22,21 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 
-# open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`.
-FAMILIES = ("clip", "siglip", "blip", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip")
+# open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`;
+# minilm is a sentence-transformers folder (BERT encoder, mean pooling, normalisation) as all-MiniLM-L6-v2 is.
+FAMILIES = ("clip", "siglip", "blip", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip", "minilm")
+
+# The tiny model standing in for each backend role (a protocol of capmill.backends.base) when
+# `--models DIR` swaps every model of a recipe for a tiny one (capmill.testing.smoke). A stage
+# needing a new protocol (a detector, an OCR model, ...) adds its family above and its role here.
+ROLES: dict[str, dict[str, str]] = {
+    "VisionLanguageModel": {"type": "transformers", "family": "idefics3"},
+    "LanguageModel": {"type": "transformers", "family": "qwen2_lm"},
+    "ImageTextScorer": {"type": "clip", "family": "clip"},
+    "TextEmbedder": {"type": "sentence_transformers", "family": "minilm"},
+}
 
 _WORDS = """
 a an the this that of in on at with by for from and or to is are was be it its one two three
@@ -349,10 +360,29 @@ def build_open_clip(out: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
 
 
+def build_minilm(out: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    tokenizer = _hf_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], pad_token="[PAD]", unk_token="[UNK]",
+                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer.padding_side = "right"
+    _seed()
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, max_position_embeddings=128,
+                                pad_token_id=tokenizer.pad_token_id))
+    with tempfile.TemporaryDirectory() as encoder:
+        _save(bert, tokenizer, Path(encoder))
+        word = Transformer(encoder, max_seq_length=128)
+        pooling = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
+        SentenceTransformer(modules=[word, pooling, Normalize()], device="cpu").save(str(out))
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "llava": build_llava,
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
-    "open_clip": build_open_clip,
+    "open_clip": build_open_clip, "minilm": build_minilm,
 }
 
 

