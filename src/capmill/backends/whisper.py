@@ -46,7 +46,7 @@ class FasterWhisperConfig(BackendConfig):
         return FasterWhisperBackend(self)
 
     def model_ids(self) -> list[str]:
-        return [f"faster-whisper:{self.model}"]
+        return [self.model]
 
 
 def bundled_model_path() -> str:
