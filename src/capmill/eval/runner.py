@@ -20,8 +20,9 @@ from pydantic import Field
 from capmill.components import BackendSpec, Strict
 from capmill.errors import SetupError
 from capmill.eval.data import EvalSet
+from capmill.eval.vdcscore import VdcScoreConfig
 
-Metric = Literal["text", "clip", "retrieval", "coco"]
+Metric = Literal["text", "clip", "retrieval", "coco", "vdc"]
 
 
 def _default_scorer() -> dict:
@@ -40,6 +41,9 @@ class EvalConfig(Strict):
     # Clip the text–reference cosine at 0 in RefCLIPScore (the reference code does not).
     clip_reference: bool = False
     batch_size: int = Field(64, ge=1)
+    # VDCscore (video detail captions, AuroraCap/VDC): a language model that asks, answers and
+    # judges; computed when references are given too. None: not computed.
+    vdc: VdcScoreConfig | None = None
 
     def scorer_config(self):
         if self.scorer is not None:
@@ -98,6 +102,18 @@ def evaluate(data: EvalSet, config: EvalConfig, references: dict[str, list[str]]
         start = time.perf_counter()
         _coco_metrics(data, config, references, coco, result)
         result.timings["coco"] = time.perf_counter() - start
+    if config.vdc is not None and "vdc" not in config.skip:
+        start = time.perf_counter()
+        if references is None:
+            result.notes.append("VDCscore needs references (--references): not computed")
+        else:
+            from capmill.eval.vdcscore import vdc_score
+
+            vdc = vdc_score(data.keys, {f: data.texts[f] for f in config.fields}, references, config.vdc)
+            for name, metrics in vdc.metrics.items():
+                result.metrics[name].update(metrics)
+            result.notes.extend(vdc.notes)
+        result.timings["vdc"] = time.perf_counter() - start
     return result
 
 
@@ -179,22 +195,37 @@ def _embed_images(scorer, data: EvalSet, batch_size: int):
 
     from capmill.errors import SampleError
     from capmill.media.image import ImageConfig, decode_image
+    from capmill.media.kinds import sniff_video_ext
 
     config = ImageConfig()
     out: list[Any] = []
     dim = None
     for start in range(0, len(data.images), batch_size):
         chunk = data.images[start:start + batch_size]
-        decoded, where = [], []
+        decoded, where, videos = [], [], []
         for i, raw in enumerate(chunk):
             if raw is None:
                 continue
             try:
-                decoded.append(decode_image(raw, config))
-                where.append(i)
+                if sniff_video_ext(raw) is not None:
+                    videos.append((i, _video_frames(raw)))
+                else:
+                    decoded.append(decode_image(raw, config))
+                    where.append(i)
             except SampleError:
                 continue
         emb = np.asarray(scorer.embed_images(decoded), dtype=np.float64) if decoded else None
+        if videos:
+            # A video's embedding is the normalised mean of its frames' (the usual video CLIPScore).
+            frames = [f for _, fs in videos for f in fs]
+            frame_emb = np.asarray(scorer.embed_images(frames), dtype=np.float64)
+            pooled, at = [], 0
+            for _, fs in videos:
+                mean = frame_emb[at:at + len(fs)].mean(axis=0)
+                pooled.append(mean / (np.linalg.norm(mean) or 1.0))
+                at += len(fs)
+            emb = np.concatenate([emb, np.stack(pooled)]) if emb is not None else np.stack(pooled)
+            where = where + [i for i, _ in videos]
         if emb is not None:
             dim = emb.shape[1]
         block = np.full((len(chunk), dim or 1), np.nan)
@@ -203,6 +234,16 @@ def _embed_images(scorer, data: EvalSet, batch_size: int):
         out.append(block)
     width = dim or 1
     return np.concatenate([b if b.shape[1] == width else np.full((len(b), width), np.nan) for b in out])
+
+
+def _video_frames(data: bytes, count: int = 8) -> list[Any]:
+    """`count` frames at equal intervals of an encoded video (the eval's view of a video)."""
+    from capmill.media.sampling import SamplingConfig
+    from capmill.media.video import VideoConfig, decode_video
+    from capmill.sample import MediaRef
+
+    frames, _ = decode_video(MediaRef(data=data, kind="video"), VideoConfig(sampling=SamplingConfig(frames=count)))
+    return [f.image for f in frames]
 
 
 def _embed_texts(scorer, texts: list[str], batch_size: int):
