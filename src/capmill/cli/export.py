@@ -8,9 +8,10 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run's captions in the layout a trainer reads (CLIP, MLLM, diffusion, DreamLIP)")
     p.add_argument("run_out", help="a capmill output directory")
-    p.add_argument("--target", required=True, choices=["clip", "mllm", "diffusion", "dreamlip"],
+    p.add_argument("--target", required=True, choices=["clip", "mllm", "diffusion", "dreamlip", "llava_video"],
                    help="clip: webdataset with a seeded AltText/synthetic mix; mllm: LLaVA JSON; "
-                        "diffusion: parquet or sidecar .txt; dreamlip: sentence sub-captions + AltText")
+                        "diffusion: parquet or sidecar .txt; dreamlip: sentence sub-captions + AltText; "
+                        "llava_video: LLaVA JSON with video paths")
     p.add_argument("--out", required=True, help="folder to write (must differ from RUN_OUT)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample draws (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
