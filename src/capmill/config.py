@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from capmill.components import StageSpec, Strict
 from capmill.errors import ConfigError
@@ -22,6 +22,7 @@ from capmill.media.image import ImageConfig
 from capmill.media.video import VideoConfig
 from capmill.readers import FolderInput, HfInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
 from capmill.suggest import did_you_mean
+from capmill.tracking.config import TrackingSpec
 from capmill.writers.output import OutputConfig
 
 InputSpec = Annotated[WebDatasetInput | ParquetInput | FolderInput | JsonlInput | RunOutputInput | HfInput,
@@ -39,6 +40,17 @@ class RunConfig(Strict):
     stages: list[StageSpec] = Field(default_factory=list)
     # Seed for everything random in the run (sampling backends, bags, mixes).
     seed: int = 0
+    # An experiment tracker for the run's figures (wandb, tensorboard, mlflow); see capmill.tracking.
+    tracking: TrackingSpec | None = None
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _local_by_default(cls, value: Any) -> Any:
+        # `executor: {batch_size: 32}` (or executor={"batch_size": 32} from Python) means the
+        # default executor with that setting.
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "local", **value}
+        return value
 
     @model_validator(mode="after")
     def _distinct_stage_names(self) -> RunConfig:
@@ -69,10 +81,12 @@ class RunConfig(Strict):
         return self
 
     def hashed_content(self) -> dict[str, Any]:
-        """What decides the output. Executor settings are left out on purpose: a run can be
-        resumed with another batch size, more workers, or on Ray, and give the same records."""
+        """What decides the output. Executor and tracking settings are left out on purpose: a run
+        can be resumed with another batch size, more workers, on Ray, or logging elsewhere, and
+        give the same records."""
         content = self.model_dump(mode="json")
         content.pop("executor", None)
+        content.pop("tracking", None)
         return content
 
 

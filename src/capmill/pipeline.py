@@ -29,13 +29,15 @@ class ShardStats:
     seconds: defaultdict = field(default_factory=lambda: defaultdict(float))
     outputs: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-    # Caption lengths, length-policy outcomes and fusion fallbacks per caption key.
+    # Caption lengths, length-policy outcomes, fallbacks and output-guard counts per caption key.
     captions: CaptionTally = field(default_factory=CaptionTally)
 
     def count(self, sample: Sample) -> None:
         self.samples += 1
         if sample.status != DROPPED:
             self.captions.add(sample)
+        else:  # a guard's drop (or a later stage's) still counts what the guards rejected
+            self.captions.add_guards(sample)
         self.by_status[sample.status] += 1
         if sample.status == DROPPED:
             self.drops[sample.error or "unspecified"] += 1

@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -82,6 +83,10 @@ class RunSummary:
     samples: int = 0
     interrupted: bool = False
     captions: CaptionTally = field(default_factory=CaptionTally)
+    # Called as listener(stats, summary) after each committed shard is counted (e.g. a tracker).
+    listeners: list[Callable[[dict[str, Any], RunSummary], None]] = field(default_factory=list, repr=False, compare=False)
+    # Problems that do not touch the data (a tracker that stopped logging), shown with the summary.
+    warnings: list[str] = field(default_factory=list)
 
     def add_shard(self, stats: dict[str, Any]) -> None:
         self.shards_done += 1
@@ -91,6 +96,30 @@ class RunSummary:
         for name, value in stats["seconds"].items():
             self.seconds[name] += value
         self.captions.merge(stats.get("captions"))
+        for listener in list(self.listeners):
+            try:
+                listener(stats, self)
+            except Exception as e:  # the shard is committed whatever a listener does; it stops here
+                self.listeners.remove(listener)
+                self.warnings.append(f"{getattr(listener, '__qualname__', listener)} stopped: {type(e).__name__}: {e}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (`capmill run --json`, trackers)."""
+        return {
+            "ok": self.ok,
+            "shards": {"total": self.shards_total, "done": self.shards_done, "skipped": self.shards_skipped,
+                       "failed": len(self.failed_shards)},
+            "failed_shards": dict(sorted(self.failed_shards.items())),
+            "samples": self.samples,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "samples_per_s": round(self.samples / self.wall_seconds, 3) if self.wall_seconds else 0.0,
+            "by_status": dict(sorted(self.by_status.items())),
+            "drops": dict(sorted(self.drops.items())),
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+            "captions": self.captions.to_dict(),
+            "interrupted": self.interrupted,
+            "warnings": list(self.warnings),
+        }
 
     @property
     def ok(self) -> bool:
@@ -126,4 +155,6 @@ class RunSummary:
             lines.append(f"FAILED shard {shard}: {reason}")
         if self.interrupted:
             lines.append("interrupted: committed shards are kept; rerun the same command to resume")
+        for warning in self.warnings:
+            lines.append(f"warning: {warning}")
         return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from capmill.chain import check_chain
@@ -22,7 +23,8 @@ def models_of(config: RunConfig) -> dict[str, list[str]]:
 
 
 def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry_run: bool = False,
-        progress_stream: TextIO | None = None, progress: bool = True) -> RunSummary:
+        progress_stream: TextIO | None = None, progress: bool = True, listeners: Sequence[Callable] = ()) -> RunSummary:
+    """`listeners` are called with (stats, summary) after each committed shard (see RunSummary)."""
     written = check_chain(config).written  # every stage's reads, before anything is read or claimed
     reader = config.input.build()
     reader.check()  # configured columns/fields against the first file, before anything is claimed
@@ -30,7 +32,7 @@ def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry
     out = OutputDir(config.output.path)
     hashed = {**config.hashed_content(), "limit": limit}
     record = {**new_run_record(config.model_dump(mode="json"), hashed, models_of(config)), "written": written}
-    summary = RunSummary(shards_total=len(shards))
+    summary = RunSummary(shards_total=len(shards), listeners=list(listeners))
     if dry_run:
         # Build every stage so config errors surface, but load nothing and write nothing.
         for stage_cfg in config.stages:

@@ -255,6 +255,10 @@ class Sample:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sample:
+        """A record, or a row of a capmill output (a tar's `KEY.json`, a parquet row), whose
+        full record is the JSON string under `record`."""
+        if isinstance(d.get("record"), str) and "captions" not in d:
+            return cls.from_json(d["record"])
         return cls(
             key=d["key"],
             image=MediaRef.from_dict(d.get("media") if d.get("media") is not None else d.get("image")),

@@ -14,17 +14,16 @@ import pytest
 from capmill.backends.base import ChatRequest, GenerationParams, VLMRequest
 from capmill.backends.openai_http import (
     OpenAIBackendConfig,
+    _FinalError,
     backoff_delay,
     parse_completion,
     retry_after_seconds,
-    _FinalError,
 )
 from capmill.config import parse_config
 from capmill.errors import SetupError
 from capmill.run import run
 from capmill.testing.fault_server import Faults, FaultServer
 from capmill.testing.shards import generated
-
 from tests.conftest import make_config
 
 pytest.importorskip("aiohttp")

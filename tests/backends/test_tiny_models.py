@@ -60,11 +60,11 @@ def test_cli_writes_every_family(tmp_path):
 def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
     """`--models DIR` hands each stage the tiny model of its role (capmill.testing.tiny_models.ROLES)."""
     from PIL import Image
+    from pydantic import TypeAdapter
 
     from capmill.backends import base
     from capmill.components import BackendSpec
     from capmill.testing.smoke import tiny_backend
-    from pydantic import TypeAdapter
 
     calls = {
         base.VisionLanguageModel: lambda b: b.generate([base.VLMRequest("Describe.", [Image.new("RGB", (32, 32))],

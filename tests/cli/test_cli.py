@@ -37,8 +37,10 @@ def test_issue_example_config_runs_as_written(tmp_path, monkeypatch):
     import tarfile
 
     with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
-        record = json.loads(tar.extractfile("000000.json").read())
-        assert tar.extractfile("000000.txt").read().decode() == record["alt_text"]
+        row = json.loads(tar.extractfile("000000.json").read())
+        assert tar.extractfile("000000.txt").read().decode() == row["alt_text"] == row["text"]
+    assert set(row) == {"key", "alt_text", "text", "status", "error", "record"}  # fixed fields + the full record
+    record = json.loads(row["record"])
     assert set(record) >= {"key", "alt_text", "captions", "scores", "status", "error"}
     assert set(record["captions"]) == {"ssc", "dsc"} and set(record["captions"]["dsc"]) >= {"text", "model", "prompt_id"}
 

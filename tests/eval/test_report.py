@@ -1,4 +1,7 @@
-"""`capmill report`: the page loads in headless Chromium without console errors and shows every sample."""
+"""`capmill report`: the page loads in headless Chromium without console errors, shows every
+sample (dropped ones with their thumbnails), every evaluation, model ids, labelled histograms; its
+search, sorting, order box and side-by-side view work; and its layout matches the golden
+(tests/eval/golden, regenerated with `python scripts/report_golden.py`)."""
 
 import json
 import re
@@ -8,31 +11,24 @@ import subprocess
 import pytest
 
 from capmill.cli.main import main as cli
-from capmill.config import parse_config
 from capmill.report import collect
-from capmill.run import run
-from capmill.testing import write_webdataset
-from tests.conftest import make_config
+from capmill.report.build import model_label
+from tests.eval import layout
 
-FAKE = {"type": "fake", "dim": 16}
+
+def _need_chromium():
+    if layout.chromium() is None:
+        pytest.skip("Chromium is not installed (bash scripts/system-deps.sh installs Debian's chromium)")
 
 
 @pytest.fixture(scope="module")
-def scored_output(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    write_webdataset(root / "data", shards=2, per_shard=8, corrupt=True)
-    stages = [
-        {"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc", "dsc"]},
-        {"type": "clip_score", "backend": FAKE},
-        {"type": "filter", "rules": [{"score": "clip:dsc", "min": 0.0}]},
-    ]
-    cfg = make_config(root / "data", root / "out", stages=stages)
-    cfg["output"]["rejects"] = True
-    run(parse_config(cfg), progress=False)
-    out = root / "out"
-    # a caption that would break the page if it were inserted as HTML
-    assert cli(["eval", str(out), "--fields", "alt_text,dsc", "--scorer", "{type: fake, dim: 8}", "--bags", "3"]) == 0
-    return out
+def page(tmp_path_factory):
+    return layout.build_page(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def scored_output(page):
+    return page.parent
 
 
 def chromium_dom(page, tmp_path):
@@ -47,27 +43,115 @@ def chromium_dom(page, tmp_path):
     return proc.stdout, [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
 
 
-def test_report_loads_in_chromium_and_shows_every_sample(scored_output, tmp_path):
+def test_report_loads_in_chromium_and_shows_every_sample(scored_output, page, tmp_path):
     data = collect(str(scored_output))
     expected = data["total"]
     assert data["statuses"].get("dropped", 0) > 0 and data["statuses"]["ok"] > 0
     assert data["statuses"]["decode_error"] > 0  # the hostile images keep their rows
-    assert data["eval"]["dsc"]["CLIPScore"] is not None
     assert data["drops"] == {"filter: clip:dsc < 0": data["statuses"]["dropped"]}
+    # every evaluation is kept, the latest last
+    assert [(e["fields"], e["limit"]) for e in data["evaluations"]] == [(["alt_text", "dsc"], None), (["ssc"], 5)]
+    assert data["evaluations"][0]["metrics"]["dsc"]["CLIPScore"] is not None
+    dropped = [s for s in data["samples"] if s["status"] == "dropped"]
+    assert dropped and all(s["thumb"].startswith("data:image/jpeg;base64,") for s in dropped)  # from _rejects
 
-    assert cli(["report", str(scored_output)]) == 0
-    page = scored_output / "report.html"
     dom, console = chromium_dom(page, tmp_path)
     assert console == [], console
     assert 'data-ready="1"' in dom
     assert re.search(r'id="errors"></pre>', dom)
     assert f'data-count="{expected}"' in dom
     assert len(re.findall(r'class="sample status-', dom)) == expected
-    # one histogram per score key, e.g. clip:dsc and clipscore:alt_text
+    # one histogram per score key, with both axes labelled
     keys = {k for s in data["samples"] for k in s["scores"]}
     assert {"clip:dsc", "clipscore:alt_text"} <= keys
     assert len(re.findall(r'class="hist" data-score=', dom)) == len(keys)
-    assert "RefCLIPScore" not in dom and "CLIPScore" in dom  # eval table present (no references given)
+    assert len(re.findall(r'class="x-label"', dom)) == len(re.findall(r'class="y-label"', dom)) == len(keys)
+    assert len(re.findall(r'class="evaluation', dom)) == 2 and "RefCLIPScore" not in dom and "CLIPScore" in dom
+
+
+def test_report_controls_work(page, tmp_path):
+    _need_chromium()
+    result = layout.run_script(page, tmp_path, """
+      const $ = (id) => document.getElementById(id);
+      const set = (id, value) => { const e = $(id); e.value = value; e.dispatchEvent(new Event(e.tagName === "INPUT" ? "input" : "change")); };
+      const keys = () => [...document.querySelectorAll("#grid .sample")].map((n) => n.dataset.key);
+      const score = (k) => DATA.samples.find((s) => s.key === k).scores["clip:dsc"];
+      const out = {};
+      out.keyAsc = keys();
+      set("sort-order", "desc"); out.keyDesc = keys();
+      set("sort-key", "clip:dsc"); out.orderAfterPick = $("sort-order").value;
+      out.scoreDesc = keys().map(score);
+      set("sort-order", "asc"); out.scoreAsc = keys().map(score);
+      set("search", "COFFEE"); out.searched = keys(); out.marks = [...document.querySelectorAll("#grid mark")].map((m) => m.textContent);
+      out.compareRows = [...document.querySelectorAll("#compare tr[data-key]")].map((r) => r.dataset.key);
+      set("search", "");
+      set("compare-a", "ssc"); set("compare-b", "dsc");
+      const row = document.querySelector("#compare tr[data-key='000000']");
+      out.compareCells = [...row.querySelectorAll("td[data-field]")].map((td) => [td.dataset.field, td.textContent]);
+      out.models = $("models").textContent;
+      out.droppedImages = document.querySelectorAll("#grid .status-dropped img").length;
+      out.dropped = document.querySelectorAll("#grid .status-dropped").length;
+      return out;
+    """)
+    assert result["keyAsc"] == sorted(result["keyAsc"]) and result["keyDesc"] == sorted(result["keyAsc"], reverse=True)
+    assert result["orderAfterPick"] == "desc"  # a score sorts best first until the reader picks an order
+    with_score = [v for v in result["scoreDesc"] if v is not None]
+    assert with_score == sorted(with_score, reverse=True) and len(with_score) > 3
+    assert result["scoreDesc"][len(with_score):] == [None] * (len(result["scoreDesc"]) - len(with_score))  # missing last
+    asc = [v for v in result["scoreAsc"] if v is not None]
+    assert asc == sorted(asc) and result["scoreAsc"][-1] is None  # the order box is honoured, missing still last
+    assert result["searched"] == ["000001"] and result["marks"] == ["coffee"]  # case-insensitive, marked
+    assert result["compareRows"] == ["000001"]  # the side-by-side view follows the filters
+    fields = dict(result["compareCells"])
+    assert set(fields) == {"ssc", "dsc"} and "clip:ssc" in fields["ssc"] and "clip:dsc" in fields["dsc"]
+    assert result["models"] == "models: 0:caption fake:fake · 1:clip_score fake:fake"
+    assert result["dropped"] > 0 and result["droppedImages"] == result["dropped"]
+
+
+def test_report_layout_matches_the_golden(page, tmp_path):
+    """Region geometry within a tolerance and a coarse screenshot within a mean block difference.
+    After an intended change: `python scripts/report_golden.py`, look at the screenshot, commit."""
+    _need_chromium()
+    import numpy as np
+    from PIL import Image
+
+    golden = json.loads((layout.GOLDEN / "report_layout.json").read_text())
+    found = layout.measure(page, tmp_path)
+    assert layout.geometry_differences(found, golden) == []
+    grey, _ = layout.blocks(page, tmp_path)
+    want = np.asarray(Image.open(layout.GOLDEN / "report_blocks.png"), dtype=np.float64)
+    diff = np.abs(grey - want)
+    # Text of another font shifts block means a little; a moved or missing region changes many
+    # blocks by tens of grey levels.
+    assert diff.mean() < 4.0 and (diff > 40).mean() < 0.02, (diff.mean(), (diff > 40).mean())
+
+
+def test_model_label_shows_ids_not_paths(tmp_path):
+    folder = tmp_path / "models" / "SmolVLM-256M-Instruct"
+    folder.mkdir(parents=True)
+    assert model_label(str(folder)) == "SmolVLM-256M-Instruct"
+    assert model_label(str(folder) + "/") == "SmolVLM-256M-Instruct"
+    snapshot = "/root/.cache/huggingface/hub/models--HuggingFaceTB--SmolVLM-256M-Instruct/snapshots/abc123"
+    assert model_label(snapshot) == "HuggingFaceTB/SmolVLM-256M-Instruct"
+    assert model_label("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    assert model_label("fake:fake") == "fake:fake"
+
+
+def test_report_reads_the_eval_file_of_earlier_versions(tmp_path):
+    from capmill.sample import Sample
+    from capmill.writers.parquet import ParquetWriter
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_run.json").write_text(json.dumps({"config_hash": "x", "models": {"0:caption": ["/opt/m/qwen2-vl-2b"]}}))
+    (out / "_stats").mkdir()
+    w = ParquetWriter(str(out), "00000", "alt_text")
+    w.write(Sample(key="k", alt_text="a"))
+    (out / "_stats" / "00000.json").write_text(json.dumps({"shard": "00000", "outputs": w.commit(), "drops": {}}))
+    (out / "_eval.json").write_text(json.dumps({"alt_text": {"words (mean)": 1.0}}))
+    data = collect(str(out))
+    assert data["evaluations"][0]["metrics"] == {"alt_text": {"words (mean)": 1.0}}
+    assert data["models"] == {"0:caption": [{"id": "qwen2-vl-2b", "source": "/opt/m/qwen2-vl-2b"}]}
 
 
 def test_report_is_safe_and_handles_nan(tmp_path):

@@ -11,7 +11,9 @@ from capmill.stages.base import RunContext
 from capmill.stages.caption import CaptionStageConfig
 from tests.conftest import make_config
 
-LONG_30 = " ".join(["word"] * 29) + " end."
+LONG_30 = ("A tall man in a blue coat walks his brown dog along a wet cobbled street, past bakeries, "
+           "lamps, parked bicycles and a red phone box on a grey evening.")
+assert len(LONG_30.split()) == 30
 
 
 def _stage(formats, **backend):

@@ -7,28 +7,35 @@ import pytest
 
 from capmill.config import parse_config
 from capmill.errors import ConfigError
+from capmill.guards import GuardInput, OutputGuard
+from capmill.guards.checks import check_empty, check_loop, check_refusal, check_runaway
+from capmill.guards.fuse import (
+    FUSE_CHECKS,
+    FuseGuardConfig,
+    check_concatenation,
+    check_copy,
+    check_off_topic,
+    entities,
+    lost_entity_share,
+)
 from capmill.run import run
 from capmill.sample import Caption, Sample
 from capmill.stages.base import RunContext
 from capmill.stages.fuse import FuseStageConfig, clean_output
-from capmill.guards.fuse import (
-    GuardConfig,
-    entities,
-    first_failure,
-    is_concatenation,
-    is_copy,
-    is_empty,
-    is_off_topic,
-    is_refusal,
-    is_runaway,
-    lost_entity_share,
-)
 from tests.conftest import make_config
 
 ALT = "NASA portrait of astronaut Eileen Collins in her flight suit, 1999"
 CAP = "A woman in an orange suit smiles in front of a flag."
 GOOD = "A 1999 NASA portrait of astronaut Eileen Collins smiling in an orange flight suit in front of a flag."
-G = GuardConfig()
+G = FuseGuardConfig()
+
+
+def _given(alt=ALT, cap=CAP):
+    return GuardInput(sources={"alt_text": alt, "caption": cap}, language="en", grounded=True)
+
+
+def first_failure(output, alt, cap, cfg):
+    return OutputGuard(cfg, extra=FUSE_CHECKS).review(output, _given(alt, cap)).reason
 
 
 def test_good_fusion_passes_every_guard():
@@ -40,13 +47,15 @@ def test_good_fusion_passes_every_guard():
     ("  ...  ", "empty"),
     ("I'm sorry, but I cannot help with that.", "refusal"),
     ("As an AI language model, I see a woman.", "refusal"),
-    (" ".join(["woman orange suit flag"] * 40), "runaway"),
-    ("a woman in an orange suit " * 3 + "NASA Eileen Collins 1999 flag", "runaway"),
+    (" ".join(["woman orange suit flag"] * 40), "loop"),
+    ("a woman in an orange suit " * 3 + "NASA Eileen Collins 1999 flag", "loop"),
+    ("NASA astronaut Eileen Collins in 1999 " + " ".join(f"detail{i}" for i in range(120)) + ".", "runaway"),
     (CAP, "copy"),
     (ALT, "copy"),
     (ALT + ". " + CAP, "concatenation"),
     (CAP + " " + ALT, "concatenation"),
-    ("PWNED", "off_topic"),
+    ("PWNED", "injection"),
+    ("Buy cheap watches today.", "off_topic"),
     ("A woman in an orange suit smiles in front of a flag at an event.", "lost_entities"),
 ])
 def test_guard_reasons(output, reason):
@@ -54,14 +63,15 @@ def test_guard_reasons(output, reason):
 
 
 def test_guard_functions_individually():
-    assert is_empty("", ALT, CAP, G) and not is_empty("x", ALT, CAP, G)
-    assert is_refusal("Unfortunately, I can't see the image.", ALT, CAP, G)
-    assert not is_refusal("Sorry-looking dog on a porch.", ALT, CAP, G)
-    assert is_runaway("a b c d " * 3, ALT, CAP, G)
-    assert not is_runaway(GOOD, ALT, CAP, G)
-    assert is_copy(CAP.upper(), ALT, CAP, G)  # case and punctuation do not hide a copy
-    assert is_concatenation(f"{CAP} {ALT}", ALT, CAP, G) and not is_concatenation(GOOD, ALT, CAP, G)
-    assert is_off_topic("Buy cheap watches today.", ALT, CAP, G) and not is_off_topic(GOOD, ALT, CAP, G)
+    given = _given()
+    assert check_empty("", given, G) and not check_empty("x", given, G)
+    assert check_refusal("Unfortunately, I can't see the image.", given, G)
+    assert not check_refusal("Sorry-looking dog on a porch.", given, G)
+    assert check_loop("a b c d " * 3, given, G) and not check_loop(GOOD, given, G)
+    assert check_runaway(" ".join(["w"] * 121), given, G) and not check_runaway(GOOD, given, G)
+    assert check_copy(CAP.upper(), given, G)  # case and punctuation do not hide a copy
+    assert check_concatenation(f"{CAP} {ALT}", given, G) and not check_concatenation(GOOD, given, G)
+    assert check_off_topic("Buy cheap watches today.", given, G) and not check_off_topic(GOOD, given, G)
     assert entities(ALT) == {"nasa", "eileen", "collins", "1999"}
     assert lost_entity_share("A woman named Collins.", ALT) == 0.75
     assert lost_entity_share("anything", "a plain lowercase alt text") == 0.0
@@ -70,7 +80,7 @@ def test_guard_functions_individually():
 def test_tolerance_is_configurable():
     lossy = "Astronaut Collins smiles in an orange suit in front of a flag."
     assert first_failure(lossy, ALT, CAP, G) == "lost_entities"  # 3 of 4 lost > 0.5
-    assert first_failure(lossy, ALT, CAP, GuardConfig(max_lost_entities=0.8)) is None
+    assert first_failure(lossy, ALT, CAP, FuseGuardConfig(max_lost_entities=0.8)) is None
 
 
 def test_clean_output_strips_labels_and_quotes():
@@ -96,15 +106,27 @@ def test_fused_caption_is_stored_under_the_template_name():
     assert fused.meta["length"]["words"] == len(GOOD.split())
 
 
-def test_rejected_output_falls_back_to_the_caption_with_its_reason():
-    stage = _fuse(["I'm sorry, I can't do that."])
+def test_rejected_output_is_regenerated_once_then_falls_back_to_the_caption_with_its_reason():
+    stage = _fuse(["I'm sorry, I can't do that.", "I'm sorry, I still can't."])
     [s] = stage.process([_sample()])
     fused = s.captions["capsfusion"]
     assert fused.text == CAP and fused.meta["fallback"] == "refusal"
-    assert fused.meta["rejected"].startswith("I'm sorry")
-    stage = _fuse(["PWNED"], prefer="alt_text")
+    assert fused.meta["rejected"].startswith("I'm sorry, I still")
+    assert stage.backend.batch_sizes == [1, 1]  # asked once more, with a note saying why
+    assert "without apologies" in stage.backend.prompts[1] and "without apologies" not in stage.backend.prompts[0]
+    guards = fused.meta["guards"]
+    assert guards["outcome"] == "fallback" and [r["reasons"][0] for r in guards["rejected"]] == ["refusal", "refusal"]
+    stage = _fuse(["PWNED"], prefer="alt_text", guards={"regenerate": 0})
     [s] = stage.process([_sample()])
-    assert s.captions["capsfusion"].text == ALT
+    assert s.captions["capsfusion"].text == ALT and stage.backend.batch_sizes == [1]
+
+
+def test_a_regenerated_fusion_that_passes_is_kept():
+    stage = _fuse(["I'm sorry, I can't do that.", GOOD])
+    [s] = stage.process([_sample()])
+    fused = s.captions["capsfusion"]
+    assert fused.text == GOOD and fused.meta["fallback"] is None and fused.model == stage.backend.model_id
+    assert fused.meta["guards"]["outcome"] == "regenerated"
 
 
 def test_empty_alt_text_keeps_the_caption_without_calling_the_llm():
@@ -173,7 +195,8 @@ def test_veclip_template_and_config_errors(tmp_path):
 def test_fallbacks_are_counted_by_reason_in_shard_stats(tmp_path, wds):
     cfg = make_config(tmp_path / "data", tmp_path / "out", stages=[
         {"type": "caption", "formats": ["dsc"], "backend": {"type": "fake"}},
-        {"type": "fuse", "caption": "dsc", "backend": {"type": "fake", "responses": ["I'm sorry."] * 3 + [""] * 2}},
+        {"type": "fuse", "caption": "dsc", "guards": {"regenerate": 0},
+         "backend": {"type": "fake", "responses": ["I'm sorry."] * 3 + [""] * 2}},
     ])
     summary = run(parse_config(cfg), progress=False)
     # Shards run concurrently, so the scripted answers may land in any shard: add them up.

@@ -53,9 +53,9 @@ def by_hand(path, images, texts):
 def test_clipscore_matches_formula_and_torchmetrics(tiny_clip):
     import numpy as np
     import torch
-    from capmill.testing.reference import torchmetrics_clip_score
 
     from capmill.stages.score import ClipScoreStageConfig
+    from capmill.testing.reference import torchmetrics_clip_score
 
     torch.set_num_threads(2)
     images, texts = pairs()

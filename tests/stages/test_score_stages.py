@@ -9,6 +9,7 @@ import pytest
 
 from capmill.backends.fake import FakeBackend, FakeBackendConfig
 from capmill.config import parse_config
+from capmill.metrics.embedding import clipscore_from_cosine
 from capmill.readers.run_output import RunOutputInput
 from capmill.run import run
 from capmill.sample import Caption, Sample
@@ -16,7 +17,6 @@ from capmill.stages.align_bin import AlignBinStageConfig, assign_bin, uniform_ed
 from capmill.stages.base import RunContext
 from capmill.stages.dedup import DedupStageConfig, normalise_text
 from capmill.stages.filter import FilterRule, FilterStageConfig
-from capmill.metrics.embedding import clipscore_from_cosine
 from capmill.stages.score import ClipScoreStageConfig
 from capmill.stages.text_similarity import TextSimilarityStageConfig
 from capmill.stages.tldr import kmeans, select

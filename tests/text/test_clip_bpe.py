@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from capmill.text.clip_bpe import clip_bpe, count_clip_tokens
 from capmill.testing.hostile import hostile_alt_texts
+from capmill.text.clip_bpe import clip_bpe, count_clip_tokens
 
 
 def _texts():

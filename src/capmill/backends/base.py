@@ -54,6 +54,18 @@ class VideoInput:
     seconds: float  # length of the video (or clip)
     data: bytes | None = None
     ext: str | None = None
+    path: str | None = None  # where the file is, when its bytes were never read (a folder input)
+
+    def file_bytes(self) -> bytes:
+        """The encoded video, read from `path` when the bytes are not at hand."""
+        if self.data is None:
+            if self.path is None:
+                raise ValueError("video request carries neither bytes nor a path")
+            import fsspec
+
+            with fsspec.open(self.path, "rb") as f:
+                self.data = f.read()
+        return self.data
 
     @property
     def fps(self) -> float:

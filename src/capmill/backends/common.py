@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from capmill.prompts.safety import neutralise_special_tokens
+from capmill.prompts.safety import delimiters, neutralise_model_tokens
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -36,10 +36,25 @@ def model_special_tokens(tokenizer: Any) -> list[str]:
     return sorted((t for t in found if t and len(t) > 1 and not _WORDLIKE.match(t)), key=len, reverse=True)
 
 
+# capmill's delimiters around untrusted text, as one splitting pattern (the capture group keeps
+# them in the split's output).
+_DELIMITERS = re.compile("(" + "|".join(re.escape(d) for d in delimiters()) + ")")
+
+
 def neutralise_for(text: str, special_tokens: Iterable[str]) -> str:
     """`text` with every known special-token shape and every one of `special_tokens` broken, so
-    that none of it reaches a tokenizer as a special token."""
-    text = neutralise_special_tokens(text)
+    that none of it reaches a tokenizer as a special token.
+
+    capmill's delimiters (`<alt_text>` … `</alt_text>` and the other kinds) are left exactly as
+    they are: untrusted text was neutralised before it was wrapped, so every delimiter in a
+    prompt is a real one, and rewriting them here would make the real closing marker identical to
+    a neutralised forgery inside the data. Only the text between them is touched."""
+    parts = _DELIMITERS.split(text)
+    return "".join(part if i % 2 else _neutralise_part(part, special_tokens) for i, part in enumerate(parts))
+
+
+def _neutralise_part(text: str, special_tokens: Iterable[str]) -> str:
+    text = neutralise_model_tokens(text)
     for token in special_tokens:
         if token in text:
             broken = token.translate(_LOOKALIKE)
@@ -76,6 +91,19 @@ def per_image_once(requests: Sequence[VLMRequest], prepare: Callable[[Image.Imag
                 done[id(image)] = prepare(image)
         rows.append([done[id(image)] for image in request.images])
     return rows
+
+
+def frames_as_images(request: VLMRequest) -> VLMRequest:
+    """A video request as an image request: the frames in order, their timestamps stated before
+    the prompt. For models and servers that take images but no video."""
+    from capmill.backends.base import VLMRequest
+
+    video = request.video
+    times = ", ".join(f"{t:.1f} s" for t in video.times)
+    intro = (f"The {len(video.frames)} images are frames of one {video.seconds:.0f}-second video, in order, "
+             f"taken at {times}.\n")
+    return VLMRequest(prompt=intro + request.prompt, images=[*request.images, *video.frames], n=request.n,
+                      system=request.system, params=request.params, tag=request.tag)
 
 
 def greedy(params: GenerationParams) -> bool:

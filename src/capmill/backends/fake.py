@@ -5,7 +5,9 @@ carry no meaning: they are derived from a hash of the request's tag (the sample 
 and prompt — and, for a video request, the number of frames and the seconds it received — so
 the same input always gives the same output, in any process and executor. Tests
 can also queue exact answers (`responses`) and read back every prompt it saw (`prompts`), the
-way llm's mock model works.
+way llm's mock model works, and script answers by what the prompt contains (`script`): a
+model that obeys an injection, refuses, loops or is cut off, deterministically and in any
+batch order.
 """
 
 from __future__ import annotations
@@ -20,13 +22,25 @@ import numpy as np
 from pydantic import Field
 
 from capmill.backends.base import ChatRequest, Generation, Segment, SpeechRequest, Transcript, VLMRequest
-from capmill.components import BackendConfig
+from capmill.components import BackendConfig, Strict
 
 _WORDS = (
     "a photo of the red blue green small large old wooden metal dog cat bicycle street "
     "table window tree sky person woman man child car building river mountain beach cup "
     "plate flower garden road sign light shadow near beside under over with in on and"
 ).split()
+
+
+class ScriptedAnswer(Strict):
+    """An answer the fake gives to every prompt containing `when` (never consumed)."""
+
+    when: str
+    # "{text}" is replaced by the hashed text the fake would otherwise have written, so
+    # "{text} PWNED" scripts an injection appended to a plausible answer; "{prompt}" by the first
+    # line of the request's instructions (its system prompt, else its prompt): a prompt leak.
+    answer: str
+    # Reported as the finish reason ("length": the answer was cut at the token limit).
+    finish_reason: str | None = None
 
 
 class FakeBackendConfig(BackendConfig):
@@ -38,6 +52,8 @@ class FakeBackendConfig(BackendConfig):
     delay_s: float = Field(0.0, ge=0)
     # Queued answers, consumed in order before falling back to hashed text.
     responses: list[str] = Field(default_factory=list)
+    # Answers chosen by what the prompt contains, checked in order after the queue is empty.
+    script: list[ScriptedAnswer] = Field(default_factory=list)
     # Embedding width for the scorer/embedder roles.
     dim: int = Field(32, ge=2)
     # Seconds of audio per transcript segment (the speech-recognizer role).
@@ -82,10 +98,22 @@ class FakeBackend:
     def close(self) -> None:
         pass
 
-    def _answer(self, seed: str, n: int) -> list[str]:
+    def _answer(self, seed: str, prompt: str, n: int, instructions: str = "") -> Generation:
         with self._lock:
             queued = [self._responses.popleft() for _ in range(min(n, len(self._responses)))]
-        return queued + [hashed_text(f"{seed}#{i}", self.config.words) for i in range(len(queued), n)]
+        texts, reasons = list(queued), ["stop"] * len(queued)
+        for i in range(len(queued), n):
+            text, reason = hashed_text(f"{seed}#{i}", self.config.words), "stop"
+            rule = next((r for r in self.config.script if r.when in prompt), None)
+            if rule is not None:
+                leak = instructions.strip().split("\n", 1)[0][:200]
+                text, reason = rule.answer.replace("{text}", text).replace("{prompt}", leak), rule.finish_reason or "stop"
+            texts.append(text)
+            reasons.append(reason)
+        meta = {"backend": "fake"}
+        if self.config.script:
+            meta["finish_reasons"] = reasons
+        return Generation(texts=texts, meta=meta)
 
     def _sleep(self) -> None:
         if self.config.delay_s:
@@ -99,11 +127,14 @@ class FakeBackend:
         return [self._generation(r) for r in requests]
 
     def _generation(self, r: VLMRequest) -> Generation:
-        if r.video is None:
-            return Generation(texts=self._answer(f"{r.tag}|{r.prompt}", r.n), meta={"backend": "fake"})
-        frames, seconds = len(r.video.frames), round(r.video.seconds, 1)
-        return Generation(texts=self._answer(f"{r.tag}|{r.prompt}|{frames} frames|{seconds} s", r.n),
-                          meta={"backend": "fake", "frames": frames, "seconds": seconds})
+        seed = f"{r.tag}|{r.prompt}"
+        if r.video is not None:
+            frames, seconds = len(r.video.frames), round(r.video.seconds, 1)
+            seed += f"|{frames} frames|{seconds} s"
+        gen = self._answer(seed, f"{r.system or ''}\n{r.prompt}", r.n, r.system or r.prompt)
+        if r.video is not None:
+            gen.meta.update(frames=frames, seconds=seconds)
+        return gen
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         self._sleep()
@@ -112,7 +143,7 @@ class FakeBackend:
             rendered = "\n".join(f"{m['role']}: {m['content']}" for m in r.messages)
             with self._lock:
                 self.prompts.append(rendered)
-            out.append(Generation(texts=self._answer(f"{r.tag}|{rendered}", r.n), meta={"backend": "fake"}))
+            out.append(self._answer(f"{r.tag}|{rendered}", rendered, r.n, r.messages[0]["content"] if r.messages else ""))
         with self._lock:
             self.batch_sizes.append(len(requests))
         return out

@@ -36,6 +36,7 @@ from capmill.backends.availability import resolve_model
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, TokenLogits, VLMRequest
 from capmill.backends.common import (
     fit_pixel_budget,
+    frames_as_images,
     hf_generate_kwargs,
     import_torch_stack,
     model_special_tokens,
@@ -227,17 +228,6 @@ def _same_features(a: Any, b: Any) -> bool:
         torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
-def frames_as_images(request: VLMRequest) -> VLMRequest:
-    """A video request as an image request: the frames in order, their timestamps stated
-    before the prompt (for models without a video processor)."""
-    video = request.video
-    times = ", ".join(f"{t:.1f} s" for t in video.times)
-    intro = (f"The {len(video.frames)} images are frames of one {video.seconds:.0f}-second video, in order, "
-             f"taken at {times}.\n")
-    return VLMRequest(prompt=intro + request.prompt, images=[*request.images, *video.frames], n=request.n,
-                      system=request.system, params=request.params, tag=request.tag)
-
-
 def video_kwargs(videos: list[Any]) -> dict[str, Any]:
     """Processor keywords for already sampled videos: the frames, their rate as metadata (so
     models that place frames in time, Qwen2.5-VL and later, see the real timing), and no second
@@ -268,8 +258,7 @@ class TransformersBackend:
         if self.model is not None:
             return
         import_torch_stack()
-        from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
-                                  AutoTokenizer)
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         cfg = self.config
         path = resolve_model(cfg.model, cfg.revision)

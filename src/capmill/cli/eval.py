@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-EVAL_FILE = "_eval.json"
+from capmill.eval.history import EVAL_FILE
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fields", default="alt_text", help="comma-separated caption fields (default alt_text)")
     p.add_argument("--references", help="COCO-style JSON ({annotations: [{image_id: KEY, caption}]}) keyed by sample key")
     p.add_argument("--json", dest="json_out", help="write field → metric → value here "
-                   f"(a capmill output directory also gets OUT/{EVAL_FILE}, which `capmill report` shows)")
+                   f"(a capmill output directory also keeps every evaluation in OUT/{EVAL_FILE}, which "
+                   "`capmill report` shows)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N ok samples")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="two fields of PATH, or two paths (then --fields are evaluated in both), side by side")
     p.add_argument("--scorer", help="ImageTextScorer backend as YAML, e.g. '{type: clip, model: /models/clip-b32}' "
@@ -66,8 +68,8 @@ def build_config(args: argparse.Namespace, fields: list[str]):
 
 
 def main(args: argparse.Namespace) -> int:
+    from capmill.api.evaluate import evaluate_paths
     from capmill.cli.main import EXIT_FAILED, EXIT_OK
-    from capmill.eval import evaluate, load_references, load_set
     from capmill.eval.table import render
 
     fields = _split(args.fields)
@@ -79,15 +81,10 @@ def main(args: argparse.Namespace) -> int:
         else:
             fields = [a, b]
     config = build_config(args, fields)
-    references = load_references(args.references) if args.references else None
-    needs_images = not {"clip", "retrieval"} <= set(config.skip)
-    results = {}
-    for path in paths:
-        data = load_set(path, config.fields, kind=args.type, with_images=needs_images)
-        result = evaluate(data, config, references)
+    results = evaluate_paths(paths, config, args.references, kind=args.type, limit=args.limit)
+    for path, result in results.items():
         for note in result.notes:
             print(f"capmill eval: {path}: {note}", file=sys.stderr)
-        results[path] = result
     if len(paths) == 2:
         columns = {f"{os.path.basename(p.rstrip('/'))}:{f}": results[p].metrics[f] for f in fields for p in paths}
         payload = {p: results[p].to_json() for p in paths}
@@ -96,16 +93,9 @@ def main(args: argparse.Namespace) -> int:
         payload = results[args.path].to_json()
     print(render(columns))
     if args.json_out:
-        _write(args.json_out, payload)
-    for path in paths:
-        if os.path.exists(os.path.join(path, "_run.json")):
-            _write(os.path.join(path, EVAL_FILE), results[path].to_json())
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, ensure_ascii=False, allow_nan=False)
+            f.write("\n")
     empty = all(not any(not (isinstance(v, float) and math.isnan(v)) for v in m.values())
                 for r in results.values() for m in r.metrics.values())
     return EXIT_FAILED if empty else EXIT_OK
-
-
-def _write(path: str, payload) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, ensure_ascii=False, allow_nan=False)
-        f.write("\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -18,6 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate the config and list the shards; write nothing")
     p.add_argument("--force", action="store_true", help="discard results of a different config in the output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout (the table still goes to stderr)")
     p.set_defaults(handler=main)
 
 
@@ -35,14 +37,21 @@ def load_run_config(args: argparse.Namespace, command: str = "run"):
 
 
 def main(args: argparse.Namespace) -> int:
+    from capmill.api.pipeline import Pipeline
     from capmill.cli.main import EXIT_FAILED, EXIT_OK
-    from capmill.run import run
 
-    config = load_run_config(args)
-    summary = run(config, force=args.force, limit=args.limit, dry_run=args.dry_run, progress=not args.no_progress)
+    pipeline = Pipeline.from_config(load_run_config(args))
+    config = pipeline.config
+    summary = pipeline.run(force=args.force, limit=args.limit, dry_run=args.dry_run, progress=not args.no_progress)
     if args.dry_run:
-        print(f"config OK: {summary.shards_total} shard(s) to read from {config.input.type} input, "
-              f"{len(config.stages)} stage(s), output {config.output.path}")
+        if args.json:
+            print(json.dumps({"dry_run": True, "shards_total": summary.shards_total, "input": config.input.type,
+                              "stages": len(config.stages), "output": config.output.path}))
+        else:
+            print(f"config OK: {summary.shards_total} shard(s) to read from {config.input.type} input, "
+                  f"{len(config.stages)} stage(s), output {config.output.path}")
         return EXIT_OK
     print(summary.render(), file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.to_dict(), ensure_ascii=False))
     return EXIT_OK if summary.ok else EXIT_FAILED

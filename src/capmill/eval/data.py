@@ -47,7 +47,9 @@ def candidates_of(sample: Sample, name: str, text: str | None) -> list[str]:
     return ([text] if text is not None else []) + [c for c in extra if isinstance(c, str)]
 
 
-def load_set(path: str, fields: list[str], kind: str | None = None, with_images: bool = True) -> EvalSet:
+def load_set(path: str, fields: list[str], kind: str | None = None, with_images: bool = True,
+             limit: int | None = None) -> EvalSet:
+    """The fields (and images) of the ok samples of `path`, the first `limit` of them when set."""
     from capmill.outputdir import OutputDir
     from capmill.readers.guess import input_for
 
@@ -59,7 +61,11 @@ def load_set(path: str, fields: list[str], kind: str | None = None, with_images:
         out.run = OutputDir(path).read_run()
     reader = config.build()
     for shard in reader.shards():
+        if limit is not None and len(out.keys) >= limit:
+            break
         for sample in reader.read(shard):
+            if limit is not None and len(out.keys) >= limit:
+                break
             if not sample.ok:
                 out.excluded[sample.status] += 1
                 continue
@@ -69,7 +75,7 @@ def load_set(path: str, fields: list[str], kind: str | None = None, with_images:
                 out.texts[name].append(text)
                 out.candidates[name].append(candidates_of(sample, name, text))
             out.images.append(_image_bytes(sample) if with_images else None)
-    if config.type == "capmill":
+    if config.type == "capmill" and limit is None:
         # Dropped samples are not in the shards (only in _rejects/ when asked for): the commit
         # records count every status.
         for stats in OutputDir(path).all_stats():

@@ -67,9 +67,10 @@ class EvalResult:
 
 
 def evaluate(data: EvalSet, config: EvalConfig, references: dict[str, list[str]] | None = None,
-             scorer: Any = None, coco: Any = None) -> EvalResult:
+             scorer: Any = None, coco: Any = None, cache: Any = None) -> EvalResult:
     """All metrics for `data`. `scorer` / `coco` may be passed in to share loaded models and the
-    METEOR JVM between calls (e.g. --compare of two runs)."""
+    METEOR JVM between calls (e.g. --compare of two runs); `cache` (an `EmbeddingCache` for this
+    scorer) keeps image embeddings between evaluations."""
     import time
 
     result = EvalResult(metrics={f: {} for f in config.fields})
@@ -96,7 +97,7 @@ def evaluate(data: EvalSet, config: EvalConfig, references: dict[str, list[str]]
     result.timings["text"] = time.perf_counter() - start
     if not {"clip", "retrieval"} <= set(config.skip):
         start = time.perf_counter()
-        _embedding_metrics(data, config, references, scorer, result)
+        _embedding_metrics(data, config, references, scorer, result, cache)
         result.timings["embedding"] = time.perf_counter() - start
     if references is not None and "coco" not in config.skip:
         start = time.perf_counter()
@@ -124,7 +125,7 @@ def scorer_overlap(run: dict[str, Any] | None, scorer_ids: list[str]) -> list[st
     return [stage for stage, ids in (run.get("models") or {}).items() if set(ids) & set(scorer_ids)]
 
 
-def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, result: EvalResult) -> None:
+def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, result: EvalResult, cache=None) -> None:
     import numpy as np
 
     from capmill.metrics import embedding as rf
@@ -146,7 +147,7 @@ def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, re
             f"({', '.join(overlap)}); captions ranked, filtered or written with it score higher by construction. "
             f"Evaluate with another scorer (--scorer).")
     try:
-        images = _embed_images(scorer, data, config.batch_size)
+        images = _embed_images(scorer, data, config.batch_size, cache)
         for name in config.fields:
             rows = [i for i, t in enumerate(data.texts[name]) if t is not None]
             if not rows:
@@ -190,50 +191,61 @@ def _nanmean(values, result: EvalResult, label: str) -> float:
     return float(np.nanmean(values)) if bad < len(values) else float("nan")
 
 
-def _embed_images(scorer, data: EvalSet, batch_size: int):
+def _embed_images(scorer, data: EvalSet, batch_size: int, cache=None):
+    """One row per sample (NaN where the image is missing or cannot be decoded); rows found in
+    `cache` (key and image digest) are not embedded again, new ones are added to it."""
     import numpy as np
 
     from capmill.errors import SampleError
+    from capmill.eval.cache import digest
     from capmill.media.image import ImageConfig, decode_image
     from capmill.media.kinds import sniff_video_ext
 
     config = ImageConfig()
-    out: list[Any] = []
-    dim = None
-    for start in range(0, len(data.images), batch_size):
-        chunk = data.images[start:start + batch_size]
-        decoded, where, videos = [], [], []
-        for i, raw in enumerate(chunk):
-            if raw is None:
+    rows: list[Any] = [None] * len(data.images)
+    digests: list[str] = [""] * len(data.images)
+    todo = []
+    for i, raw in enumerate(data.images):
+        if raw is None:
+            continue
+        if cache is not None:
+            digests[i] = digest(raw)
+            rows[i] = cache.get(data.keys[i], digests[i])
+            if rows[i] is not None:
                 continue
+        todo.append(i)
+    for start in range(0, len(todo), batch_size):
+        decoded, where = [], []
+        for i in todo[start:start + batch_size]:
             try:
-                if sniff_video_ext(raw) is not None:
-                    videos.append((i, _video_frames(raw)))
-                else:
-                    decoded.append(decode_image(raw, config))
-                    where.append(i)
+                if sniff_video_ext(data.images[i]) is not None:
+                    # A video's embedding is the normalised mean of its frames' (the usual video
+                    # CLIPScore); it is computed here, one scorer call per video.
+                    frames = np.asarray(scorer.embed_images(_video_frames(data.images[i])))
+                    mean = frames.mean(axis=0)
+                    rows[i] = (mean / (np.linalg.norm(mean) or 1.0)).astype(frames.dtype)
+                    if cache is not None:
+                        cache.put(data.keys[i], digests[i], rows[i])
+                    continue
+                decoded.append(decode_image(data.images[i], config))
+                where.append(i)
             except SampleError:
                 continue
-        emb = np.asarray(scorer.embed_images(decoded), dtype=np.float64) if decoded else None
-        if videos:
-            # A video's embedding is the normalised mean of its frames' (the usual video CLIPScore).
-            frames = [f for _, fs in videos for f in fs]
-            frame_emb = np.asarray(scorer.embed_images(frames), dtype=np.float64)
-            pooled, at = [], 0
-            for _, fs in videos:
-                mean = frame_emb[at:at + len(fs)].mean(axis=0)
-                pooled.append(mean / (np.linalg.norm(mean) or 1.0))
-                at += len(fs)
-            emb = np.concatenate([emb, np.stack(pooled)]) if emb is not None else np.stack(pooled)
-            where = where + [i for i, _ in videos]
-        if emb is not None:
-            dim = emb.shape[1]
-        block = np.full((len(chunk), dim or 1), np.nan)
-        if emb is not None:
-            block[where] = emb
-        out.append(block)
-    width = dim or 1
-    return np.concatenate([b if b.shape[1] == width else np.full((len(b), width), np.nan) for b in out])
+        if not decoded:
+            continue
+        # Kept in the scorer's own dtype, so a cached row gives the very figure a fresh one does.
+        for i, emb in zip(where, np.asarray(scorer.embed_images(decoded)), strict=True):
+            rows[i] = emb
+            if cache is not None:
+                cache.put(data.keys[i], digests[i], emb)
+    if cache is not None:
+        cache.save()
+    dim = next((len(r) for r in rows if r is not None), 1)
+    out = np.full((len(rows), dim), np.nan)
+    for i, row in enumerate(rows):
+        if row is not None:
+            out[i] = row
+    return out
 
 
 def _video_frames(data: bytes, count: int = 8) -> list[Any]:

@@ -64,8 +64,8 @@ def load_or_fit(ctx: RunContext, name: str, identity: dict[str, Any], fit: Calla
 def fit_samples(ctx: RunContext, input_config: Any, max_samples: int | None, decode: bool = True) -> Iterator[Sample]:
     """Up to `max_samples` ok samples of the input, taken evenly from every shard in shard order
     (deterministic, so a refit gives the same result), images decoded when `decode`."""
-    from capmill.media.image import ImageConfig
     from capmill.media.decode import decode_one
+    from capmill.media.image import ImageConfig
 
     reader = input_config.build()
     shards = reader.shards()

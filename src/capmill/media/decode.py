@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from capmill.errors import SampleError
-from capmill.media.image import ImageConfig, decode_image
+from capmill.media.image import ImageConfig, decode_image, prepare_image
 from capmill.sample import DECODE_ERROR, READ_ERROR, VIDEO, Sample
 
 
@@ -33,7 +33,13 @@ def decode_one(sample: Sample, config: ImageConfig) -> None:
         return
     ref = sample.image
     if ref.data is None and ref.path is None and ref.url is None:
-        sample.fail(DECODE_ERROR, "sample has no image")
+        if ref.image is None:
+            sample.fail(DECODE_ERROR, "sample has no image")
+            return
+        try:  # handed over decoded (the Python API): the same checks and normalisation
+            ref.image = prepare_image(ref.image, config)
+        except SampleError as e:
+            sample.fail(e.status, e.reason)
         return
     try:
         data = ref.read_bytes()

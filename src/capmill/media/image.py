@@ -74,7 +74,7 @@ def to_rgb(img):
 
 def decode_image(data: bytes, config: ImageConfig):
     """Encoded bytes → an RGB PIL image, or ImageDecodeError with the reason."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
@@ -103,18 +103,43 @@ def decode_image(data: bytes, config: ImageConfig):
             # size: far less work than decoding in full and shrinking afterwards.
             scale = config.max_side / max(width, height)
             img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)  # animated GIF/WebP: the first frame
-        img.load()
-        if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when there is nothing to do
-            img = ImageOps.exif_transpose(img)
-        img = to_rgb(img)
-        if config.max_side and max(img.size) > config.max_side:
-            img.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC)
+        return _normalise(img, config)
     except ImageDecodeError:
         raise
     except Exception as e:  # truncated data, bad EXIF, codec errors
         raise ImageDecodeError(f"unreadable or truncated image: {type(e).__name__}: {e}") from None
+
+
+def prepare_image(img, config: ImageConfig):
+    """An image that is already a PIL object (handed over by the Python API) through the same
+    checks and normalisation as decoded bytes: pixel limit, first frame, EXIF orientation, RGB,
+    bounded size. The format list does not apply (the caller decoded it). The caller's image is
+    never modified."""
+    width, height = img.size
+    if width * height > config.max_pixels:
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image has an empty size {width}x{height}")
+    try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated GIF/WebP: the first frame
+        return _normalise(img.copy(), config)  # a copy: normalising works in place
+    except Exception as e:
+        raise ImageDecodeError(f"unusable image: {type(e).__name__}: {e}") from None
+
+
+def _normalise(img, config: ImageConfig):
+    """First frame, loaded, EXIF orientation applied, RGB, longest side at most `max_side`."""
+    from PIL import Image, ImageOps
+
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)  # animated GIF/WebP: the first frame
+    img.load()
+    if img.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when there is nothing to do
+        img = ImageOps.exif_transpose(img)
+    img = to_rgb(img)
+    if config.max_side and max(img.size) > config.max_side:
+        img.thumbnail((config.max_side, config.max_side), Image.Resampling.BICUBIC)
     return img
 
 

@@ -348,7 +348,7 @@ def video_input(sample: Any, frames: list[Frame] | None = None) -> Any:
 
     chosen = frames if frames is not None else (sample.media.frames or [])
     return VideoInput(frames=[f.image for f in chosen], times=[f.t for f in chosen], seconds=window_seconds(sample),
-                      data=sample.media.data, ext=sample.media.ext)
+                      data=sample.media.data, ext=sample.media.ext, path=sample.media.path)
 
 
 def frame_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -392,6 +392,30 @@ def decode_video(ref: MediaRef, config: VideoConfig) -> tuple[list[Frame], Video
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"corrupt video data: {_reason(e)}") from None
     return frames, info
+
+
+def frames_at(ref: MediaRef, times: list[float], config: VideoConfig) -> list[Frame]:
+    """The frames shown at `times` (seconds from the start of the sample's window), with the
+    hygiene of `decode_video`: to show again the frames a run sampled (their times are recorded
+    in the output)."""
+    import av
+
+    deadline = Deadline(config.timeout_s)
+    with open_container(ref) as container:
+        stream, info = stream_info(container)
+        window = None
+        if ref.clip is not None:
+            window = (max(0.0, ref.clip.start - ref.clip.offset), max(0.0, ref.clip.end - ref.clip.offset))
+        check_header(info, config, window)
+        clock = StreamClock(stream)
+        try:
+            if window is None:
+                window = (0.0, info.duration if info.duration is not None else stream_end(container, stream, clock, config, deadline))
+            keyframes = keyframe_times(container, stream, clock, deadline)
+            wanted = sorted(window[0] + t for t in times)
+            return _decode_at(container, stream, clock, deadline, keyframes, wanted, window, info, config)
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(f"corrupt video data: {_reason(e)}") from None
 
 
 def _decode_at(container, stream, clock, deadline, keyframes, wanted, window, info, config) -> list[Frame]:

@@ -83,5 +83,9 @@ def _record(members: dict[str, bytes]) -> Sample:
         # The stored media member; the record's reference keeps its kind, clip window and
         # sampled frame times.
         ext, data = next(iter(members.items()))
-        sample.image.data, sample.image.ext = data, ext
+        # The stored media member. The tar may store every image under one member name
+        # (output.image_ext); the record keeps the format the bytes really are, and its
+        # reference keeps the kind, clip window and sampled frame times.
+        sample.image.data = data
+        sample.image.ext = sample.image.ext or ext
     return sample

@@ -2,10 +2,13 @@
 
 The page holds everything inline (data as JSON, thumbnails as data: URIs, script and style), so
 it opens from the file system with no server and can be mailed or archived as one file. It shows
-a grid of samples (thumbnail, AltText, every caption with its scores, status) that can be
-filtered by status and sorted by any score, a histogram per score key ("clip:dsc" is the CLIP
-score of the dsc field), the drop reasons summed over `_stats`, and the `capmill eval` figures
-when OUT/_eval.json exists. Dropped samples come from `_rejects/` when the run wrote them.
+the models by id, the status counts and drop reasons summed over `_stats`, every evaluation kept
+in OUT/_eval.json, a histogram per score key with labelled axes ("clip:dsc" is the CLIP score of
+the dsc field), a side-by-side view of two caption fields with their scores, and a grid of
+samples (thumbnail, AltText, every caption with its scores, status) filtered by status and by a
+text search over key, AltText and captions, sorted by key or any score in either order, and
+the output guards' counts (rejected texts by caption key and reason) summed over `_stats`.
+Dropped samples come from `_rejects/` when the run wrote them, with their thumbnails.
 
 All text from the data is inserted with textContent by the script, never as HTML.
 """
@@ -17,16 +20,18 @@ import io
 import json
 import math
 import os
+import re
 from collections import Counter
 from importlib import resources
 from typing import Any
 
 from capmill.errors import ConfigError
+from capmill.eval import history
 from capmill.outputdir import REJECTS_DIR, OutputDir
-from capmill.sample import Sample
+from capmill.sample import VIDEO, ImageRef, Sample
 
 REPORT_FILE = "report.html"
-EVAL_FILE = "_eval.json"
+_HUB_CACHE = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/")
 
 
 def thumbnail(data: bytes | None, size: int) -> str | None:
@@ -43,6 +48,37 @@ def thumbnail(data: bytes | None, size: int) -> str | None:
     image.thumbnail((size, size))
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def frame_strip(sample: Sample, size: int, most: int = 6) -> str | None:
+    """A video's sampled frames side by side (the times its record holds, at most `most` of
+    them, evenly chosen; uniform ones when none are recorded), as a JPEG data URI; None when the
+    video cannot be decoded."""
+    from PIL import Image
+
+    from capmill.errors import SampleError
+    from capmill.media.sampling import SamplingConfig, thin
+    from capmill.media.video import VideoConfig, decode_video, frames_at
+
+    ref = sample.media
+    if not ref.data:
+        return None
+    config = VideoConfig(max_side=size, sampling=SamplingConfig(frames=most))
+    try:
+        times = thin(ref.times, most)
+        frames = frames_at(ref, times, config) if times else decode_video(ref, config)[0]
+    except (SampleError, OSError, ValueError):
+        return None
+    height = max(16, size * 3 // 4)
+    tiles = [f.image.resize((max(1, round(f.image.width * height / f.image.height)), height)) for f in frames]
+    strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height), (255, 255, 255))
+    x = 0
+    for tile in tiles:
+        strip.paste(tile, (x, 0))
+        x += tile.width + 2
+    buf = io.BytesIO()
+    strip.save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -63,7 +99,19 @@ def _record(sample: Sample, thumb: str | None) -> dict[str, Any]:
     }
 
 
+def model_label(model: str) -> str:
+    """What a reader calls the model: the hub id, not where it is installed. A hub cache
+    snapshot gives its owner/name; another local path its folder name."""
+    found = _HUB_CACHE.search(model)
+    if found:
+        return f"{found.group(1)}/{found.group(2)}"
+    if model.startswith(("/", "./", "../", "~")) or os.sep in model and os.path.exists(model):
+        return os.path.basename(os.path.normpath(os.path.expanduser(model))) or model
+    return model
+
+
 def _rejects(out_dir: str) -> list[Sample]:
+    """Dropped samples, with their image bytes when the rejects file has them."""
     folder = os.path.join(out_dir, REJECTS_DIR)
     if not os.path.isdir(folder):
         return []
@@ -72,9 +120,25 @@ def _rejects(out_dir: str) -> list[Sample]:
     samples = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".parquet") and not name.startswith("."):
-            for text in pq.read_table(os.path.join(folder, name), columns=["record"]).column("record").to_pylist():
-                samples.append(Sample.from_json(text))
+            path = os.path.join(folder, name)
+            columns = ["record"] + (["image"] if "image" in pq.read_schema(path).names else [])
+            table = pq.read_table(path, columns=columns).to_pydict()
+            for i, text in enumerate(table["record"]):
+                sample = Sample.from_json(text)
+                image = table.get("image", [None] * len(table["record"]))[i]
+                if image and image.get("bytes"):
+                    sample.image = ImageRef(data=image["bytes"], path=sample.image.path, url=sample.image.url,
+                                            ext=sample.image.ext)
+                samples.append(sample)
     return samples
+
+
+def _evaluations(out_dir: str, config_hash: str | None) -> list[dict[str, Any]]:
+    entries = []
+    for entry in history.load(out_dir):
+        run_hash = entry.get("run_config_hash")
+        entries.append({**entry, "stale": bool(run_hash and config_hash and run_hash != config_hash)})
+    return entries
 
 
 def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dict[str, Any]:
@@ -87,37 +151,43 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         raise ConfigError(f"{out_dir!r} is not a capmill output directory (no _run.json)")
     reader = RunOutputInput(path=out_dir).build()
     records, statuses, total = [], Counter(), 0
-    for shard in reader.shards():
-        for sample in reader.read(shard):
-            total += 1
-            statuses[sample.status] += 1
-            if len(records) < max_samples:
-                records.append(_record(sample, thumbnail(sample.image.data, thumb_size)))
-    for sample in _rejects(out_dir):
+    fields: dict[str, None] = {"alt_text": None}
+    for sample in _all_samples(reader, out_dir):
         total += 1
         statuses[sample.status] += 1
+        fields.update(dict.fromkeys(sample.captions))
         if len(records) < max_samples:
-            records.append(_record(sample, None))
+            if sample.media.kind == VIDEO:  # a strip of the frames the run sampled
+                records.append({**_record(sample, frame_strip(sample, thumb_size)), "strip": True})
+            else:
+                records.append(_record(sample, thumbnail(sample.image.data, thumb_size)))
     drops: Counter = Counter()
+    guards: Counter = Counter()
     for stats in out.all_stats():
         drops.update(stats.get("drops", {}))
-    eval_path = os.path.join(out_dir, EVAL_FILE)
-    evaluation = None
-    if os.path.exists(eval_path):
-        with open(eval_path, encoding="utf-8") as f:
-            evaluation = json.load(f)
+        for key, tally in (stats.get("captions") or {}).items():
+            guards.update({f"{key}: {reason}": n for reason, n in (tally.get("guards") or {}).items()})
+    models = {stage: [{"id": model_label(m), "source": m} for m in ids] for stage, ids in (run.get("models") or {}).items()}
     return {
         "title": os.path.basename(os.path.abspath(out_dir)),
         "created": run.get("created"),
         "config_hash": run.get("config_hash"),
-        "models": run.get("models", {}),
+        "models": models,
         "total": total,
         "shown": len(records),
         "statuses": dict(statuses),
         "drops": dict(drops.most_common()),
-        "eval": evaluation,
+        "fields": list(fields),
+        "evaluations": _evaluations(out_dir, run.get("config_hash")),
+        "guards": dict(sorted(guards.items(), key=lambda kv: (-kv[1], kv[0]))),
         "samples": records,
     }
+
+
+def _all_samples(reader, out_dir: str):
+    for shard in reader.shards():
+        yield from reader.read(shard)
+    yield from _rejects(out_dir)
 
 
 def render(data: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ window.addEventListener("error", (e) => {
 });
 
 const DATA = JSON.parse(document.getElementById("data").textContent);
+const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -13,6 +14,13 @@ function el(tag, attrs, ...children) {
     if (k === "class") node.className = v; else node.setAttribute(k, v);
   }
   for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
   return node;
 }
 
@@ -31,20 +39,50 @@ function fillTable(table, rows, header) {
 
 function overview() {
   document.getElementById("title").textContent = "capmill report: " + DATA.title;
-  const models = Object.entries(DATA.models || {}).map(([s, ids]) => s + " " + ids.join(", ")).join("; ");
   document.getElementById("summary").textContent =
-    `${DATA.total} samples (${DATA.shown} shown) · config ${DATA.config_hash || "?"} · created ${DATA.created || "?"}` +
-    (models ? " · models: " + models : "");
+    `${DATA.total} samples (${DATA.shown} shown) · config ${DATA.config_hash || "?"} · created ${DATA.created || "?"}`;
+  const models = document.getElementById("models");
+  const stages = Object.entries(DATA.models || {});
+  if (stages.length) models.append("models: ");
+  stages.forEach(([stage, ids], i) => {
+    if (i) models.append(" · ");
+    models.append(stage + " ");
+    ids.forEach((m, j) => {
+      if (j) models.append(", ");
+      models.append(el("span", { class: "model", title: m.source }, m.id));
+    });
+  });
   fillTable(document.getElementById("statuses"), Object.entries(DATA.statuses));
   fillTable(document.getElementById("drops"), Object.entries(DATA.drops));
-  const evalTable = document.getElementById("eval");
-  if (!DATA.eval) {
-    document.getElementById("eval-box").append(el("p", {}, "no _eval.json: run `capmill eval OUT --fields ...` first"));
+  // Rejected texts by "caption key: reason" (see the guards section of the README).
+  fillTable(document.getElementById("guards"), Object.entries(DATA.guards || {}));
+}
+
+function evaluations() {
+  const box = document.getElementById("evaluations");
+  const entries = DATA.evaluations || [];
+  if (!entries.length) {
+    box.append(el("p", {}, "no evaluation yet: run `capmill eval OUT --fields ...`; every evaluation is kept and shown here"));
     return;
   }
-  const fields = Object.keys(DATA.eval);
-  const metrics = [...new Set(fields.flatMap((f) => Object.keys(DATA.eval[f])))];
-  fillTable(evalTable, metrics.map((m) => [m, ...fields.map((f) => DATA.eval[f][m] ?? null)]), ["metric", ...fields]);
+  // Newest first; each evaluation keeps its own table, so figures of other fields, references or
+  // scorers stay side by side.
+  for (const e of entries.slice().reverse()) {
+    const refs = e.references ? (e.references.path ? e.references.path.split("/").pop() : "given in Python") +
+      ` (${e.references.sha256})` : "none";
+    const what = [`fields: ${(e.fields || []).join(", ")}`, `scorer: ${e.scorer || "none"}`, `references: ${refs}`];
+    if (e.samples !== undefined) what.push(`${e.samples} samples`);
+    if (e.limit) what.push(`--limit ${e.limit}`);
+    if (e.created) what.push(e.created);
+    if (e.stale) what.push("from an earlier run of this folder (another config)");
+    const table = el("table", {});
+    const fields = Object.keys(e.metrics || {});
+    const metrics = [...new Set(fields.flatMap((f) => Object.keys(e.metrics[f])))];
+    fillTable(table, metrics.map((m) => [m, ...fields.map((f) => e.metrics[f][m] ?? null)]), ["metric", ...fields]);
+    const node = el("div", { class: "evaluation" + (e.stale ? " stale" : "") }, el("div", { class: "what" }, what.join(" · ")), table);
+    if ((e.notes || []).length) node.append(el("details", {}, el("summary", {}, `${e.notes.length} notes`), el("pre", {}, e.notes.join("\n"))));
+    box.append(node);
+  }
 }
 
 function scoreKeys() {
@@ -53,6 +91,7 @@ function scoreKeys() {
   return [...keys].sort();
 }
 
+// A histogram with labelled axes: x is the score (min, middle, max ticks), y the number of samples.
 function histogram(key, bins = 20) {
   const values = DATA.samples.map((s) => s.scores[key]).filter((v) => v !== null && v !== undefined);
   const box = el("div", { class: "hist", "data-score": key }, el("div", { class: "label" }, `${key} (n=${values.length})`));
@@ -62,57 +101,121 @@ function histogram(key, bins = 20) {
   const counts = new Array(bins).fill(0);
   for (const v of values) counts[Math.min(bins - 1, Math.floor((v - lo) / width))]++;
   const peak = Math.max(...counts);
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("width", "220"); svg.setAttribute("height", "80");
+  const [x0, y0, w, h] = [40, 6, 200, 80];
+  const chart = svg("svg", { width: 250, height: 124, role: "img", "aria-label": `histogram of ${key}` });
   counts.forEach((c, i) => {
-    const r = document.createElementNS(ns, "rect");
-    const h = peak ? (c / peak) * 70 : 0;
-    r.setAttribute("x", String(i * 11)); r.setAttribute("y", String(75 - h));
-    r.setAttribute("width", "10"); r.setAttribute("height", String(h));
-    const t = document.createElementNS(ns, "title");
-    t.textContent = `${fmt(lo + i * width)} – ${fmt(lo + (i + 1) * width)}: ${c}`;
-    r.append(t); svg.append(r);
+    const bh = peak ? (c / peak) * h : 0;
+    const r = svg("rect", { x: x0 + i * (w / bins) + 0.5, y: y0 + h - bh, width: w / bins - 1, height: bh });
+    r.append(svg("title", {}, `${fmt(lo + i * width)} – ${fmt(lo + (i + 1) * width)}: ${c}`));
+    chart.append(r);
   });
-  box.append(svg, el("div", { class: "scores" }, `${fmt(lo)} … ${fmt(hi)}`));
+  chart.append(svg("line", { x1: x0, y1: y0 + h, x2: x0 + w, y2: y0 + h, class: "x-axis" }));
+  chart.append(svg("line", { x1: x0, y1: y0, x2: x0, y2: y0 + h, class: "y-axis" }));
+  for (const [frac, anchor] of [[0, "start"], [0.5, "middle"], [1, "end"]]) {
+    const x = x0 + frac * w;
+    chart.append(svg("line", { x1: x, y1: y0 + h, x2: x, y2: y0 + h + 4 }));
+    chart.append(svg("text", { x, y: y0 + h + 14, "text-anchor": anchor, class: "x-tick" }, fmt(lo + frac * (hi - lo))));
+  }
+  for (const [v, y] of [[0, y0 + h], [peak, y0]]) {
+    chart.append(svg("line", { x1: x0 - 4, y1: y, x2: x0, y2: y }));
+    chart.append(svg("text", { x: x0 - 6, y: y + 3, "text-anchor": "end", class: "y-tick" }, String(v)));
+  }
+  chart.append(svg("text", { x: x0 + w / 2, y: y0 + h + 28, "text-anchor": "middle", class: "x-label" }, key));
+  chart.append(svg("text", { x: 10, y: y0 + h / 2, "text-anchor": "middle", class: "y-label",
+    transform: `rotate(-90 10 ${y0 + h / 2})` }, "samples"));
+  box.append(chart);
   return box;
 }
 
-function card(s) {
+function query() {
+  return document.getElementById("search").value.trim().toLowerCase();
+}
+
+// The text with every occurrence of the search marked (text nodes only, never HTML).
+function highlighted(text, q) {
+  const span = el("span", { class: "text" });
+  if (!q) { span.textContent = text; return span; }
+  const lower = text.toLowerCase();
+  let at = 0;
+  for (let i = lower.indexOf(q); i !== -1; i = lower.indexOf(q, at)) {
+    span.append(text.slice(at, i), el("mark", {}, text.slice(i, i + q.length)));
+    at = i + q.length;
+  }
+  span.append(text.slice(at));
+  return span;
+}
+
+function fieldText(s, name) {
+  return name === "alt_text" ? s.alt_text : s.captions[name];
+}
+
+function matches(s, q) {
+  if (!q) return true;
+  const texts = [s.key, s.alt_text || "", ...Object.values(s.captions)];
+  return texts.some((t) => t && t.toLowerCase().includes(q));
+}
+
+function fieldScores(s, name) {
+  return Object.entries(s.scores).filter(([k]) => k.endsWith(":" + name)).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
+}
+
+function card(s, q) {
   const failed = s.status !== "ok" && s.status !== "dropped";
   const node = el("div", { class: `sample status-${s.status}` + (failed ? " failed" : ""), "data-key": s.key });
-  if (s.thumb) node.append(el("img", { src: s.thumb, alt: "" }));
-  node.append(el("div", { class: "key" }, s.key));
+  if (s.thumb) node.append(el("img", { src: s.thumb, alt: "", class: s.strip ? "strip" : "" }));
+  node.append(el("div", { class: "key" }, highlighted(s.key, q)));
   node.append(el("div", { class: "status" }, s.status + (s.error ? ": " + s.error : "")));
-  const fields = [["alt_text", s.alt_text], ...Object.entries(s.captions)];
-  for (const [name, text] of fields) {
+  for (const name of ["alt_text", ...Object.keys(s.captions)]) {
+    const text = fieldText(s, name);
     if (text === null || text === undefined) continue;
-    const scores = Object.entries(s.scores).filter(([k]) => k.endsWith(":" + name));
-    node.append(el("div", { class: "caption" }, el("span", { class: "name" }, name), el("span", { class: "text" }, text),
-      el("div", { class: "scores" }, scores.map(([k, v]) => `${k} ${fmt(v)}`).join(" · "))));
+    node.append(el("div", { class: "caption" }, el("span", { class: "name" }, name), highlighted(text, q),
+      el("div", { class: "scores" }, fieldScores(s, name))));
   }
   const other = Object.entries(s.scores).filter(([k]) => !k.includes(":"));
   if (other.length) node.append(el("div", { class: "scores" }, other.map(([k, v]) => `${k} ${fmt(v)}`).join(" · ")));
   return node;
 }
 
-function renderGrid() {
+function visibleRows() {
   const status = document.getElementById("status-filter").value;
   const key = document.getElementById("sort-key").value;
-  const desc = document.getElementById("sort-desc").checked;
-  let rows = DATA.samples.filter((s) => !status || s.status === status);
-  const value = (s) => (key ? s.scores[key] : null);
-  rows = rows.slice().sort((a, b) => {
-    if (!key) return a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
-    const va = value(a), vb = value(b);
-    if (va === null || va === undefined) return 1;   // samples without the score go last
-    if (vb === null || vb === undefined) return -1;
-    return desc ? vb - va : va - vb;
+  const sign = document.getElementById("sort-order").value === "asc" ? 1 : -1;
+  const q = query();
+  const rows = DATA.samples.filter((s) => (!status || s.status === status) && matches(s, q));
+  const missing = (v) => v === null || v === undefined;
+  return rows.slice().sort((a, b) => {
+    if (!key) return sign * (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+    const va = a.scores[key], vb = b.scores[key];
+    if (missing(va) || missing(vb)) return missing(va) - missing(vb);  // samples without the score go last
+    return sign * (va - vb) || (a.key < b.key ? -1 : 1);
   });
+}
+
+function renderCompare(rows, q) {
+  const a = document.getElementById("compare-a").value, b = document.getElementById("compare-b").value;
+  const limit = Number(document.getElementById("compare-rows").value);
+  const table = document.getElementById("compare");
+  table.replaceChildren(el("tr", {}, el("th", { class: "thumb" }, ""), el("th", {}, a), el("th", {}, b)));
+  for (const s of rows.slice(0, limit)) {
+    const cell = (name) => {
+      const text = fieldText(s, name);
+      return el("td", { "data-field": name }, text === null || text === undefined ? "–" : highlighted(text, q),
+        el("span", { class: "scores" }, fieldScores(s, name)));
+    };
+    const thumb = el("td", { class: "thumb" }, s.thumb ? el("img", { src: s.thumb, alt: "" }) : "",
+      el("div", { class: "scores" }, s.key + (s.status === "ok" ? "" : ` (${s.status})`)));
+    table.append(el("tr", { "data-key": s.key }, thumb, cell(a), cell(b)));
+  }
+}
+
+function render() {
+  const q = query();
+  const rows = visibleRows();
   const grid = document.getElementById("grid");
-  grid.replaceChildren(...rows.map(card));
+  grid.replaceChildren(...rows.map((s) => card(s, q)));
   grid.dataset.count = String(rows.length);
   document.getElementById("visible-count").textContent = `${rows.length} shown`;
+  renderCompare(rows, q);
 }
 
 function controls() {
@@ -120,11 +223,29 @@ function controls() {
   for (const s of Object.keys(DATA.statuses).sort()) statusSel.append(el("option", { value: s }, s));
   const sortSel = document.getElementById("sort-key");
   for (const k of scoreKeys()) sortSel.append(el("option", { value: k }, k));
-  for (const id of ["status-filter", "sort-key", "sort-desc"]) document.getElementById(id).addEventListener("change", renderGrid);
+  const fields = DATA.fields || ["alt_text"];
+  for (const id of ["compare-a", "compare-b"]) {
+    const sel = document.getElementById(id);
+    for (const f of fields) sel.append(el("option", { value: f }, f));
+  }
+  // Default: the AltText against the last caption the run wrote (e.g. the fused one).
+  document.getElementById("compare-a").value = fields[0];
+  document.getElementById("compare-b").value = fields[fields.length - 1];
+  // Until the reader picks an order, a score sorts best first and the key A to Z.
+  const order = document.getElementById("sort-order");
+  order.addEventListener("change", () => { order.dataset.chosen = "1"; });
+  sortSel.addEventListener("change", () => {
+    if (!order.dataset.chosen) order.value = sortSel.value ? "desc" : "asc";
+  });
+  for (const id of ["status-filter", "sort-key", "sort-order", "compare-a", "compare-b", "compare-rows"]) {
+    document.getElementById(id).addEventListener("change", render);
+  }
+  document.getElementById("search").addEventListener("input", render);
 }
 
 overview();
+evaluations();
 document.getElementById("histograms").append(...scoreKeys().map((k) => histogram(k)));
 controls();
-renderGrid();
+render();
 document.body.dataset.ready = "1";

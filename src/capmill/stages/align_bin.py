@@ -24,10 +24,10 @@ from capmill import keys
 from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.fit import prepass
 from capmill.keys import Key, StageIO
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DECODE_ERROR, Sample
-from capmill.fit import prepass
 from capmill.stages.base import RunContext, Stage
 
 

@@ -9,6 +9,13 @@ and formats and preprocess each image once. Captions that miss their length targ
 regenerated together (one more batched call per retry round) with a firmer instruction, then
 trimmed at a sentence boundary; `meta["length"]` records which happened.
 
+Every caption passes the output guards (`capmill.guards`: refusals, loops, injected
+instructions, URLs, markup or code in no input, another language, a truncated end) before it is
+stored. Rejected captions are asked for again together (`guards.regenerate` rounds, one batched
+call each); one still rejected then goes as `on_reject` says: replaced by the AltText when the
+AltText can stand in (the default; `meta["fallback"]` names the reason), kept but flagged, or
+its sample dropped with the reason. `meta["guards"]` keeps every rejected text with its reasons.
+
 Videos go through the same stage: a format's `media.video` prompt (same format name, prompt id
 "NAME@V:video") with the sample's sampled frames and their timestamps as the request's video.
 A format with no prompt for a sample's kind is skipped for that sample and named in its
@@ -24,12 +31,29 @@ from typing import Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import GenerationParams, VisionLanguageModel, VLMRequest
+from capmill.backends.base import Generation, GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.guards import (
+    DROPPED,
+    FALLBACK,
+    FLAGGED,
+    GuardConfig,
+    Guarded,
+    GuardInput,
+    OutputGuard,
+    finish_reason,
+    settle,
+)
+from capmill.guards.checks import TRUNCATED
+from capmill.guards.config import AUTO
+from capmill.guards.guard import REJECTED_CHARS
+from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
-from capmill.prompts import PromptTemplate, delimited, load_template
+from capmill.prompts import PromptTemplate, load_template, untrusted
+from capmill.prompts.safety import clean_text, source_text, without_untrusted
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, VIDEO, Caption, Sample
+from capmill.sample import DROPPED as DROPPED_STATUS
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
     FIRST_TRY,
@@ -66,6 +90,15 @@ class CaptionStageConfig(StageConfig):
     retries: int | None = Field(None, ge=0)
     # Decoding settings; None uses the backend's configured defaults.
     params: GenerationParams | None = None
+    # Output guards; `language: auto` expects the language the format's prompt is written in.
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    # A caption the guards still reject after regeneration: "alt_text" replaces it with the
+    # AltText (cleaned, cut to the format's length target) when the AltText can stand in — it
+    # has words and no instruction, loop, markup or code — and drops the sample otherwise, since
+    # it then has no trustworthy text for the format; "keep" stores it flagged
+    # (`meta["flagged"]`); "drop" drops the sample. Dropped samples keep the rejected caption
+    # and go to `_rejects/` with `output.rejects`.
+    on_reject: Literal["alt_text", "keep", "drop"] = "alt_text"
 
     def build(self) -> CaptionStage:
         return CaptionStage(self)
@@ -100,11 +133,11 @@ class CaptionStageConfig(StageConfig):
 
     def io(self, available: frozenset[Key]) -> StageIO:
         # The AltText fills the formats' {alt_text} slot when there is one; without it the prompt
-        # still works, so it is not a required read.
-        # Images when any format has an image prompt, else videos (a format written for videos
-        # only); whether a sample is one or the other is known only when it is read.
+        # still works, so it is not a required read. Images when any format has an image prompt,
+        # else videos (formats written for videos only); whether a sample is one or the other is
+        # known only when it is read.
         kinds = {kind for t in self.templates() for kind in t.all_kinds}
-        media = keys.IMAGE if IMAGE in kinds or not kinds & {VIDEO} else keys.VIDEO
+        media = keys.IMAGE if IMAGE in kinds or VIDEO not in kinds else keys.VIDEO
         return StageIO(reads=[media], writes=[keys.caption(k) for k in self.caption_keys()])
 
     def backend_roles(self) -> dict[str, type]:
@@ -112,38 +145,18 @@ class CaptionStageConfig(StageConfig):
 
 
 @dataclass
-class FormatVariant:
+class CaptionFormat:
     """A format's template for one media kind, with its parsed length target and miss policy."""
 
     template: PromptTemplate
     target: LengthTarget | None
     policy: MissPolicy
     count: Callable[[str], int] | None = None  # set in setup: loading a tokenizer is heavy
-
-
-@dataclass
-class CaptionFormat:
-    """A format: its name and its variant per media kind."""
-
-    name: str
-    variants: dict[str, FormatVariant]
-
-    # The variant of the format's top-level template (images, for the built-in formats).
-    @property
-    def main(self) -> FormatVariant:
-        return next(iter(self.variants.values()))
+    language: str | None = None  # expected language of its captions (None: not checked)
 
     @property
-    def template(self) -> PromptTemplate:
-        return self.main.template
-
-    @property
-    def target(self) -> LengthTarget | None:
-        return self.main.target
-
-    @property
-    def policy(self) -> MissPolicy:
-        return self.main.policy
+    def name(self) -> str:
+        return self.template.name
 
 
 @dataclass
@@ -152,11 +165,12 @@ class _Job:
 
     sample: Sample
     fmt: CaptionFormat
-    variant: FormatVariant
-    request: VLMRequest
+    request: VLMRequest  # the request as first sent; retries add a note to a copy
+    given: GuardInput
     texts: list[str] = field(default_factory=list)
     attempts: int = 0
     meta: dict = field(default_factory=dict)
+    guarded: Guarded | None = None
 
 
 class CaptionStage(Stage):
@@ -165,23 +179,36 @@ class CaptionStage(Stage):
     def __init__(self, config: CaptionStageConfig):
         super().__init__(config)
         # Templates are checked when the stage is built, so a bad slot fails before any model loads.
+        # One CaptionFormat per (format, media kind); `formats` holds each format's main one (its
+        # top-level template), `by_kind` each kind's variants in the order of `formats` (None
+        # where a format has no prompt for that kind).
         self.formats = []
+        self.by_kind: dict[str, list[CaptionFormat | None]] = {}
         config.caption_keys()  # a store_as that makes formats collide fails here, before any model loads
-        for base in config.templates():
-            variants = {}
-            for kind in base.all_kinds:
+        bases = config.templates()
+        kinds = {kind for base in bases for kind in base.all_kinds}
+        for base in bases:
+            for kind in sorted(kinds):
                 template = base.for_kind(kind)
-                target, policy = length_settings(template.options, f"format {template.prompt_id}")
-                if config.retries is not None:
-                    policy = policy.model_copy(update={"retries": config.retries})
-                variants[kind] = FormatVariant(template, target, policy)
-            self.formats.append(CaptionFormat(base.name, variants))
+                self.by_kind.setdefault(kind, []).append(self._variant(template) if template is not None else None)
+            self.formats.append(next(v for v in (self.by_kind[k][-1] for k in base.all_kinds) if v is not None))
+        self.order = {fmt.name: i for i, fmt in enumerate(self.formats)}
+        self.guard = OutputGuard(config.guards, stage="caption")
+
+    def _variant(self, template: PromptTemplate) -> CaptionFormat:
+        config = self.config
+        target, policy = length_settings(template.options, f"format {template.prompt_id}")
+        if config.retries is not None:
+            policy = policy.model_copy(update={"retries": config.retries})
+        language = config.guards.language
+        if language == AUTO:  # the language the format asks in (built-in formats: English)
+            language = detect(f"{template.system or ''} {template.template}")
+        return CaptionFormat(template, target, policy, language=language)
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        for fmt in self.formats:
-            for variant in fmt.variants.values():
-                variant.count = counter_for(variant.target) if variant.target is not None else None
+        for fmt in (v for variants in self.by_kind.values() for v in variants if v is not None):
+            fmt.count = counter_for(fmt.target) if fmt.target is not None else None
         self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the caption stage")
 
     def key_for(self, fmt: CaptionFormat) -> str:
@@ -191,49 +218,54 @@ class CaptionStage(Stage):
         cfg = self.config
         jobs: list[_Job] = []
         for sample in batch:
-            kind = sample.media.kind
             media = self._media(sample)
             if media is None:
                 continue
             images, video = media
-            alt = delimited(sample.alt_text, cfg.alt_text_max_chars)
-            without = []
-            for fmt in self.formats:
-                variant = fmt.variants.get(kind)
-                if variant is None:
-                    without.append(fmt.name)
-                    continue
-                slots = {"alt_text": alt, "word_count": variant.target.max if variant.target else 50}
-                if video is not None:
-                    slots.update(seconds=f"{video.seconds:.0f}", frames=len(video.frames))
-                jobs.append(_Job(sample, fmt, variant, VLMRequest(
-                    prompt=variant.template.render(**slots),
-                    images=images,  # the same objects for every format of this sample
-                    n=cfg.n,
-                    system=variant.template.render_system(**slots),
-                    params=cfg.params,
-                    tag=f"{sample.key}:{fmt.name}",
-                    video=video,
-                )))
+            kind = sample.media.kind
+            alt = untrusted(sample.alt_text, "alt_text", cfg.alt_text_max_chars)
+            variants = self.by_kind.get(kind) or [None] * len(self.formats)
+            without = [f.name for f, v in zip(self.formats, variants, strict=True) if v is None]
             if len(without) == len(self.formats):
                 sample.fail(STAGE_ERROR, f"none of the formats {', '.join(without)} has a prompt for {kind} samples "
                                          f"(a format YAML gives one in its `media.{kind}` block)")
-            elif without:
+                continue
+            if without:
                 sample.meta["formats_without_prompt"] = without
+            for fmt in (v for v in variants if v is not None):
+                slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50}
+                if video is not None:
+                    slots.update(seconds=f"{video.seconds:.0f}", frames=len(video.frames))
+                request = VLMRequest(
+                    prompt=fmt.template.render(**slots),
+                    images=images,  # the same objects for every format of this sample
+                    n=cfg.n,
+                    system=fmt.template.render_system(**slots),
+                    params=cfg.params,
+                    tag=f"{sample.key}:{fmt.name}",
+                    video=video,
+                )
+                # The AltText is an input of this caption only when the format shows it to the model;
+                # the guards read it raw (line breaks of fake turns intact) up to a bound that covers
+                # what the prompt held.
+                shown = "alt_text" in fmt.template.slots()
+                sources = {"alt_text": source_text(sample.alt_text, cfg.alt_text_max_chars)} if shown else {}
+                given = GuardInput(sources=sources, prompt=without_untrusted(f"{request.system or ''}\n{request.prompt}"),
+                                   language=fmt.language)
+                jobs.append(_Job(sample, fmt, request, given))
         if not jobs:
             return batch
         # Format-major order: a backend chunking the list gets prompts of one template together,
         # so padding within a chunk stays small.
-        jobs.sort(key=lambda j: (self.formats.index(j.fmt), j.sample.media.kind))
+        jobs.sort(key=lambda j: (self.order[j.fmt.name], j.sample.media.kind))
         self._generate(jobs)
-        retry_round = 0
-        while True:
-            retry_round += 1
-            pending = [j for j in jobs if j.texts and self._too_long(j) and j.variant.policy.retries >= retry_round]
-            if not pending:
-                break
-            self._generate([self._firmer(j) for j in pending], retry=True)
-        for job in jobs:
+        live = [j for j in jobs if j.texts]
+        for job in live:
+            job.guarded = Guarded(job.texts[0], job.given, owner=job)
+        # Rejected captions of the whole batch go back together, one backend call per round.
+        settle(self.guard, [j.guarded for j in live], self._regenerate, skip_for=self._skip_for)
+        self._length_rounds([j for j in live if j.guarded.ok])
+        for job in live:
             self._store(job)
         return batch
 
@@ -256,50 +288,125 @@ class CaptionStage(Stage):
         sample.fail(STAGE_ERROR, f"caption cannot read {kind} samples yet")
         return None
 
-    def _generate(self, jobs: list[_Job], retry: bool = False) -> None:
+    def _generate(self, jobs: list[_Job]) -> None:
         generations = self.backend.generate([j.request for j in jobs])
         for job, gen in zip(jobs, generations, strict=True):
             job.attempts += 1
             texts = [t.strip() for t in gen.texts]
             if gen.error is not None or not texts or not texts[0]:
-                if retry:  # a failed retry keeps the earlier answer, which will be trimmed
-                    job.meta["retry_error"] = gen.error or "empty caption"
-                    continue
                 job.sample.fail(BACKEND_ERROR, f"{job.fmt.name}: {gen.error or 'empty caption'}")
                 job.texts = []
                 continue
             job.texts = texts
             job.meta.update(gen.meta)
+            job.given.finish = finish_reason(gen.meta)
+
+    def _retry(self, jobs: list[_Job], notes: list[str]) -> list[Generation]:
+        """One backend call for every job, each prompt with its note added; successful answers
+        become the jobs' candidates."""
+        requests = []
+        for job, note in zip(jobs, notes, strict=True):
+            base = job.request
+            requests.append(VLMRequest(prompt=f"{base.prompt}\n\n{note}", images=base.images, n=base.n, system=base.system,
+                                       params=base.params, tag=f"{base.tag}#retry{job.attempts}", video=base.video))
+        generations = self.backend.generate(requests)
+        for job, gen in zip(jobs, generations, strict=True):
+            job.attempts += 1
+            texts = [t.strip() for t in gen.texts]
+            if gen.error is None and texts and texts[0]:
+                job.texts = texts
+                job.meta.update(gen.meta)
+            else:
+                job.meta["retry_error"] = gen.error or "empty caption"
+        return generations
+
+    def _regenerate(self, items: list[Guarded]) -> list[Generation]:
+        jobs = [item.owner for item in items]
+        return self._retry(jobs, [self.guard.retry_note(item.verdict, job.fmt.language)
+                                  for item, job in zip(items, jobs, strict=True)])
+
+    def _skip_for(self, item: Guarded) -> frozenset[str]:
+        # A caption over its length target is cut at a sentence by the length policy, which
+        # also ends a truncated one cleanly.
+        return frozenset({TRUNCATED}) if self._over(item.owner.fmt, item.text) else frozenset()
+
+    def _length_rounds(self, jobs: list[_Job]) -> None:
+        """Captions over their target are asked again with a firmer instruction, together, as
+        long as their format allows; an answer the guards reject keeps the earlier caption (it
+        is then trimmed)."""
+        retry_round = 0
+        while True:
+            retry_round += 1
+            pending = [j for j in jobs if self._over(j.fmt, j.guarded.text) and j.fmt.policy.retries >= retry_round]
+            if not pending:
+                return
+            previous = [(list(j.texts), j.given.finish) for j in pending]
+            notes = [j.fmt.policy.firmer.format(limit=j.fmt.target.max, unit=j.fmt.target.unit) for j in pending]
+            for job, gen, (texts, finish) in zip(pending, self._retry(pending, notes), previous, strict=True):
+                answer = gen.texts[0].strip() if gen.ok and gen.texts and gen.texts[0].strip() else ""
+                if not answer:
+                    continue
+                job.given.finish = finish_reason(gen.meta)
+                skip = frozenset({TRUNCATED}) if self._over(job.fmt, answer) else frozenset()
+                verdict = self.guard.review(answer, job.given, skip)
+                if verdict.ok:
+                    job.guarded.text = answer
+                else:  # the earlier caption passed: keep it (it is trimmed) and record this one
+                    job.guarded.rejected.append({"text": answer[:REJECTED_CHARS], **verdict.to_meta()})
+                    job.texts, job.given.finish = texts, finish
 
     @staticmethod
-    def _too_long(job: _Job) -> bool:
-        fmt = job.variant
-        return fmt.target is not None and fmt.count(job.texts[0]) > fmt.target.max
+    def _over(fmt: CaptionFormat, text: str) -> bool:
+        return fmt.target is not None and fmt.count(text) > fmt.target.max
 
-    @staticmethod
-    def _firmer(job: _Job) -> _Job:
-        fmt = job.variant
-        instruction = fmt.policy.firmer.format(limit=fmt.target.max, unit=fmt.target.unit)
-        base = job.request
-        job.request = VLMRequest(prompt=f"{base.prompt}\n\n{instruction}", images=base.images, n=base.n,
-                                 system=base.system, params=base.params, tag=f"{base.tag}#retry{job.attempts}",
-                                 video=base.video)
-        return job
+    def _fit(self, fmt: CaptionFormat, text: str) -> tuple[str, bool]:
+        """`text` within the format's target (trimmed when over), and whether it was trimmed."""
+        if self._over(fmt, text):
+            return trim(text, fmt.target.max, fmt.count, fmt.policy.trim_at), True
+        return text, False
 
     def _store(self, job: _Job) -> None:
-        if not job.texts:
-            return
-        fmt, text = job.variant, job.texts[0]
-        outcome = FIRST_TRY if job.attempts == 1 else REGENERATED
-        if self._too_long(job):
-            text, outcome = trim(text, fmt.target.max, fmt.count, fmt.policy.trim_at), TRIMMED
-            if not text:
-                job.sample.fail(BACKEND_ERROR, f"{job.fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
-                return
+        fmt, guarded, sample = job.fmt, job.guarded, job.sample
+        key = self.key_for(fmt)
         meta = dict(job.meta)
-        if len(job.texts) > 1:
-            meta["candidates"] = job.texts[1:]
+        model = self.backend.model_id
+        if guarded.ok:
+            if len(job.texts) > 1:  # other candidates stay unchecked, as before
+                meta["candidates"] = job.texts[1:]
+            text, trimmed = self._fit(fmt, guarded.text)
+            if not text:
+                sample.fail(BACKEND_ERROR, f"{fmt.name}: no word of the caption fits {fmt.target.max} {fmt.target.unit}")
+                return
+            guards_meta = guarded.meta()
+        else:
+            text, trimmed, model, guards_meta = self._settle_rejected(job, key, meta)
+        outcome = TRIMMED if trimmed else (FIRST_TRY if job.attempts == 1 else REGENERATED)
         meta["length"] = length_meta(text, fmt.target, job.attempts, outcome)
-        key = self.key_for(job.fmt)
-        job.sample.captions[key] = Caption(text=text, source=key, model=self.backend.model_id,
-                                           prompt_id=fmt.template.prompt_id, meta=meta)
+        if guards_meta:
+            meta["guards"] = guards_meta
+        sample.captions[key] = Caption(text=text, source=key, model=model, prompt_id=fmt.template.prompt_id, meta=meta)
+
+    def _settle_rejected(self, job: _Job, key: str, meta: dict) -> tuple[str, bool, str | None, dict]:
+        """A caption still rejected: (text, trimmed, model, guards meta) as `on_reject` says;
+        `meta` gets the fallback or flag."""
+        fmt, guarded, sample = job.fmt, job.guarded, job.sample
+        guarded.reject()
+        reason, policy = guarded.verdict.reason, self.config.on_reject
+        problem = None
+        if policy == "alt_text":
+            problem = self.guard.stand_in_problem(source_text(sample.alt_text, self.config.alt_text_max_chars))
+            alt, trimmed = self._fit(fmt, clean_text(sample.alt_text or "", self.config.alt_text_max_chars))
+            if problem is None and alt:
+                meta.update(fallback=reason, rejected=guarded.text[:REJECTED_CHARS])
+                return alt, trimmed, None, guarded.meta(FALLBACK)
+            problem = problem or "no part of it fits the length target"
+        meta["flagged"] = reason
+        text, trimmed = self._fit(fmt, guarded.text)
+        outcome = FLAGGED
+        if policy != "keep":  # drop, or an AltText that cannot stand in
+            outcome = DROPPED
+            sample.fail(DROPPED_STATUS, f"guard: {key}: {reason}")
+        guards_meta = guarded.meta(outcome)
+        if problem:
+            guards_meta["alt_text_cannot_stand_in"] = problem
+        return text or guarded.text, trimmed and bool(text), self.backend.model_id, guards_meta

@@ -174,8 +174,8 @@ class DedupStage(Stage):
             self._seed_near(ctx, batch)
 
     def _seed_near(self, ctx: RunContext, batch: list[Sample]) -> None:
-        from capmill.media.image import ImageConfig
         from capmill.media.decode import decode_one
+        from capmill.media.image import ImageConfig
 
         for target, index in self.near_index.items():
             usable = batch

@@ -14,12 +14,15 @@ Better Captions", NeurIPS 2024 Datasets and Benchmarks) captions a video in thre
 Every step of every sample in a batch goes to the backend as one call per round: round r asks
 for step r of all samples that have that many keyframes. The notes are stored with the caption
 (`meta["steps"]`), so the summary can be rewritten later without looking at the video again.
-Earlier notes reach later prompts as untrusted model text, cleaned and delimited.
+Earlier notes reach later prompts as untrusted model text, cleaned and delimited. Every note and
+every summary passes the output guards (`capmill.guards`); rejected ones of a round are asked
+for again together, and one still rejected drops its sample with the reason (`on_reject: drop`,
+the default: a later step would build on it) or is kept flagged (`on_reject: keep`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import Field
@@ -27,10 +30,14 @@ from pydantic import Field
 from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer, LanguageModel, VisionLanguageModel, VLMRequest
 from capmill import keys
 from capmill.components import BackendSpec, StageConfig, Strict
+from capmill.guards import DROPPED, FLAGGED, GuardConfig, Guarded, GuardInput, OutputGuard, finish_reason, settle
+from capmill.guards.config import AUTO
+from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
-from capmill.prompts import load_template
-from capmill.prompts.safety import delimited_caption
+from capmill.prompts import load_template, untrusted
+from capmill.prompts.safety import source_text, without_untrusted
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Frame, Sample
+from capmill.sample import DROPPED as DROPPED_STATUS
 from capmill.stages.base import RunContext, Stage
 
 
@@ -63,6 +70,12 @@ class DifferentialCaptionConfig(StageConfig):
     previous_max_chars: int = Field(1500, ge=100)
     params: GenerationParams | None = None
     summary_params: GenerationParams | None = None
+    # Output guards on every note and on the summary; `language: auto` expects the language the
+    # prompts are written in.
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    # A text the guards still reject after regeneration: "drop" its sample (the default), or
+    # "keep" it flagged (`meta["flagged"]`).
+    on_reject: Literal["drop", "keep"] = "drop"
 
     def build(self) -> DifferentialCaptionStage:
         return DifferentialCaptionStage(self)
@@ -79,12 +92,32 @@ class _Video:
     sample: Sample
     keyframes: list[Frame]
     notes: list[str] = field(default_factory=list)
+    guards: list[dict | None] = field(default_factory=list)
     failed: bool = False
 
 
 def notes_block(times: list[float], notes: list[str], max_chars: int = 2000) -> str:
     """The summary prompt's notes: one line per keyframe, its time and its delimited note."""
-    return "\n".join(f"[{t:.1f} s] {delimited_caption(n, max_chars)}" for t, n in zip(times, notes, strict=True))
+    return "\n".join(f"[{t:.1f} s] {untrusted(n, 'caption', max_chars)}" for t, n in zip(times, notes, strict=True))
+
+
+def with_note(request: VLMRequest | ChatRequest, note: str) -> VLMRequest | ChatRequest:
+    """`request` asked again with a guard's note added to its prompt."""
+    if isinstance(request, VLMRequest):
+        return replace(request, prompt=f"{request.prompt}\n\n{note}", tag=f"{request.tag}#guard")
+    last = request.messages[-1]
+    messages = [*request.messages[:-1], {**last, "content": f"{last['content']}\n\n{note}"}]
+    return ChatRequest(messages=messages, n=request.n, params=request.params, tag=f"{request.tag}#guard")
+
+
+def guard_input(request: VLMRequest | ChatRequest, gen, sources: dict[str, str], language: str | None) -> GuardInput:
+    """What a generated text is checked against: the untrusted texts it was given, the
+    instructions capmill wrote (which it must not echo), how the backend stopped."""
+    if isinstance(request, VLMRequest):
+        prompt = f"{request.system or ''}\n{request.prompt}"
+    else:
+        prompt = "\n".join(m["content"] for m in request.messages)
+    return GuardInput(sources=sources, prompt=without_untrusted(prompt), finish=finish_reason(gen.meta), language=language)
 
 
 class DifferentialCaptionStage(Stage):
@@ -96,6 +129,9 @@ class DifferentialCaptionStage(Stage):
         self.first = load_template("video", config.first_template, dirs).check_slots({"time"})
         self.diff = load_template("video", config.diff_template, dirs).check_slots({"time", "previous_time", "previous"})
         self.summary = load_template("video", config.summary_template, dirs).check_slots({"notes", "seconds"})
+        self.guard = OutputGuard(config.guards, stage="differential_caption")
+        language = config.guards.language
+        self.language = detect(self.first.template) if language == AUTO else language
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
@@ -132,13 +168,19 @@ class DifferentialCaptionStage(Stage):
         for step in range(rounds):
             live = [v for v in videos if not v.failed and step < len(v.keyframes)]
             requests = [self._step_request(v, step) for v in live]
-            for video, gen in zip(live, self.vlm.generate(requests), strict=True):
+            items = []
+            for video, request, gen in zip(live, requests, self.vlm.generate(requests), strict=True):
                 text = gen.texts[0].strip() if gen.ok else ""
                 if not text:
                     video.failed = True
                     video.sample.fail(BACKEND_ERROR, f"differential_caption step {step}: {gen.error or 'empty description'}")
-                else:
-                    video.notes.append(text)
+                    continue
+                sources = {"previous": source_text(video.notes[-1], self.config.previous_max_chars)} if video.notes else {}
+                items.append(Guarded(text, guard_input(request, gen, sources, self.language), owner=(video, request)))
+            for item, outcome in self._settle(items, self.vlm.generate, f"step {step}"):
+                video = item.owner[0]
+                video.notes.append(item.text)
+                video.guards.append(item.meta(outcome))
         live = [v for v in videos if not v.failed]
         if live:
             self._summarise(live)
@@ -151,9 +193,29 @@ class DifferentialCaptionStage(Stage):
             return VLMRequest(prompt=prompt, images=[frames[0].image], params=self.config.params, tag=f"{key}:diffsw0",
                               system=self.first.render_system(time=f"{frames[0].t:.1f}"))
         slots = {"time": f"{frames[step].t:.1f}", "previous_time": f"{frames[step - 1].t:.1f}",
-                 "previous": delimited_caption(video.notes[-1], self.config.previous_max_chars)}
+                 "previous": untrusted(video.notes[-1], "caption", self.config.previous_max_chars)}
         return VLMRequest(prompt=self.diff.render(**slots), images=[frames[step - 1].image, frames[step].image],
                           system=self.diff.render_system(**slots), params=self.config.params, tag=f"{key}:diffsw{step}")
+
+    def _settle(self, items: list[Guarded], call, what: str) -> list[tuple[Guarded, str | None]]:
+        """Guard `items` (owner: (video, request)), regenerating the rejected ones together with
+        `call`; returns the (item, outcome) kept, after dropping or flagging what still fails."""
+        failing = {id(i) for i in settle(self.guard, items, lambda again: call(
+            [with_note(i.owner[1], self.guard.retry_note(i.verdict, self.language)) for i in again]))}
+        kept = []
+        for item in items:
+            video = item.owner[0]
+            if id(item) not in failing:
+                kept.append((item, None))
+                continue
+            item.reject()
+            if self.config.on_reject == "keep":
+                kept.append((item, FLAGGED))
+                continue
+            video.failed = True
+            video.sample.fail(DROPPED_STATUS, f"guard: differential_caption {what}: {item.verdict.reason}")
+            video.sample.meta["guards"] = item.meta(DROPPED)
+        return kept
 
     def _summarise(self, videos: list[_Video]) -> None:
         from capmill.media.video import window_seconds
@@ -169,14 +231,26 @@ class DifferentialCaptionStage(Stage):
             messages.append({"role": "user", "content": self.summary.render(**slots)})
             requests.append(ChatRequest(messages=messages, params=self.config.summary_params,
                                         tag=f"{video.sample.key}:diffsw_summary"))
-        for video, gen in zip(videos, self.llm.chat(requests), strict=True):
+        items = []
+        for video, request, gen in zip(videos, requests, self.llm.chat(requests), strict=True):
             text = gen.texts[0].strip() if gen.ok else ""
             if not text:
                 video.sample.fail(BACKEND_ERROR, f"differential_caption summary: {gen.error or 'empty caption'}")
                 continue
+            sources = {"notes": source_text("\n".join(video.notes), 8000)}
+            items.append(Guarded(text, guard_input(request, gen, sources, self.language), owner=(video, request)))
+        for item, outcome in self._settle(items, self.llm.chat, "summary"):
+            video = item.owner[0]
             key = self.config.store_as
-            steps = [{"t": round(f.t, 3), "text": n} for f, n in zip(video.keyframes, video.notes, strict=True)]
-            video.sample.captions[key] = Caption(text=text, source=key, model=self.llm.model_id,
-                                                 prompt_id=self.summary.prompt_id,
-                                                 meta={"steps": steps, "step_model": self.vlm.model_id,
-                                                       "step_prompts": [self.first.prompt_id, self.diff.prompt_id]})
+            steps = []
+            for f, n, g in zip(video.keyframes, video.notes, video.guards, strict=True):
+                steps.append({"t": round(f.t, 3), "text": n, **({"guards": g} if g else {})})
+            meta = {"steps": steps, "step_model": self.vlm.model_id,
+                    "step_prompts": [self.first.prompt_id, self.diff.prompt_id]}
+            if item.meta(outcome):
+                meta["guards"] = item.meta(outcome)
+            if outcome == FLAGGED or any(g and g.get("outcome") == FLAGGED for g in video.guards):
+                meta["flagged"] = item.verdict.reason or next(g["rejected"][-1]["reasons"][0] for g in video.guards
+                                                              if g and g.get("outcome") == FLAGGED)
+            video.sample.captions[key] = Caption(text=item.text, source=key, model=self.llm.model_id,
+                                                 prompt_id=self.summary.prompt_id, meta=meta)

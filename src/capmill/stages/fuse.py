@@ -7,9 +7,12 @@ at most 80 new tokens, an input budget of 256 tokens with the AltText truncated 
 (Apple, ECCV 2024) uses the same stage with its own template: the AltText rewritten with the
 visual concepts of a short caption.
 
-Every output passes the guards of `capmill.guards.fuse` before it is stored; a rejected output falls
-back to the better input (the caption, unless configured otherwise) and the reason is recorded
-in `meta["fallback"]`, which the run's stats count per caption key.
+Every output passes the output guards (`capmill.guards`: the checks every generated text
+passes, plus the fusion checks of `capmill.guards.fuse`) before it is stored. Rejected outputs
+of a batch are asked for again together (`guards.regenerate` rounds, one call each); one still
+rejected falls back to the better input (the caption, unless configured otherwise) and the
+reason is recorded in `meta["fallback"]`, which the run's stats count per caption key, with
+every rejected text and its reasons in `meta["guards"]`.
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ from typing import Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel
+from capmill.backends.base import ChatRequest, Generation, GenerationParams, LanguageModel
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.guards import FALLBACK, Guarded, GuardInput, OutputGuard, finish_reason, settle
+from capmill.guards.config import AUTO
+from capmill.guards.fuse import FUSE_CHECKS, FuseGuardConfig
+from capmill.guards.language import code_for, detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template
-from capmill.prompts.safety import delimited, delimited_caption, safe_alt_text
+from capmill.prompts.safety import safe_alt_text, source_text, untrusted, without_untrusted
 from capmill.sample import BACKEND_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import length_meta, token_counter, truncate_to
-from capmill.guards.fuse import GuardConfig, first_failure
 
 FUSE_SLOTS = {"alt_text", "caption", "language_rule"}
 EMPTY_ALT_TEXT, NO_CAPTION = "empty_alt_text", "no_caption"
@@ -62,7 +68,8 @@ class FuseStageConfig(StageConfig):
     # The input kept when a guard rejects the output (or the LLM fails on a sample).
     prefer: Literal["caption", "alt_text"] = "caption"
     params: GenerationParams = Field(default_factory=_published_params)
-    guards: GuardConfig = Field(default_factory=GuardConfig)
+    # Output guards; `language: auto` expects the language `language` asks for.
+    guards: FuseGuardConfig = Field(default_factory=FuseGuardConfig)
     # Characters of each input allowed into the prompt before the token budget applies.
     max_chars: int = Field(2000, ge=16)
 
@@ -92,6 +99,7 @@ class FuseStage(Stage):
         if self.key == config.caption:
             raise ConfigError(f"fuse: store_as {self.key!r} would overwrite its input caption; pick another key")
         self.language_rule = self._language_rule(config.language)
+        self.guard = OutputGuard(config.guards, extra=FUSE_CHECKS, stage="fuse")
 
     def _language_rule(self, language: str) -> str:
         rules = self.template.options.get("language", {})
@@ -116,12 +124,23 @@ class FuseStage(Stage):
         return alt_cut, caption, alt_cut != alt
 
     def messages(self, alt: str, caption: str) -> list[dict[str, str]]:
-        slots = {"alt_text": delimited(alt, self.config.max_chars),
-                 "caption": delimited_caption(caption, self.config.max_chars),
+        # Both inputs are untrusted: the caption may echo text from the image or the AltText.
+        slots = {"alt_text": untrusted(alt, "alt_text", self.config.max_chars),
+                 "caption": untrusted(caption, "caption", self.config.max_chars),
                  "language_rule": self.language_rule}
         system = self.template.render_system(**slots)
         user = self.template.render(**slots)
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+    def expected_language(self, alt: str, caption: str) -> str | None:
+        """The language code the guards expect of this fusion (None: not checked)."""
+        if self.config.guards.language != AUTO:
+            return self.config.guards.language
+        if self.config.language == "caption":
+            return detect(caption)
+        if self.config.language == "alt_text":
+            return detect(alt)
+        return code_for(self.config.language)
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         cfg = self.config
@@ -144,23 +163,60 @@ class FuseStage(Stage):
             owners.append((sample, alt, cap_text, cut))
         if not requests:
             return batch
-        for (sample, alt, cap_text, cut), gen in zip(owners, self.backend.chat(requests), strict=True):
-            better = cap_text if cfg.prefer == "caption" else alt
+        items: list[Guarded] = []
+        for request, (sample, alt, cap_text, cut), gen in zip(requests, owners, self.backend.chat(requests), strict=True):
             inputs = {"caption": cfg.caption, "alt_text_truncated": cut}
             if not gen.ok:
-                self._store(sample, better, fallback=BACKEND_ERROR, inputs=inputs, error=gen.error or "no text")
+                self._store(sample, self._better(alt, cap_text), fallback=BACKEND_ERROR, inputs=inputs,
+                            error=gen.error or "no text")
                 continue
-            output = clean_output(gen.texts[0])
-            reason = first_failure(output, alt, cap_text, cfg.guards)
-            if reason is None:
-                self._store(sample, output, inputs=inputs, backend_meta=gen.meta)
+            prompt = without_untrusted("\n".join(m["content"] for m in request.messages))
+            sources = {"alt_text": source_text(sample.alt_text, cfg.max_chars), "caption": cap_text}
+            given = GuardInput(sources=sources, prompt=prompt, finish=finish_reason(gen.meta),
+                               language=self.expected_language(alt, cap_text), grounded=True)
+            items.append(Guarded(clean_output(gen.texts[0]), given,
+                                 owner={"sample": sample, "alt": alt, "caption": cap_text, "inputs": inputs,
+                                        "request": request, "meta": gen.meta}))
+        # Rejected fusions of the whole batch go back together, one backend call per round.
+        settle(self.guard, items, self._regenerate, clean=clean_output)
+        for item in items:
+            o = item.owner
+            if item.ok:
+                self._store(o["sample"], item.text, inputs=o["inputs"], backend_meta=o["meta"], guards=item.meta())
             else:
-                self._store(sample, better, fallback=reason, inputs=inputs, rejected=output)
+                item.reject()
+                self._store(o["sample"], self._better(o["alt"], o["caption"]), fallback=item.verdict.reason,
+                            inputs=o["inputs"], rejected=item.text, guards=item.meta(FALLBACK))
         return batch
 
+    def _better(self, alt: str, caption: str) -> str:
+        """The input kept when the fusion is rejected: `prefer`, unless that is an AltText that
+        cannot stand in for a caption (it holds an instruction, a loop, markup or code)."""
+        if self.config.prefer == "alt_text" and self.guard.stand_in_problem(alt) is None:
+            return alt
+        return caption
+
+    def _regenerate(self, items: list[Guarded]) -> list[Generation]:
+        requests = []
+        for item in items:
+            base: ChatRequest = item.owner["request"]
+            note = self.guard.retry_note(item.verdict, item.given.language)
+            messages = [dict(m) for m in base.messages]
+            messages[-1]["content"] = f"{messages[-1]['content']}\n\n{note}"
+            requests.append(ChatRequest(messages=messages, n=base.n, params=base.params,
+                                        tag=f"{base.tag}#retry{item.regenerated + 1}"))
+        generations = self.backend.chat(requests)
+        for item, gen in zip(items, generations, strict=True):
+            if gen.ok:
+                item.owner["meta"] = gen.meta
+        return generations
+
     def _store(self, sample: Sample, text: str, fallback: str | None = None, inputs: dict | None = None,
-               rejected: str | None = None, error: str | None = None, backend_meta: dict | None = None) -> None:
+               rejected: str | None = None, error: str | None = None, backend_meta: dict | None = None,
+               guards: dict | None = None) -> None:
         meta: dict = {**(backend_meta or {}), "fallback": fallback, "length": length_meta(text, None, 1, None)}
+        if guards:
+            meta["guards"] = guards
         if inputs:
             meta["inputs"] = inputs
         if rejected is not None:

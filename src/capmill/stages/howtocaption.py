@@ -16,7 +16,10 @@ The result is stored as one caption (`captions["howtocaption"]`: a line "START-E
 per clip) with the clips in `meta["segments"]` ({start, end, text, score, said_at}), so an export
 can emit one training pair per clip. A video with no caption left (no speech, or none aligned
 above the threshold) is dropped with the reason. All blocks of a batch go to the model in one
-call; all texts and frames of a batch to the scorer in one call each.
+call; all texts and frames of a batch to the scorer in one call each. Every reply passes the
+output guards (`capmill.guards`; the narration is its source, so what was said may be echoed);
+rejected replies are asked for again together, and the captions of a reply still rejected are
+left out (`on_reject: drop`, counted in `meta["guards_dropped"]`) or kept flagged (`keep`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer
 from capmill import keys
 from capmill.components import BackendSpec, StageConfig
 from capmill.keys import Key, StageIO
-from capmill.prompts import load_template
-from capmill.prompts.safety import delimited_caption
+from capmill.guards import GuardConfig, Guarded, OutputGuard, settle
+from capmill.guards.config import AUTO
+from capmill.guards.language import detect
+from capmill.prompts import load_template, untrusted
+from capmill.prompts.safety import source_text
 from capmill.sample import BACKEND_ERROR, DROPPED, STAGE_ERROR, VIDEO, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.timed import Block, TimedText, format_seconds, parse_timed_lines, word_blocks
@@ -58,6 +64,8 @@ class HowToCaptionConfig(StageConfig):
     threshold: float | None = None
     store_as: str = "howtocaption"
     params: GenerationParams | None = None
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    on_reject: Literal["drop", "keep"] = "drop"
 
     def build(self) -> HowToCaptionStage:
         return HowToCaptionStage(self)
@@ -73,7 +81,7 @@ class HowToCaptionConfig(StageConfig):
 
 def transcript_block(block: Block) -> str:
     """A block as the prompt shows it: one line per phrase, its time, its delimited words."""
-    return "\n".join(f"{format_seconds(s.start)}: {delimited_caption(s.text, 1000)}" for s in block.segments)
+    return "\n".join(f"{format_seconds(s.start)}: {untrusted(s.text, 'caption', 1000)}" for s in block.segments)
 
 
 class HowToCaptionStage(Stage):
@@ -82,6 +90,8 @@ class HowToCaptionStage(Stage):
     def __init__(self, config: HowToCaptionConfig):
         super().__init__(config)
         self.template = load_template("video", config.template, config.prompt_dirs).check_slots({"transcript"})
+        self.guard = OutputGuard(config.guards, stage="howtocaption")
+        self.language = detect(self.template.template) if config.guards.language == AUTO else config.guards.language
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
@@ -118,19 +128,41 @@ class HowToCaptionStage(Stage):
                 messages.append({"role": "system", "content": self.template.render_system(**slots)})
             messages.append({"role": "user", "content": self.template.render(**slots)})
             requests.append(ChatRequest(messages=messages, params=cfg.params, tag=f"{sample.key}:htc{block.start:.0f}"))
-        found: dict[str, list[TimedText]] = {}
+        from capmill.stages.differential_caption import guard_input, with_note
+
         failed: set[str] = set()
-        for (sample, block), gen in zip(work, self.llm.chat(requests), strict=True):
+        items = []
+        for (sample, block), request, gen in zip(work, requests, self.llm.chat(requests), strict=True):
             if not gen.ok:
                 failed.add(sample.key)
                 sample.fail(BACKEND_ERROR, f"howtocaption: {gen.error or 'empty answer'}")
                 continue
-            found.setdefault(sample.key, []).extend(parse_timed_lines(gen.texts[0], block.start, block.end))
+            # One source per phrase: a phrase that reads as an instruction taints only itself.
+            sources = {f"transcript {i}": source_text(seg.text, 1000) for i, seg in enumerate(block.segments)}
+            items.append(Guarded(gen.texts[0].strip(), guard_input(request, gen, sources, self.language),
+                                 owner=(sample, block, request)))
+        failing = {id(i) for i in settle(self.guard, items, lambda again: self.llm.chat(
+            [with_note(i.owner[2], self.guard.retry_note(i.verdict, self.language)) for i in again]))}
+        found: dict[str, list[TimedText]] = {}
+        guarded: dict[str, list[dict]] = {}
+        for item in items:
+            sample, block, _ = item.owner
+            record = item.meta()
+            if id(item) in failing:
+                item.reject()
+                record = item.meta("dropped" if cfg.on_reject == "drop" else "flagged")
+                guarded.setdefault(sample.key, []).append(record)
+                if cfg.on_reject == "drop":
+                    continue
+            elif record:
+                guarded.setdefault(sample.key, []).append(record)
+            found.setdefault(sample.key, []).extend(parse_timed_lines(item.text, block.start, block.end))
         samples = {s.key: s for s, _ in work if s.key not in failed}
-        self._align_and_store(samples, found)
+        self._align_and_store(samples, found, guarded)
         return batch
 
-    def _align_and_store(self, samples: dict[str, Sample], found: dict[str, list[TimedText]]) -> None:
+    def _align_and_store(self, samples: dict[str, Sample], found: dict[str, list[TimedText]],
+                         guarded: dict[str, list[dict]]) -> None:
         from capmill.media.video import window_seconds
 
         cfg = self.config
@@ -151,13 +183,22 @@ class HowToCaptionStage(Stage):
                     start, end, score = max(0.0, timed.start - half), min(duration or timed.start + half, timed.start + half), None
                 kept.append({"start": round(start, 3), "end": round(end, 3), "text": timed.text, "score": score,
                              "said_at": round(timed.start, 3)})
+            records = guarded.get(key, [])
             if not kept:
                 why = "no caption in the model's answers" if not captions else \
                     f"no caption aligned at or above the threshold {cfg.threshold}"
+                if not captions and any(r.get("outcome") == "dropped" for r in records):
+                    why = f"guard: every answer rejected ({records[0]['rejected'][-1]['reasons'][0]})"
+                    sample.meta["guards"] = records
                 sample.status, sample.error = DROPPED, f"howtocaption: {why}"
                 continue
             text = "\n".join(f"{s['start']:.1f}-{s['end']:.1f}s: {s['text']}" for s in kept)
             meta = {"segments": kept, "dropped": dropped, "llm": self.llm.model_id}
+            if records:
+                meta["guards"] = records
+                meta["guards_dropped"] = sum(r.get("outcome") == "dropped" for r in records)
+                if any(r.get("outcome") == "flagged" for r in records):
+                    meta["flagged"] = next(r["rejected"][-1]["reasons"][0] for r in records if r.get("outcome") == "flagged")
             if self.scorer is not None:
                 meta["scorer"] = self.scorer.model_id
             sample.captions[cfg.store_as] = Caption(text=text, source=cfg.store_as, model=self.llm.model_id,

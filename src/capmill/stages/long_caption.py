@@ -14,6 +14,9 @@ The final caption's length is enforced as a caption format's is (`capmill.text.l
 `max_words` it is regenerated with a firmer instruction up to `retries` times, then trimmed at a
 sentence boundary, and `meta["length"]` says which happened. Part descriptions and every level
 are kept in the caption's meta. Each level of all samples of a batch is one backend call.
+Every text (descriptions, merges, the caption) passes the output guards (`capmill.guards`);
+rejected ones of a level are asked for again together, and one still rejected drops its sample
+with the reason (`on_reject: drop`) or is kept flagged (`on_reject: keep`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,15 @@ from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel, 
 from capmill import keys
 from capmill.components import BackendSpec, StageConfig
 from capmill.keys import Key, StageIO
-from capmill.prompts import load_template
-from capmill.prompts.safety import delimited_caption
+from capmill.guards import DROPPED, FLAGGED, GuardConfig, Guarded, OutputGuard, settle
+from capmill.guards.checks import TRUNCATED
+from capmill.guards.config import AUTO
+from capmill.guards.language import detect
+from capmill.prompts import load_template, untrusted
+from capmill.prompts.safety import source_text
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Frame, Sample
+from capmill.sample import DROPPED as DROPPED_STATUS
+from capmill.stages.differential_caption import guard_input, with_note
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import FIRST_TRY, REGENERATED, TRIMMED, LengthTarget, MissPolicy, count_words, length_meta, trim
 
@@ -58,6 +67,10 @@ class LongCaptionConfig(StageConfig):
     params: GenerationParams | None = None
     # Decoding of merges and the final caption: long outputs need a large max_new_tokens.
     aggregate_params: GenerationParams | None = Field(default_factory=lambda: GenerationParams(max_new_tokens=2048))
+    # Output guards on every description, merge and the caption; a text still rejected after
+    # regeneration drops its sample ("drop") or is kept flagged ("keep").
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    on_reject: Literal["drop", "keep"] = "drop"
 
     def build(self) -> LongCaptionStage:
         return LongCaptionStage(self)
@@ -74,6 +87,13 @@ class Part:
     start: float
     end: float
     text: str = ""
+    guards: dict | None = None  # the guards' record when this text was regenerated or flagged
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"start": self.start, "end": self.end, "text": self.text}
+        if self.guards:
+            d["guards"] = self.guards
+        return d
 
 
 @dataclass
@@ -82,6 +102,7 @@ class _Video:
     parts: list[Part]
     levels: list[list[dict[str, Any]]] = field(default_factory=list)
     failed: bool = False
+    flagged: str | None = None  # the first reason a kept (on_reject: keep) text was rejected for
 
 
 def segments(frames: list[Frame], seconds: float, length: float, per_segment: int) -> list[tuple[float, float, list[Frame]]]:
@@ -108,7 +129,7 @@ def groups(parts: list[Part], size: int) -> list[list[Part]]:
 
 
 def parts_block(parts: list[Part]) -> str:
-    return "\n".join(f"[{p.start:.0f}-{p.end:.0f} s] {delimited_caption(p.text, 6000)}" for p in parts)
+    return "\n".join(f"[{p.start:.0f}-{p.end:.0f} s] {untrusted(p.text, 'caption', 6000)}" for p in parts)
 
 
 class LongCaptionStage(Stage):
@@ -122,6 +143,8 @@ class LongCaptionStage(Stage):
         self.final = load_template("video", config.final_template, dirs).check_slots({"parts", "seconds", "words"})
         self.target = LengthTarget(unit="words", max=config.max_words)
         self.policy = MissPolicy(retries=config.retries)
+        self.guard = OutputGuard(config.guards, stage="long_caption")
+        self.language = detect(self.segment.template) if config.guards.language == AUTO else config.guards.language
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
@@ -138,7 +161,7 @@ class LongCaptionStage(Stage):
         from capmill.media.video import video_input, window_seconds
 
         cfg = self.config
-        videos, requests = [], []
+        videos, entries = [], []
         for sample in batch:
             if sample.media.kind != VIDEO or not sample.media.frames:
                 sample.fail(DECODE_ERROR, "long_caption needs a decoded video (sampled frames)")
@@ -146,20 +169,18 @@ class LongCaptionStage(Stage):
             parts = segments(sample.media.frames, window_seconds(sample), cfg.segment_seconds, cfg.frames_per_segment)
             video = _Video(sample, [Part(a, b) for a, b, _ in parts])
             videos.append(video)
-            for start, end, frames in parts:
+            for part, (start, end, frames) in zip(video.parts, parts, strict=True):
                 slots = {"start": f"{start:.0f}", "end": f"{end:.0f}"}
-                requests.append((video, VLMRequest(prompt=self.segment.render(**slots), video=video_input(sample, frames),
-                                                   system=self.segment.render_system(**slots), params=cfg.params,
-                                                   tag=f"{sample.key}:part{start:.0f}")))
+                request = VLMRequest(prompt=self.segment.render(**slots), video=video_input(sample, frames),
+                                     system=self.segment.render_system(**slots), params=cfg.params,
+                                     tag=f"{sample.key}:part{start:.0f}")
+                entries.append((video, part, request, {}))
         if not videos:
             return batch
-        index: dict[int, int] = {}
-        for (video, _), gen in zip(requests, self.vlm.generate([r for _, r in requests]), strict=True):
-            i = index[id(video)] = index.get(id(video), -1) + 1
-            self._take(video, gen, "part description", lambda text, v=video, i=i: setattr(v.parts[i], "text", text))
+        self._run(entries, self.vlm.generate, "part description")
         for video in videos:
             if not video.failed:
-                video.levels.append([{"start": p.start, "end": p.end, "text": p.text} for p in video.parts])
+                video.levels.append([p.to_dict() for p in video.parts])
         while True:
             pending = [v for v in videos if not v.failed and len(v.parts) > cfg.group_size]
             if not pending:
@@ -168,13 +189,35 @@ class LongCaptionStage(Stage):
         self._final([v for v in videos if not v.failed])
         return batch
 
-    def _take(self, video: _Video, gen, what: str, store) -> None:
-        text = gen.texts[0].strip() if gen.ok else ""
-        if not text:
-            video.failed = True
-            video.sample.fail(BACKEND_ERROR, f"long_caption {what}: {gen.error or 'empty text'}")
-        else:
-            store(text)
+    def _run(self, entries: list[tuple[_Video, Part, Any, dict[str, str]]], call, what: str) -> None:
+        """Generate one text per entry (video, part to fill, request, sources) in one call, guard
+        them (rejected ones asked again together), and store what passes in its part."""
+        if not entries:
+            return
+        items = []
+        for (video, part, request, sources), gen in zip(entries, call([e[2] for e in entries]), strict=True):
+            text = gen.texts[0].strip() if gen.ok else ""
+            if not text:
+                video.failed = True
+                video.sample.fail(BACKEND_ERROR, f"long_caption {what}: {gen.error or 'empty text'}")
+                continue
+            items.append(Guarded(text, guard_input(request, gen, sources, self.language), owner=(video, part, request)))
+        failing = {id(i) for i in settle(self.guard, items, lambda again: call(
+            [with_note(i.owner[2], self.guard.retry_note(i.verdict, self.language)) for i in again]))}
+        for item in items:
+            video, part, _ = item.owner
+            outcome = None
+            if id(item) in failing:
+                item.reject()
+                if self.config.on_reject == "drop":
+                    if not video.failed:
+                        video.failed = True
+                        video.sample.fail(DROPPED_STATUS, f"guard: long_caption {what}: {item.verdict.reason}")
+                        video.sample.meta["guards"] = item.meta(DROPPED)
+                    continue
+                outcome = FLAGGED
+                video.flagged = video.flagged or item.verdict.reason
+            part.text, part.guards = item.text, item.meta(outcome)
 
     def _chat(self, template, slots: dict[str, str], tag: str) -> ChatRequest:
         messages = []
@@ -184,64 +227,65 @@ class LongCaptionStage(Stage):
         return ChatRequest(messages=messages, params=self.config.aggregate_params, tag=tag)
 
     def _merge_level(self, videos: list[_Video]) -> None:
-        jobs = []
+        entries = []
         for video in videos:
-            merged = [Part(g[0].start, g[-1].end) for g in groups(video.parts, self.config.group_size)]
-            for group, part in zip(groups(video.parts, self.config.group_size), merged, strict=True):
+            merged = []
+            for group in groups(video.parts, self.config.group_size):
+                part = Part(group[0].start, group[-1].end)
+                merged.append(part)
                 if len(group) == 1:
                     part.text = group[0].text
                     continue
                 slots = {"parts": parts_block(group), "start": f"{part.start:.0f}", "end": f"{part.end:.0f}"}
-                jobs.append((video, part, self._chat(self.merge, slots, f"{video.sample.key}:merge{part.start:.0f}")))
+                sources = {"parts": source_text("\n".join(p.text for p in group), 24000)}
+                entries.append((video, part, self._chat(self.merge, slots, f"{video.sample.key}:merge{part.start:.0f}"), sources))
             video.parts = merged
-        for (video, part, _), gen in zip(jobs, self.llm.chat([r for *_, r in jobs]) if jobs else [], strict=True):
-            self._take(video, gen, "merge", lambda text, p=part: setattr(p, "text", text))
+        self._run(entries, self.llm.chat, "merge")
         for video in videos:
             if not video.failed:
-                video.levels.append([{"start": p.start, "end": p.end, "text": p.text} for p in video.parts])
+                video.levels.append([p.to_dict() for p in video.parts])
 
     def _final(self, videos: list[_Video]) -> None:
         from capmill.media.video import window_seconds
 
         cfg = self.config
-        requests = {}
+        finals, entries = {}, []
         for video in videos:
             slots = {"parts": parts_block(video.parts), "seconds": f"{window_seconds(video.sample):.0f}",
                      "words": str(cfg.words)}
-            requests[id(video)] = self._chat(self.final, slots, f"{video.sample.key}:long")
-        texts: dict[int, str] = {}
-        attempts: dict[int, int] = {}
-        todo = list(videos)
-        for attempt in range(cfg.retries + 1):
-            if not todo:
+            finals[id(video)] = Part(0.0, window_seconds(video.sample))
+            sources = {"parts": source_text("\n".join(p.text for p in video.parts), 24000)}
+            entries.append((video, finals[id(video)], self._chat(self.final, slots, f"{video.sample.key}:long"), sources))
+        self._run(entries, self.llm.chat, "final caption")
+        done = [(v, finals[id(v)], r) for (v, _, r, _) in entries if not v.failed and finals[id(v)].text]
+        attempts = {id(v): 1 for v, _, _ in done}
+        for retry in range(1, cfg.retries + 1):
+            over = [(v, part, r) for v, part, r in done if count_words(part.text) > cfg.max_words]
+            if not over:
                 break
-            gens = self.llm.chat([requests[id(v)] for v in todo])
-            again = []
-            for video, gen in zip(todo, gens, strict=True):
-                text = gen.texts[0].strip() if gen.ok else ""
-                attempts[id(video)] = attempt + 1
-                if not text:
-                    if id(video) not in texts:  # a failed retry keeps the earlier answer
-                        video.failed = True
-                        video.sample.fail(BACKEND_ERROR, f"long_caption final caption: {gen.error or 'empty caption'}")
+            firmer = self.policy.firmer.format(limit=cfg.max_words, unit="words")
+            gens = self.llm.chat([with_note(r, firmer) for _, _, r in over])
+            for (video, part, request), gen in zip(over, gens, strict=True):
+                attempts[id(video)] = retry + 1
+                answer = gen.texts[0].strip() if gen.ok and gen.texts else ""
+                if not answer:
                     continue
-                texts[id(video)] = text
-                if count_words(text) > cfg.max_words and attempt < cfg.retries:
-                    firmer = self.policy.firmer.format(limit=cfg.max_words, unit="words")
-                    base = requests[id(video)]
-                    messages = [*base.messages[:-1], {"role": "user", "content": f"{base.messages[-1]['content']}\n\n{firmer}"}]
-                    requests[id(video)] = ChatRequest(messages=messages, params=base.params, tag=f"{base.tag}#retry{attempt + 1}")
-                    again.append(video)
-            todo = again
-        for video in videos:
-            if id(video) not in texts:
-                continue
-            text, tries = texts[id(video)], attempts[id(video)]
+                sources = {"parts": source_text("\n".join(p.text for p in video.parts), 24000)}
+                skip = frozenset({TRUNCATED}) if count_words(answer) > cfg.max_words else frozenset()
+                verdict = self.guard.review(answer, guard_input(request, gen, sources, self.language), skip)
+                if verdict.ok:  # an answer the guards reject keeps the earlier one (then trimmed)
+                    part.text = answer
+        for video, part, _ in done:
+            text, tries = part.text, attempts[id(video)]
             outcome = FIRST_TRY if tries == 1 else REGENERATED
             if count_words(text) > cfg.max_words:
                 text, outcome = trim(text, cfg.max_words, count_words, "sentence"), TRIMMED
+            meta = {"length": length_meta(text, self.target, tries, outcome), "levels": video.levels,
+                    "part_model": self.vlm.model_id, "segment_seconds": cfg.segment_seconds}
+            if part.guards:
+                meta["guards"] = part.guards
+            if video.flagged:
+                meta["flagged"] = video.flagged
             key = cfg.store_as
-            video.sample.captions[key] = Caption(
-                text=text, source=key, model=self.llm.model_id, prompt_id=self.final.prompt_id,
-                meta={"length": length_meta(text, self.target, tries, outcome), "levels": video.levels,
-                      "part_model": self.vlm.model_id, "segment_seconds": cfg.segment_seconds})
+            video.sample.captions[key] = Caption(text=text, source=key, model=self.llm.model_id,
+                                                 prompt_id=self.final.prompt_id, meta=meta)

@@ -25,10 +25,10 @@ from pydantic import Field, model_validator
 from capmill import keys
 from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
+from capmill.fit import prepass
 from capmill.keys import Key, StageIO
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DROPPED, Sample
-from capmill.fit import prepass
 from capmill.stages.base import RunContext, Stage
 
 KEEP, NOT_IN_STRIDE, BELOW_MEDIAN = 0, 1, 2

@@ -168,8 +168,8 @@ _IDEFICS3 = (
 def _clip_bpe_tokenizer():
     """CLIPTokenizer from the real CLIP BPE merges shipped inside open_clip (49,408 tokens)."""
     import open_clip
-    from transformers import CLIPTokenizer
     from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
 
     bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     merges = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
@@ -268,8 +268,13 @@ def build_llava(out: Path) -> None:
 
 
 def build_qwen2_vl(out: Path) -> None:
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                "<|image_pad|>", "<|video_pad|>"]

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from capmill.text.clip_bpe import count_clip_tokens
 from capmill.components import Strict
 from capmill.errors import ConfigError, SetupError
+from capmill.text.clip_bpe import count_clip_tokens
 
 FIRST_TRY, REGENERATED, TRIMMED = "first_try", "regenerated", "trimmed"
 OUTCOMES = (FIRST_TRY, REGENERATED, TRIMMED)

@@ -1,6 +1,8 @@
 """Length and richness report per caption key: words and CLIP tokens (mean, p50, p95), how
-many captions met their length target first time, were regenerated or trimmed, and how many
-fused captions fell back, by reason.
+many captions met their length target first time, were regenerated or trimmed, how many fell
+back, by reason, and what the output guards rejected: each rejected text counted once under its
+first reason (`guards`), and what became of the caption (`guard_outcomes`: regenerated,
+repaired, fallback, flagged, dropped).
 
 Counts are kept as histograms of integer lengths, so a shard's tally is small, shard tallies
 merge exactly into the run's, and percentiles need no list of every caption. The tally is
@@ -16,7 +18,7 @@ from capmill.sample import Sample
 
 
 class _KeyTally:
-    __slots__ = ("count", "outcomes", "fallbacks", "words", "clip_tokens")
+    __slots__ = ("count", "outcomes", "fallbacks", "words", "clip_tokens", "guards", "guard_outcomes", "flagged")
 
     def __init__(self) -> None:
         self.count = 0
@@ -24,6 +26,20 @@ class _KeyTally:
         self.fallbacks: Counter = Counter()
         self.words: Counter = Counter()
         self.clip_tokens: Counter = Counter()
+        self.guards: Counter = Counter()
+        self.guard_outcomes: Counter = Counter()
+        self.flagged: Counter = Counter()
+
+    def add_guards(self, meta: dict) -> None:
+        guards = meta.get("guards")
+        if isinstance(guards, dict):
+            for rejected in guards.get("rejected") or []:
+                if rejected.get("reasons"):
+                    self.guards[rejected["reasons"][0]] += 1
+            if guards.get("outcome"):
+                self.guard_outcomes[guards["outcome"]] += 1
+        if meta.get("flagged"):
+            self.flagged[meta["flagged"]] += 1
 
 
 def percentile(hist: Counter, q: float) -> int | None:
@@ -63,6 +79,14 @@ class CaptionTally:
             t.words[length.get("words", len(caption.text.split()))] += 1
             if length.get("clip_tokens") is not None:
                 t.clip_tokens[length["clip_tokens"]] += 1
+            t.add_guards(caption.meta)
+
+    def add_guards(self, sample: Sample) -> None:
+        """Only the guard counts of `sample`'s captions: for samples dropped (by a guard or a
+        later stage), whose captions are not counted otherwise."""
+        for key, caption in sample.captions.items():
+            if caption.meta.get("guards") or caption.meta.get("flagged"):
+                self.keys[key].add_guards(caption.meta)
 
     def to_dict(self) -> dict[str, Any]:
         """Histograms (for merging) plus their summaries (for reading)."""
@@ -73,6 +97,9 @@ class CaptionTally:
                 "fallbacks": dict(sorted(t.fallbacks.items())),
                 "words": _summary(t.words),
                 "clip_tokens": _summary(t.clip_tokens),
+                "guards": dict(sorted(t.guards.items())),
+                "guard_outcomes": dict(sorted(t.guard_outcomes.items())),
+                "flagged": dict(sorted(t.flagged.items())),
                 "hist": {"words": {str(k): v for k, v in sorted(t.words.items())},
                          "clip_tokens": {str(k): v for k, v in sorted(t.clip_tokens.items())}},
             }
@@ -85,6 +112,9 @@ class CaptionTally:
             t.count += d.get("count", 0)
             t.outcomes.update(d.get("outcomes", {}))
             t.fallbacks.update(d.get("fallbacks", {}))
+            t.guards.update(d.get("guards", {}))
+            t.guard_outcomes.update(d.get("guard_outcomes", {}))
+            t.flagged.update(d.get("flagged", {}))
             hist = d.get("hist", {})
             t.words.update({int(k): v for k, v in hist.get("words", {}).items()})
             t.clip_tokens.update({int(k): v for k, v in hist.get("clip_tokens", {}).items()})
@@ -101,6 +131,14 @@ class CaptionTally:
                 f"{key:<16}{t.count:>7}{_triple(w):>22}{_triple(c):>25}"
                 f"{t.outcomes['first_try']:>7}{t.outcomes['regenerated']:>7}{t.outcomes['trimmed']:>7}  {fallbacks}"
             )
+        guarded = [(key, t) for key, t in sorted(self.keys.items()) if t.guards or t.guard_outcomes]
+        if guarded:
+            lines.append("")
+            lines.append(f"{'output guards':<16}rejected texts by reason → what became of the caption")
+            for key, t in guarded:
+                reasons = ", ".join(f"{r} {n}" for r, n in sorted(t.guards.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+                outcomes = ", ".join(f"{o} {n}" for o, n in sorted(t.guard_outcomes.items())) or "-"
+                lines.append(f"{key:<16}{reasons} → {outcomes}")
         return "\n".join(lines)
 
 

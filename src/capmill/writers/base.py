@@ -10,10 +10,14 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
+from typing import Any
 
-from capmill.sample import Sample
+from capmill.sample import DECODE_ERROR, READ_ERROR, Sample
 
 TMP_MARK = ".tmp-"
+
+# Statuses whose image bytes are absent or are not an image a loader could decode.
+_NO_IMAGE = (READ_ERROR, DECODE_ERROR)
 
 
 def tmp_name(out_dir: str, final_name: str) -> str:
@@ -33,6 +37,29 @@ def remove_temporaries(out_dir: str) -> int:
                 if name in dirs:
                     dirs.remove(name)
     return removed
+
+
+def usable_image(sample: Sample) -> bytes | None:
+    """The encoded image a training loader can decode, or None: a sample that could not be read
+    or decoded keeps its record, but its bytes (none, or not an image) are not offered as one."""
+    if sample.status in _NO_IMAGE:
+        return None
+    return sample.image.data
+
+
+def row_fields(sample: Sample, text: str) -> dict[str, Any]:
+    """The fixed fields of an output row, the same in every row: a loader that infers its schema
+    from the first rows (Hugging Face `datasets` reads five) sees strings everywhere, so an error
+    or a missing AltText is "" here. The full record, with its nulls and every caption, score
+    and metadata, is the JSON string `record` (`Sample.from_dict` reads a row back)."""
+    return {
+        "key": sample.key,
+        "status": sample.status,
+        "error": sample.error or "",
+        "alt_text": sample.alt_text or "",
+        "text": text,
+        "record": sample.to_json(),
+    }
 
 
 class ShardWriter(ABC):

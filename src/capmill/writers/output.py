@@ -24,13 +24,23 @@ class OutputConfig(Strict):
     # Store the decoded, resized image re-encoded in this format instead of the original bytes.
     reencode: Literal["jpeg", "png", "webp"] | None = None
     reencode_quality: int = Field(90, ge=1, le=100)
-    # Write samples that a filter dropped to OUT/_rejects/SHARD.parquet.
+    # Name of the image member in tar shards, the same for every sample so that a loader sees
+    # one image field (Hugging Face's webdataset loader makes one column per extension). The
+    # bytes keep their own format; loaders decode by content. "original": each sample's own
+    # extension (a mixed-format output then has one image field per format). With `reencode`,
+    # the re-encoded format's extension.
+    image_ext: Literal["jpg", "png", "webp", "original"] = "jpg"
+    # Also store the images in the parquet shards (an `image` column that Hugging Face
+    # `datasets` decodes to PIL images). Off by default: parquet shards stay small records.
+    parquet_images: bool = False
+    # Write samples that a filter dropped to OUT/_rejects/SHARD.parquet, with their images (so
+    # the report can show them).
     rejects: bool = False
 
 
 _WRITERS = {
-    "webdataset": lambda c, out, shard: WebDatasetWriter(out, shard, c.text_field, c.reencode, c.reencode_quality),
-    "parquet": lambda c, out, shard: ParquetWriter(out, shard, c.text_field),
+    "webdataset": lambda c, out, shard: WebDatasetWriter(out, shard, c.text_field, c.reencode, c.reencode_quality, c.image_ext),
+    "parquet": lambda c, out, shard: ParquetWriter(out, shard, c.text_field, images=c.parquet_images),
     "sidecar": lambda c, out, shard: SidecarWriter(out, shard, c.text_field),
 }
 
@@ -48,4 +58,6 @@ def open_writers(config: OutputConfig, out_dir: str, shard: str) -> list[ShardWr
 
 
 def open_rejects(config: OutputConfig, out_dir: str, shard: str) -> ShardWriter | None:
-    return ParquetWriter(out_dir, shard, config.text_field, subdir="_rejects") if config.rejects else None
+    if not config.rejects:
+        return None
+    return ParquetWriter(out_dir, shard, config.text_field, subdir="_rejects", images=True)

@@ -1,42 +1,51 @@
-"""Parquet shards: the records without image bytes, one flat column per caption and score."""
+"""Parquet shards: the records, one flat column per caption and score, optionally the images.
+
+Every file carries Hugging Face `datasets` feature metadata in its schema, so
+`load_dataset("parquet", data_files=...)` gives the `image` column (when written) as PIL images.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-from capmill.sample import Sample
-from capmill.writers.base import ShardWriter, tmp_name
+from capmill.media.image import sniff_ext
+from capmill.sample import VIDEO, Sample
+from capmill.writers.base import ShardWriter, row_fields, tmp_name, usable_image
+
+FIXED = ["key", "status", "error", "alt_text", "text"]
+IMAGE = "image"
 
 
 class ParquetWriter(ShardWriter):
     """Columns: key, status, error, alt_text, text (the chosen caption), `caption.NAME` and
-    `score.NAME` for each caption and score present in the shard, and `record` (the full record
-    as JSON, so nothing is lost when the flat columns do not fit a consumer).
+    `score.NAME` for each caption and score present in the shard, `image` when `images` is on
+    (Hugging Face's image struct: `bytes` and `path`, null for a sample without a usable image),
+    and `record` (the full record as JSON, so nothing is lost when the flat columns do not fit a
+    consumer). `error` and `alt_text` are null when absent, as the record has them.
     """
 
-    def __init__(self, out_dir: str, shard: str, text_field: str, subdir: str | None = None):
+    def __init__(self, out_dir: str, shard: str, text_field: str, subdir: str | None = None, images: bool = False):
         super().__init__(out_dir, shard, text_field)
         directory = os.path.join(out_dir, subdir) if subdir else out_dir
         os.makedirs(directory, exist_ok=True)
         self.rel = os.path.join(subdir, f"{shard}.parquet") if subdir else f"{shard}.parquet"
         self.final = os.path.join(out_dir, self.rel)
         self.tmp = tmp_name(directory, f"{shard}.parquet")
+        self.images = images
         self.rows: list[dict] = []
 
     def write(self, sample: Sample) -> None:
-        row = {
-            "key": sample.key,
-            "status": sample.status,
-            "error": sample.error,
-            "alt_text": sample.alt_text,
-            "text": self.chosen_text(sample),
-        }
+        row = row_fields(sample, self.chosen_text(sample))
+        row["error"], row["alt_text"] = sample.error, sample.alt_text  # nulls are typed columns here
         for name, caption in sample.captions.items():
             row[f"caption.{name}"] = caption.text
         for name, value in sample.scores.items():
             row[f"score.{name}"] = float(value)
-        row["record"] = json.dumps(sample.to_dict(), ensure_ascii=False)
+        if self.images:
+            data = usable_image(sample) if sample.media.kind != VIDEO else None  # an image column holds images
+            ext = sample.image.ext or sniff_ext(data) or "bin"
+            row[IMAGE] = None if data is None else {"bytes": data, "path": f"{sample.key}.{ext}"}
         self.rows.append(row)
 
     def commit(self) -> list[str]:
@@ -46,11 +55,11 @@ class ParquetWriter(ShardWriter):
         columns: dict[str, None] = {}
         for row in self.rows:
             columns.update(dict.fromkeys(row))
-        fixed = ["key", "status", "error", "alt_text", "text"]
-        extra = sorted(c for c in columns if c not in fixed and c != "record")
-        names = fixed + extra + ["record"]
-        types = {c: pa.float64() if c.startswith("score.") else pa.string() for c in names}
+        extra = sorted(c for c in columns if c not in FIXED and c not in (IMAGE, "record"))
+        names = FIXED + extra + ([IMAGE] if self.images else []) + ["record"]
+        types = {c: _arrow_type(c) for c in names}
         table = pa.table({c: pa.array([row.get(c) for row in self.rows], type=types[c]) for c in names})
+        table = table.replace_schema_metadata({b"huggingface": json.dumps(hf_features(names)).encode()})
         pq.write_table(table, self.tmp)
         os.replace(self.tmp, self.final)
         self.rows = []
@@ -60,3 +69,25 @@ class ParquetWriter(ShardWriter):
         self.rows = []
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
+
+
+def _arrow_type(column: str):
+    import pyarrow as pa
+
+    if column.startswith("score."):
+        return pa.float64()
+    if column == IMAGE:
+        return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return pa.string()
+
+
+def hf_features(names: list[str]) -> dict:
+    """The schema metadata `datasets` reads (`{"info": {"features": ...}}`), written as plain
+    JSON so writing needs no `datasets` install."""
+    features = {}
+    for c in names:
+        if c == IMAGE:
+            features[c] = {"_type": "Image"}
+        else:
+            features[c] = {"dtype": "float64" if c.startswith("score.") else "string", "_type": "Value"}
+    return {"info": {"features": features}}
