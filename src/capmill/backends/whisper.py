@@ -46,6 +46,11 @@ class FasterWhisperConfig(BackendConfig):
         return FasterWhisperBackend(self)
 
     def model_ids(self) -> list[str]:
+        if self.model == BUNDLED:  # the folder it resolves to, so `capmill models` can check it
+            try:
+                return [bundled_model_path()]
+            except SetupError:
+                return [BUNDLED]
         return [self.model]
 
 
