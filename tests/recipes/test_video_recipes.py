@@ -21,13 +21,15 @@ from tests.conftest import snapshot
 VIDEO_RECIPES = {"sharegpt4video": "sharegpt4video", "vdc": "vdc_detailed", "longcaptioning": "long_caption",
                  "howtocaption": "howtocaption"}
 # Small settings that keep each run to seconds on a CPU; the recipe's own stages and prompts run.
+# The tiny models write gibberish, which the output guards reject: `on_reject: keep` stores it
+# flagged instead of dropping every sample (the guards still run and regenerate).
 QUICK = {
-    "sharegpt4video": ["video.sampling.max_frames=6"],
+    "sharegpt4video": ["video.sampling.max_frames=6", "stages.0.on_reject=keep"],
     "vdc": ["video.sampling.frames=4"],
     "longcaptioning": ["video.sampling.max_frames=8", "stages.0.segment_seconds=1", "stages.0.group_size=2",
-                       "stages.0.words=40", "stages.0.aggregate_params={max_new_tokens: 16}"],
+                       "stages.0.words=40", "stages.0.aggregate_params={max_new_tokens: 16}", "stages.0.on_reject=keep"],
     # The tiny CLIP is random: its similarities say nothing, so nothing is filtered by them here.
-    "howtocaption": ["video.sampling.max_frames=8", "stages.1.threshold=null"],
+    "howtocaption": ["video.sampling.max_frames=8", "stages.1.threshold=null", "stages.1.on_reject=keep"],
 }
 
 
