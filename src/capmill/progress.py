@@ -87,6 +87,8 @@ class RunSummary:
     listeners: list[Callable[[dict[str, Any], RunSummary], None]] = field(default_factory=list, repr=False, compare=False)
     # Problems that do not touch the data (a tracker that stopped logging), shown with the summary.
     warnings: list[str] = field(default_factory=list)
+    # One line per stage the fit step fitted (or reused) before the run: what it decided.
+    fits: list[str] = field(default_factory=list)
 
     def add_shard(self, stats: dict[str, Any]) -> None:
         self.shards_done += 1
@@ -132,6 +134,7 @@ class RunSummary:
             f"{len(self.failed_shards)} failed, of {self.shards_total}",
             f"samples: {self.samples} in {self.wall_seconds:.1f}s ({rate:.1f}/s)",
         ]
+        lines.extend(f"fit {line}" for line in self.fits)
         if self.by_status:
             lines.append("")
             lines.append(f"{'status':<24}{'samples':>10}")

@@ -8,6 +8,7 @@ from typing import TextIO
 
 from capmill.chain import check_chain
 from capmill.config import RunConfig
+from capmill.fit import run_fit_step
 from capmill.outputdir import OutputDir, new_run_record
 from capmill.progress import Progress, RunSummary
 
@@ -39,6 +40,10 @@ def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry
             stage_cfg.build()
         return summary
     out.prepare(record, force=force)
+    # Stages that must see the whole input fit once here, before any worker starts; their states
+    # land in OUT/_fit/, where every worker's setup finds them, and a resumed run reuses them.
+    for fitted in run_fit_step(config, out.path):
+        summary.fits.append(f"{fitted.stage}: {fitted.summary or 'fitted'}{' (reused)' if fitted.reused else ''}")
     done = out.committed()
     pending = [s for s in shards if s.name not in done]
     summary.shards_skipped = len(shards) - len(pending)

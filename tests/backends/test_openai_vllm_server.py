@@ -118,7 +118,7 @@ def test_chat_with_candidates_against_vllm(vllm_server):
     assert again.texts == gens[0].texts
 
 
-def test_caption_then_fuse_through_vllm(tmp_path, vllm_server):
+def test_caption_then_fuse_through_vllm(tmp_path, vllm_server, tiny_models):
     """The caption/fuse path: a fake VLM writes the caption (the tiny server model reads no
     images), the fuse stage merges it with the AltText through vLLM."""
     from capmill.testing import write_webdataset
@@ -128,7 +128,9 @@ def test_caption_then_fuse_through_vllm(tmp_path, vllm_server):
         {"type": "caption", "formats": ["ssc"], "backend": {"type": "fake"}},
         {"type": "fuse", "caption": "ssc", "backend": {"type": "openai", "base_url": vllm_server, "model": SERVED,
                                                          "api_key_env": "OPENAI_API_KEY", "concurrency": 32,
-                                                         "extra_body": {"min_tokens": 3}}},
+                                                         "extra_body": {"min_tokens": 3}},
+         # The server keeps its tokenizer: the input budget counts with the served model's folder.
+         "budget_tokenizer": str(tiny_models / "qwen2_lm")},
     ]
     summary = run(parse_config(make_config(tmp_path / "data", tmp_path / "out", stages=stages)), progress=False)
     assert summary.ok

@@ -123,34 +123,6 @@ def test_diffusion_export_parquet_and_sidecar(run_out, tmp_path):
     assert len(txts) == 6 and all(t.with_suffix(".jpg").exists() for t in txts)
 
 
-def test_dreamlip_export_samples_six_sentences_plus_alt_text(run_out, tmp_path):
-    # Long captions of several sentences give a pool of more than six.
-    cfg = export_config("dreamlip", 0, ["mix.synthetic=[dsc_plus, dsc, ssc, capsfusion]"])
-    export_run(str(run_out), cfg, str(tmp_path / "dl"))
-    members = _tar(tmp_path / "dl" / "00000.tar")
-    for name, data in members.items():
-        if name.endswith(".json"):
-            record = json.loads(data)
-            assert len(record["sub_captions"]) == 6 and record["alt_text"]
-            assert members[name.replace(".json", ".txt")].decode() == record["alt_text"]
-    pool_small = export_config("dreamlip", 0, ["mix.synthetic=[ssc]", "sentences=3"])
-    export_run(str(run_out), pool_small, str(tmp_path / "dl2"))
-    record = json.loads(next(v for k, v in _tar(tmp_path / "dl2" / "00000.tar").items() if k.endswith(".json")))
-    assert len(record["sub_captions"]) == 3 and len(set(record["sub_captions"])) == 1  # one sentence, repeated
-
-
-def test_dreamlip_without_replacement_when_possible():
-    from capmill.export.targets import DreamlipExporter
-    from capmill.sample import Caption, Sample
-
-    exporter = DreamlipExporter.__new__(DreamlipExporter)
-    exporter.config = export_config("dreamlip", 5)
-    text = " ".join(f"Sentence {i}." for i in range(9))
-    sample = Sample(key="k", alt_text="a", captions={"dsc_plus": Caption(text=text, source="dsc_plus")})
-    subs, sources = exporter.sub_captions(sample)
-    assert len(subs) == 6 and len(set(subs)) == 6 and sources == ["dsc_plus"]
-
-
 def test_cli_export_with_set(run_out, tmp_path, capsys):
     rc = main(["export", str(run_out), "--target", "clip", "--out", str(tmp_path / "c"), "--seed", "4",
                "--set", "mix.p_synthetic=0.0"])

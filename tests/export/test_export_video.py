@@ -22,9 +22,9 @@ def test_one_conversation_per_video_with_its_file(tmp_path):
     entries = _run(tmp_path, [{"type": "caption", "backend": {"type": "fake"}, "formats": ["dsc_plus"]}])
     assert [e["id"] for e in entries] == ["vid0000", "vid0001"]
     first = entries[0]
-    assert first["video"] == "videos/vid0000.mp4" and first["text_source"] == "dsc_plus"
+    assert first["video"] == "videos/00000/vid0000.mp4" and first["text_source"] == "dsc_plus"
     assert first["conversations"][0]["value"].startswith("<video>\n") and first["conversations"][1]["value"]
-    written = (tmp_path / "train" / "videos" / "vid0000.mp4").read_bytes()
+    written = (tmp_path / "train" / "videos" / "00000" / "vid0000.mp4").read_bytes()
     assert written == next(video_items(1, tones=True, scene_seconds=2.0, gop=5)).data
 
 
@@ -33,7 +33,7 @@ def test_howtocaption_clips_become_entries_with_their_times(tmp_path):
               {"type": "howtocaption", "llm": {"type": "fake"}, "block_words": 10}]
     entries = _run(tmp_path, stages)
     assert len(entries) >= 4 and all("start" in e and "end" in e and e["text_source"] == "howtocaption" for e in entries)
-    assert entries[0]["id"] == "vid0000_0000" and entries[0]["video"] == "videos/vid0000.mp4"
+    assert entries[0]["id"] == "vid0000_0000" and entries[0]["video"] == "videos/00000/vid0000.mp4"
 
 
 def test_clip_samples_carry_their_window(tmp_path):
@@ -41,4 +41,4 @@ def test_clip_samples_carry_their_window(tmp_path):
                    clips={"seconds": 2.0, "min_seconds": 0.5})
     assert [e["id"] for e in entries][:3] == ["vid0000_clip0000", "vid0000_clip0001", "vid0000_clip0002"]
     assert (entries[1]["source"], entries[1]["start"], entries[1]["end"]) == ("vid0000", 2.0, 4.0)
-    assert (tmp_path / "train" / "videos" / "vid0000_clip0001.mp4").stat().st_size > 0
+    assert (tmp_path / "train" / "videos" / "00000" / "vid0000_clip0001.mp4").stat().st_size > 0

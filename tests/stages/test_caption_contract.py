@@ -51,5 +51,5 @@ def test_contract_config_runs_as_written(tiny_models, tmp_path, monkeypatch):
     records = [json.loads(r["record"]) for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()]
     for record in records:
         caption = record["captions"]["capsfusion"]
-        assert caption["prompt_id"] == "capsfusion@1"
+        assert caption["prompt_id"] == "capsfusion@2"
         assert caption["meta"]["fallback"] is None or caption["meta"]["rejected"] is not None or caption["meta"]["fallback"] == "backend_error"

@@ -14,6 +14,7 @@ from capmill.chain import check_chain
 from capmill.components import BackendConfig, StageConfig, backend_fields
 from capmill.config import parse_config
 from capmill.run import run
+from capmill.testing.tiny_models import ROLES
 from tests.conftest import make_config
 
 FAKE = {"type": "fake"}
@@ -37,8 +38,8 @@ EXAMPLES = {
 }
 VIDEO_DATA = {"asr", "differential_caption", "long_caption", "howtocaption"}
 
-PROTOCOLS = {protocols.VisionLanguageModel, protocols.LanguageModel, protocols.ImageTextScorer, protocols.TextEmbedder,
-             protocols.SpeechRecognizer}
+# Every protocol a stage may ask for has a tiny model standing in for it (`--models DIR`).
+PROTOCOLS = {getattr(protocols, name) for name in ROLES}
 
 
 def registered_stages() -> dict[str, type]:

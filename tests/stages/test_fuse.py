@@ -101,7 +101,7 @@ def test_fused_caption_is_stored_under_the_template_name():
     stage = _fuse([GOOD])
     [s] = stage.process([_sample()])
     fused = s.captions["capsfusion"]
-    assert fused.text == GOOD and fused.meta["fallback"] is None and fused.prompt_id == "capsfusion@1"
+    assert fused.text == GOOD and fused.meta["fallback"] is None and fused.prompt_id == "capsfusion@2"
     assert s.alt_text == ALT and s.captions["dsc"].text == CAP  # inputs are never overwritten
     assert fused.meta["length"]["words"] == len(GOOD.split())
 
@@ -151,8 +151,8 @@ def test_published_decoding_defaults_and_one_batched_call():
     assert "<alt_text>" in user["content"] and "<caption>" in user["content"]
 
 
-def test_budget_truncates_the_alt_text_first():
-    stage = _fuse([GOOD], input_budget=40, budget_tokenizer="clip")
+def test_inputs_budget_is_the_named_option_for_the_earlier_rule():
+    stage = _fuse([GOOD], input_budget=40, budget_scope="inputs", budget_tokenizer="clip")
     long_alt = "Eileen Collins " + " ".join(f"word{i}" for i in range(200))
     alt_cut, cap_cut, cut = stage.fit_budget(long_alt, CAP)
     assert cut and cap_cut == CAP and alt_cut.startswith("Eileen Collins")
@@ -163,6 +163,64 @@ def test_budget_truncates_the_alt_text_first():
     [s] = stage.process([_sample(alt=long_alt)])
     assert s.captions["capsfusion"].meta["inputs"]["alt_text_truncated"] is True
     assert "word150" not in stage.backend.prompts[0]
+
+
+def test_prompt_budget_counts_the_whole_prompt_as_capsfusion_does():
+    # The fake's tokenizer (a test double) makes a token of each word and 2 of each chat turn, so
+    # the budget can be worked out by hand: prompt = template F + AltText words + caption words.
+    stage = _fuse([GOOD], input_budget=256)
+    assert stage.config.budget_scope == "prompt" and stage.config.budget_tokenizer == "model"
+    fixed = stage.prompt_tokens.prompt_length(stage.messages("", ""))
+    cap_words = len(CAP.split())
+    assert fixed == sum(len(m["content"].split()) + 2 for m in stage.messages("", "")) + 1
+    long_alt = " ".join(f"w{i}" for i in range(300))
+    alt_cut, cap_cut, cut = stage.fit_budget(long_alt, CAP)
+    # AltText cut first, from its end, to exactly what is left of the 256 tokens.
+    assert cut and cap_cut == CAP and alt_cut == " ".join(f"w{i}" for i in range(256 - fixed - cap_words))
+    assert stage.prompt_tokens.prompt_length(stage.messages(alt_cut, cap_cut)) == 256
+    # A prompt of exactly the budget is left whole (the reference's `>= 256` would empty the AltText).
+    exact = " ".join(f"w{i}" for i in range(256 - fixed - cap_words))
+    assert stage.fit_budget(exact, CAP) == (exact, CAP, False)
+    # A caption that alone overflows: the AltText goes, then the caption's end.
+    huge_cap = " ".join(["tree"] * 400)
+    alt_cut, cap_cut, cut = stage.fit_budget("Eiffel Tower", huge_cap)
+    assert alt_cut == "" and cap_cut == " ".join(["tree"] * (256 - fixed))
+    [s] = stage.process([_sample(alt=long_alt)])
+    assert s.captions["capsfusion"].meta["inputs"]["alt_text_truncated"] is True
+    assert len(stage.backend.prompts[0].split()) <= 256
+
+
+def test_prompt_budget_with_the_llms_own_tokenizer_bounds_its_input_ids(tiny_models):
+    from capmill.backends.base import ChatRequest
+    from capmill.text.prompt_budget import fit_prompt
+
+    stage = FuseStageConfig(backend={"type": "transformers", "model": str(tiny_models / "qwen2_lm"), "device": "cpu"},
+                            input_budget=4096).build()
+    stage.setup(RunContext())
+    backend = stage.backend
+    # The tiny model's small vocabulary spends many tokens on the template: budget = template + 60.
+    budget = stage.prompt_tokens.prompt_length(stage.messages("", "")) + 60
+    long_alt = "NASA astronaut Eileen Collins " + " ".join(["red car near the old bridge"] * 20)
+    cap = "A woman stands in front of a flag."
+    alt_cut, cap_cut, total = fit_prompt(long_alt, cap, budget, stage.prompt_tokens, stage.messages)
+    ids = backend._chat_inputs([ChatRequest(messages=stage.messages(alt_cut, cap_cut))])["input_ids"]
+    whole = backend._chat_inputs([ChatRequest(messages=stage.messages(long_alt, cap))])["input_ids"]
+    # The count is what the model reads, chat template included, and it fits.
+    assert whole.shape[1] > budget and ids.shape[1] == total and budget - 3 <= total <= budget
+    assert cap_cut == cap and alt_cut.startswith("NASA astronaut") and len(alt_cut) < len(long_alt)
+    stage.teardown()
+
+
+def test_budget_tokenizer_errors_say_what_to_do():
+    from capmill.errors import SetupError
+
+    with pytest.raises(ConfigError, match="budget_scope: inputs"):
+        _fuse([], budget_tokenizer="clip")
+    stage = FuseStageConfig(backend={"type": "openai", "model": "served-name", "probe": False}).build()
+    with pytest.raises(SetupError, match="budget_tokenizer: served-name"):
+        stage.setup(RunContext())
+    with pytest.raises(ConfigError, match="raise input_budget"):
+        _fuse([], input_budget=16)
 
 
 def test_other_language_alt_text_is_kept_and_language_is_an_option():

@@ -112,7 +112,9 @@ def test_score_then_filter_run_counts_drops(tmp_path):
 
 
 def test_dedup_exact_and_near_within_and_across_batches():
-    stage = DedupStageConfig(exact=["image", "alt_text"], near=["dsc"], threshold=0.99, backend=FAKE).build()
+    # fit_exact: false decides the input targets while streaming (the fit path: tests/fit).
+    stage = DedupStageConfig(exact=["image", "alt_text"], near=["dsc"], threshold=0.99, backend=FAKE,
+                             fit_exact=False).build()
     stage.setup(RunContext())
     a = sample("a", alt="A red dog!", dsc="one")
     a.image.data = b"img-a"

@@ -5,6 +5,7 @@
 | VisionLanguageModel   | image(s) or a video + prompt → n texts; logits     |
 | LanguageModel         | chat messages → n texts                            |
 | ImageTextScorer       | L2-normalised image and text embeddings            |
+| ImageTextMatcher      | probability that a text matches an image (ITM)     |
 | TextEmbedder          | L2-normalised text embeddings                      |
 | SpeechRecognizer      | mono waveform → timestamped transcript segments    |
 
@@ -178,6 +179,20 @@ class ImageTextScorer(Protocol):
     def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
 
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ImageTextMatcher(Protocol):
+    """Image–text matching (a cross-encoder such as BLIP's ITM head): for each (image, text) pair,
+    the probability that the text describes the image."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def match(self, images: list[Image.Image], texts: list[str]) -> np.ndarray: ...
 
     def close(self) -> None: ...
 

@@ -79,10 +79,25 @@ def hashed_vector(seed: bytes, dim: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+class WordPromptTokenizer:
+    """The fake's tokenizer, a test double for token budgets: a token is a whitespace-separated
+    word, and each chat turn adds 2 tokens (role and end marker) plus 1 for the reply cue, so
+    budgets can be worked out by hand."""
+
+    def prompt_length(self, messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) + 2 for m in messages) + 1
+
+    def encode(self, text: str) -> list[str]:
+        return text.split()
+
+    def decode(self, tokens) -> str:
+        return " ".join(tokens)
+
+
 class FakeBackend:
-    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, TextEmbedder and
-    SpeechRecognizer (one segment per `segment_seconds` of audio, words hashed from the tag, the
-    segment's position and the seconds received)."""
+    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, ImageTextMatcher, TextEmbedder
+    and SpeechRecognizer (one segment per `segment_seconds` of audio, words hashed from the tag,
+    the segment's position and the seconds received)."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -171,3 +186,11 @@ class FakeBackend:
         return np.stack([hashed_vector(t.encode("utf-8", "replace"), self.config.dim) for t in texts]) if texts else np.zeros((0, self.config.dim), np.float32)
 
     embed = embed_texts
+
+    def prompt_tokenizer(self) -> WordPromptTokenizer:
+        return WordPromptTokenizer()
+
+    def match(self, images, texts: list[str]) -> np.ndarray:
+        """ImageTextMatcher: a probability derived from a hash of the pixels and the text."""
+        return np.array([int.from_bytes(hashlib.sha256(img.tobytes() + t.encode("utf-8", "replace")).digest()[:4],
+                                        "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)

@@ -359,6 +359,13 @@ class TransformersBackend:
         messages = [{"role": m["role"], "content": self.neutralise(m["content"])} for m in request.messages]
         return self._apply_template(messages)
 
+    def prompt_tokenizer(self) -> Any:
+        """The model's tokenizer over a chat prompt exactly as `chat` renders it (fuse's input budget)."""
+        from capmill.text.prompt_budget import HFPromptTokenizer
+
+        self._require_loaded()
+        return HFPromptTokenizer(self.tokenizer, lambda messages: self.render_chat(ChatRequest(messages=messages)))
+
     def _apply_template(self, messages: list[dict[str, Any]]) -> str:
         owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
         return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

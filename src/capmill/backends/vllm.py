@@ -217,6 +217,21 @@ class VLLMBackend:
     def neutralise(self, text: str) -> str:
         return neutralise_for(text, self.special_tokens)
 
+    def prompt_tokenizer(self) -> Any:
+        """The engine's tokenizer over a chat prompt as `chat` renders it (fuse's input budget)."""
+        from capmill.text.prompt_budget import HFPromptTokenizer
+
+        if self.llm is None:
+            raise SetupError("the vllm backend is not loaded: call load() first")
+        tokenizer = self.llm.get_tokenizer()
+        extra = {"chat_template": self.config.chat_template} if self.config.chat_template else {}
+
+        def render(messages: list[dict[str, str]]) -> str:
+            neutral = [{"role": m["role"], "content": self.neutralise(m["content"])} for m in messages]
+            return tokenizer.apply_chat_template(neutral, tokenize=False, add_generation_prompt=True, **extra)
+
+        return HFPromptTokenizer(tokenizer, render)
+
     # ---- protocol methods ------------------------------------------------------------------
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:

@@ -8,8 +8,10 @@ of the references file. One METEOR JVM serves every field of a session.
 Documented values for awkward input: an empty candidate (nothing left after tokenisation) cannot
 be scored by pycocoevalcap (ROUGE-L divides by its length), so it is left out of these metrics and
 counted in `empty`; items without references are left out and counted in `no_references`.
-SPIDEr-max (Liu et al. 2017 SPIDEr; "max" over candidates per Mei et al. 2022) takes, per item, the
-candidate with the best (CIDEr-D + SPICE)/2 and averages those; it needs SPICE.
+SPIDEr-max (Labbé, Pellegrini and Pinquier, "Is my automatic audio captioning system so bad?
+SPIDEr-max: a metric to consider several caption candidates", DCASE 2022 Workshop; SPIDEr itself is
+Liu et al. 2017; reference Labbeti/aac-metrics `functional/spider_max.py`) takes, per item, the
+candidate with the best SPIDEr = (CIDEr-D + SPICE)/2 and averages those; it needs SPICE.
 """
 
 from __future__ import annotations

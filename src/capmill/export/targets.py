@@ -1,67 +1,39 @@
-"""One exporter per training target. Each receives the run's samples shard by shard and writes
-the layout its trainer reads; files appear under their final name only once complete."""
+"""One exporter per training target. Each opens a shard writer (see `capmill.export.writers`) per
+run shard, writes each sample in its trainer's layout, and says what text it chose (`Draw`)."""
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import tarfile
 from typing import TYPE_CHECKING, Any
 
-from capmill.export.mix import ALT_TEXT, MixSampler, sample_rng, texts_of
-from capmill.text.length import split_sentences
+from capmill.export.dreamlip import DEFAULT_K, sentence_pool
+from capmill.export.mix import ALT_TEXT, Draw, MixSampler, sample_rng, texts_of
+from capmill.export.writers import DiffusionParquetShard, LlavaShard, SidecarShard, TarShard, assemble_llava
 
 if TYPE_CHECKING:
     from capmill.export.config import ExportConfig
     from capmill.sample import Sample
-
-
-class _TarShard:
-    """A tar written under a temporary name and renamed when closed."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.tmp = f"{path}.tmp"
-        self.tar = tarfile.open(self.tmp, "w")
-
-    def add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        self.tar.addfile(info, io.BytesIO(data))
-
-    def close(self) -> None:
-        self.tar.close()
-        os.replace(self.tmp, self.path)
-
-
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    from capmill.writers.base import ShardWriter
 
 
 class Exporter:
-    """Writes one target's layout. `write` returns the name of the text it chose for the
-    sample (for the export's counts)."""
+    """Writes one target's layout, shard by shard."""
 
-    needs_image = True
+    # Files outside the shards that `finish` writes (and --force deletes).
+    files_outside_shards: list[str] = []
 
     def __init__(self, config: ExportConfig, out: str):
         self.config = config
         self.out = out
         self.sampler = MixSampler(config.mix, config.seed)
 
-    def begin_shard(self, name: str) -> None:
-        pass
-
-    def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
+    def open(self, shard: str) -> ShardWriter:
         raise NotImplementedError
 
-    def end_shard(self) -> None:
-        pass
+    def write(self, writer: Any, sample: Sample, image: bytes, ext: str) -> Draw:
+        raise NotImplementedError
 
-    def close(self) -> list[str]:
-        """Finish the export; returns files written outside shards."""
+    def finish(self, shards: list[str]) -> list[str]:
+        """After every shard is committed; `shards` are the committed shards in order."""
         return []
 
 
@@ -69,122 +41,100 @@ class ClipExporter(Exporter):
     """webdataset shards for OpenCLIP: KEY.EXT, KEY.txt (the mixed caption), and KEY.json with
     every variant, so a training-time sampler can redraw the mix (see README)."""
 
-    def begin_shard(self, name: str) -> None:
-        self.shard = _TarShard(os.path.join(self.out, f"{name}.tar"))
+    def open(self, shard: str) -> TarShard:
+        return TarShard(self.out, shard)
 
-    def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
-        chosen, text, texts = self.sampler.text_for(sample)
-        self.shard.add(f"{sample.key}.{ext}", image)
-        self.shard.add(f"{sample.key}.txt", text.encode("utf-8"))
-        self.shard.add(f"{sample.key}.json", _json({"key": sample.key, "text_source": chosen, "texts": texts}))
-        return chosen
-
-    def end_shard(self) -> None:
-        self.shard.close()
+    def write(self, writer: TarShard, sample: Sample, image: bytes, ext: str) -> Draw:
+        draw = self.sampler.draw(sample)
+        if not draw.source:
+            return draw
+        record = {"key": sample.key, "text_source": draw.source, "texts": texts_of(sample)}
+        if draw.fusion_fallback_of:
+            record["fusion_fallback_of"] = draw.fusion_fallback_of
+        writer.add(f"{sample.key}.{ext}", image)
+        writer.add(f"{sample.key}.txt", draw.text.encode("utf-8"))
+        writer.add_json(f"{sample.key}.json", record)
+        return draw
 
 
 class MllmExporter(Exporter):
-    """LLaVA-style conversations: OUT/images/KEY.EXT and one OUT/llava.json array of
+    """LLaVA-style conversations: OUT/images/SHARD/KEY.EXT and one OUT/llava.json array of
     {"id", "image", "conversations": [human: "<image>\\n" + instruction, gpt: caption]}."""
+
+    files_outside_shards = ["llava.json"]
 
     def __init__(self, config: ExportConfig, out: str):
         super().__init__(config, out)
         from capmill.prompts import load_template
 
         self.instructions = load_template("export", "mllm_instructions").options["instructions"]
-        os.makedirs(os.path.join(out, "images"), exist_ok=True)
-        self.path = os.path.join(out, "llava.json")
-        self.file = open(f"{self.path}.tmp", "w", encoding="utf-8")
-        self.file.write("[")
-        self.first = True
 
-    def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
-        chosen, text, _ = self.sampler.text_for(sample)
-        image_rel = f"images/{sample.key}.{ext}"
-        with open(os.path.join(self.out, image_rel), "wb") as f:
-            f.write(image)
+    def open(self, shard: str) -> LlavaShard:
+        return LlavaShard(self.out, shard)
+
+    def write(self, writer: LlavaShard, sample: Sample, image: bytes, ext: str) -> Draw:
+        draw = self.sampler.draw(sample)
+        if not draw.source:
+            return draw
         instruction = self.instructions[sample_rng(self.config.seed, sample.key, "instruction").randrange(len(self.instructions))]
-        record = {"id": sample.key, "image": image_rel, "text_source": chosen, "conversations": [
-            {"from": "human", "value": f"<image>\n{instruction}"},
-            {"from": "gpt", "value": text},
-        ]}
-        self.file.write(("\n" if self.first else ",\n") + json.dumps(record, ensure_ascii=False))
-        self.first = False
-        return chosen
+        writer.add(sample.key, ext, image, {
+            "id": sample.key, "image": writer.image_path(sample.key, ext), "text_source": draw.source,
+            "conversations": [{"from": "human", "value": f"<image>\n{instruction}"}, {"from": "gpt", "value": draw.text}],
+        })
+        return draw
 
-    def close(self) -> list[str]:
-        self.file.write("\n]\n")
-        self.file.close()
-        os.replace(f"{self.path}.tmp", self.path)
-        return ["llava.json"]
+    def finish(self, shards: list[str]) -> list[str]:
+        return [assemble_llava(self.out, shards)]
 
 
 class DiffusionExporter(Exporter):
-    """The chosen caption per image: sidecar files (OUT/SHARD/KEY.EXT + KEY.txt) or one parquet
-    per shard (key, caption, caption_source, alt_text, image bytes, image_ext)."""
+    """The chosen caption per image: one parquet per shard (key, caption, caption_source,
+    alt_text, image bytes, image_ext), or sidecar folders of KEY.EXT + KEY.txt per shard, named
+    `N_SHARD` with `repeats: N` as kohya's sd-scripts reads a training folder."""
 
-    def begin_shard(self, name: str) -> None:
-        self.name = name
-        self.rows: list[dict[str, Any]] = []
+    def open(self, shard: str) -> ShardWriter:
         if self.config.diffusion_format == "sidecar":
-            self.folder = os.path.join(self.out, name)
-            os.makedirs(self.folder, exist_ok=True)
+            return SidecarShard(self.out, self.config.folder_name(shard))
+        return DiffusionParquetShard(self.out, shard)
 
-    def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
-        chosen, text, _ = self.sampler.text_for(sample)
-        if self.config.diffusion_format == "sidecar":
-            with open(os.path.join(self.folder, f"{sample.key}.{ext}"), "wb") as f:
-                f.write(image)
-            with open(os.path.join(self.folder, f"{sample.key}.txt"), "w", encoding="utf-8") as f:
-                f.write(text)
+    def write(self, writer: Any, sample: Sample, image: bytes, ext: str) -> Draw:
+        draw = self.sampler.draw(sample)
+        if not draw.source:
+            return draw
+        if isinstance(writer, SidecarShard):
+            if not writer.write_text(sample, draw.text):
+                return Draw("", "", "no_image", dropped=True)
         else:
-            self.rows.append({"key": sample.key, "caption": text, "caption_source": chosen,
-                              "alt_text": sample.alt_text, "image": image, "image_ext": ext})
-        return chosen
-
-    def end_shard(self) -> None:
-        if self.config.diffusion_format != "parquet":
-            return
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("caption_source", pa.string()),
-                            ("alt_text", pa.string()), ("image", pa.binary()), ("image_ext", pa.string())])
-        path = os.path.join(self.out, f"{self.name}.parquet")
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=schema), f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+            writer.add({"key": sample.key, "caption": draw.text, "caption_source": draw.source,
+                        "alt_text": sample.alt_text, "image": image, "image_ext": ext})
+        return draw
 
 
 class DreamlipExporter(Exporter):
-    """DreamLIP: the long captions split into sentences, `sentences` of them sampled per image
-    (without replacement when there are enough, topped up with repeats otherwise so every
-    sample has the same count), plus the AltText. webdataset shards: KEY.EXT, KEY.txt (the
-    AltText, or the first sub-caption when there is none) and KEY.json."""
+    """DreamLIP: per image the whole sentence pool of the long captions (`mix.synthetic`, split as
+    DreamLIP's reference splits), drawn from per epoch by `capmill.export.dreamlip.SubCaptionSampler`
+    in the training pipeline. webdataset shards: KEY.EXT, KEY.txt (the AltText, or the first
+    sentence when there is none) and KEY.json (`alt_text`, `sentences`, `sources`, `k`)."""
 
-    def begin_shard(self, name: str) -> None:
-        self.shard = _TarShard(os.path.join(self.out, f"{name}.tar"))
+    def open(self, shard: str) -> TarShard:
+        return TarShard(self.out, shard)
 
-    def sub_captions(self, sample: Sample) -> tuple[list[str], list[str]]:
+    def pool(self, sample: Sample) -> tuple[list[str], list[str]]:
         texts = texts_of(sample)
         sources = [name for name in self.config.mix.synthetic if texts.get(name)]
-        pool = [s for name in sources for s in split_sentences(texts[name])]
-        k = self.config.sentences
-        rng = sample_rng(self.config.seed, sample.key, "dreamlip")
-        if len(pool) >= k:
-            return rng.sample(pool, k), sources
-        return (pool + [rng.choice(pool) for _ in range(k - len(pool))] if pool else []), sources
+        return sentence_pool([texts[name] for name in sources]), sources
 
-    def write(self, sample: Sample, image: bytes | None, ext: str) -> str:
-        subs, sources = self.sub_captions(sample)
+    def write(self, writer: TarShard, sample: Sample, image: bytes, ext: str) -> Draw:
+        sentences, sources = self.pool(sample)
         alt = (sample.alt_text or "").strip()
-        self.shard.add(f"{sample.key}.{ext}", image)
-        self.shard.add(f"{sample.key}.txt", (alt or (subs[0] if subs else "")).encode("utf-8"))
-        self.shard.add(f"{sample.key}.json", _json({"key": sample.key, "alt_text": alt or None,
-                                                     "sub_captions": subs, "sources": sources}))
-        return "+".join(sources) if sources else ALT_TEXT
-
-    def end_shard(self) -> None:
-        self.shard.close()
+        if not alt and not sentences:
+            return Draw("", "", "")
+        writer.add(f"{sample.key}.{ext}", image)
+        writer.add(f"{sample.key}.txt", (alt or sentences[0]).encode("utf-8"))
+        writer.add_json(f"{sample.key}.json", {"key": sample.key, "alt_text": alt or None, "sentences": sentences,
+                                               "sources": sources, "k": DEFAULT_K})
+        source = "+".join(sources) if sources else ALT_TEXT
+        return Draw(source, alt, source if sources else f"{ALT_TEXT} (no sentences)", mix_fallback=not sources)
 
 
 EXPORTERS: dict[str, type[Exporter]] = {
@@ -193,6 +143,7 @@ EXPORTERS: dict[str, type[Exporter]] = {
     "diffusion": DiffusionExporter,
     "dreamlip": DreamlipExporter,
 }
+
 
 
 def _video_exporter(config: ExportConfig, out: str) -> Exporter:

@@ -1,1 +1,7 @@
-"""The fit pass of stages that must see the whole input before streaming (bin edges, clusters)."""
+"""The fit step: what a stage must see of the whole input before streaming (bin edges, clusters,
+duplicate groups), computed once per run and handed to every worker."""
+
+from capmill.fit.request import FitRequest
+from capmill.fit.step import FitRecord, fit_key, load_fit, run_fit_step
+
+__all__ = ["FitRecord", "FitRequest", "fit_key", "load_fit", "run_fit_step"]

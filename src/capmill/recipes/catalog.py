@@ -10,6 +10,8 @@ from capmill.errors import ConfigError
 from capmill.suggest import did_you_mean
 
 RECIPE_DIR = Path(__file__).parent
+# Export recipes: the target and mix a published method trains on (`capmill export --recipe NAME`).
+EXPORT_DIR = RECIPE_DIR / "export"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,21 @@ class Recipe:
 
 def list_recipes() -> list[Recipe]:
     return [Recipe(p.stem, p) for p in sorted(RECIPE_DIR.glob("*.yaml"))]
+
+
+def list_export_recipes() -> list[Recipe]:
+    return [Recipe(p.stem, p) for p in sorted(EXPORT_DIR.glob("*.yaml"))]
+
+
+def find_export_recipe(name: str) -> Recipe:
+    """An export recipe by name, or a YAML file of export settings by path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return Recipe(path.stem, path)
+    for recipe in list_export_recipes():
+        if recipe.name == name:
+            return recipe
+    raise ConfigError(f"no export recipe {name!r}; available: {', '.join(r.name for r in list_export_recipes())}")
 
 
 def find_recipe(name: str) -> Recipe:

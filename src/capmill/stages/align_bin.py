@@ -4,18 +4,25 @@ From "Noise-aware Learning from Web-crawled Image-Text Data for Image Captioning
 al., ICCV 2023): the CLIP cosine of each (image, AltText) pair is quantised into 8 bins of equal
 width between the lowest and highest cosine of the dataset; a captioner trained with the bin as a
 control signal is decoded at the top bin. The paper's filtering baseline keeps cosine ≥ 0.3.
+Reference: kakaobrain/noc `preprocess/get_noc_bucket.py` scores every pair of the training set
+with OpenAI CLIP ViT-L/14 at 224 px (`openai/clip-vit-large-patch14` in transformers) and fits
+scikit-learn's `KBinsDiscretizer(n_bins=8, strategy="uniform")` on all of them; `assign_bin`
+gives the same bin as its `transform`, values beyond the fitted range included (end bins).
 
-Two passes (see capmill.fit.prepass): `setup` fits the edges once per output directory on up
-to `fit_samples` samples of the run's input (or `fit_input`), stores them in
-`OUT/_fit/align_bin-HASH.json`, and `process` assigns `scores["align_bin"]` = 0 … bins−1.
-Values outside the fitted range fall into the end bins. The cosine is read from
-`scores[score]` when an earlier stage (or run) computed it, else computed with `scorer` and stored
-under that key. Give `edges` to skip the fit (e.g. to reuse another dataset's bins).
+The edges come from the fit step (see capmill.fit): by default on the whole input, as NoC fits
+(`fit_samples: N` fits on N samples spread evenly over the shards instead: faster, with ends
+that can miss the extremes). The fit reads only what it needs: on a capmill output (the run's
+input or `fit_input`) the `score` column of its parquet files, without images; on a raw input
+the images and AltTexts, scored with `scorer`. `process` assigns `scores["align_bin"]` = 0 …
+bins−1, reading the cosine from `scores[score]` when an earlier stage computed it, else computing
+it with `scorer` and storing it under that key. Give `edges` to skip the fit (another dataset's
+bins). Bins fitted with one scorer mean nothing for another's cosines: keep the scorer fixed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -24,7 +31,8 @@ from capmill import keys
 from capmill.backends.base import ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
-from capmill.fit import prepass
+from capmill.fit.request import FitRequest
+from capmill.fit.samples import batched, image_alt_cosines
 from capmill.keys import Key, StageIO
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DECODE_ERROR, Sample
@@ -65,8 +73,8 @@ class AlignBinStageConfig(StageConfig):
     key: str | None = Field(None, min_length=1)
     # Fixed edges (bins+1 increasing values); skips the fit.
     edges: list[float] | None = None
-    # Samples the fit reads, spread evenly over the shards; None reads the whole input.
-    fit_samples: int | None = Field(10_000, ge=1)
+    # Samples the fit reads, spread evenly over the shards; None (NoC's choice) the whole input.
+    fit_samples: int | None = Field(None, ge=1)
     # Input to fit on instead of the run's own (a capmill output with the scores is cheapest).
     fit_input: RunOutputInput | None = None
     fit_batch_size: int = Field(64, ge=1)
@@ -101,29 +109,39 @@ class AlignBinStageConfig(StageConfig):
 class AlignBinStage(Stage):
     config: AlignBinStageConfig
 
+    @property
+    def needs_fit(self) -> bool:
+        return self.config.edges is None
+
+    def fit_request(self) -> FitRequest:
+        cfg = self.config
+        return FitRequest(input=cfg.fit_input, scores=(cfg.score,), decode=cfg.scorer is not None,
+                          images_for_scores=True, max_samples=cfg.fit_samples)
+
+    def fit(self, ctx: RunContext, samples: Iterator[Sample]) -> dict[str, Any]:
+        cfg = self.config
+        self.scorer = self._load_scorer()
+        values: list[float] = []
+        for batch in batched(samples, cfg.fit_batch_size):
+            values.extend(self._cosines(batch, store=False))
+        finite = [v for v in values if not math.isnan(v)]
+        return {"edges": uniform_edges(values, cfg.bins), "fitted_on": len(finite), "samples": len(values),
+                "score": cfg.score, "scorer": self.scorer.model_id if self.scorer is not None else None}
+
+    def fit_summary(self, state: dict[str, Any]) -> str:
+        edges = state["edges"]
+        return (f"{len(edges) - 1} uniform bins of {state['score']} fitted on {state['fitted_on']} of "
+                f"{state['samples']} samples, from {edges[0]:.4f} to {edges[-1]:.4f}")
+
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        cfg = self.config
-        self.scorer = None
-        if cfg.scorer is not None:
-            self.scorer = self.load_backend(cfg.scorer, ImageTextScorer, "the align_bin stage")
-        if cfg.edges is not None:
-            self.edges = list(cfg.edges)
-            return
-        source = prepass.fit_input_config(ctx, cfg.fit_input)
-        identity = {"stage": cfg.model_dump(mode="json"), "input": source.model_dump(mode="json")}
-        state = prepass.load_or_fit(ctx, "align_bin", identity, lambda: self._fit(ctx, source))
-        self.edges = state["edges"]
+        self.scorer = self._load_scorer()
+        self.edges = list(self.config.edges) if self.config.edges is not None else self.fit_state["edges"]
 
-    def _fit(self, ctx: RunContext, source: Any) -> dict[str, Any]:
-        cfg = self.config
-        values: list[float] = []
-        samples = prepass.fit_samples(ctx, source, cfg.fit_samples, decode=self.scorer is not None)
-        for batch in prepass.batched(samples, cfg.fit_batch_size):
-            values.extend(self._cosines(batch, store=False))
-        edges = uniform_edges(values, cfg.bins)
-        finite = [v for v in values if not math.isnan(v)]
-        return {"edges": edges, "fitted_on": len(finite), "score": cfg.score}
+    def _load_scorer(self) -> Any:
+        if self.config.scorer is None:
+            return None
+        return self.load_backend(self.config.scorer, ImageTextScorer, "the align_bin stage")
 
     def _cosines(self, batch: list[Sample], store: bool) -> list[float]:
         """The cosine of every sample, from its record or computed with the scorer; NaN where the
@@ -139,7 +157,7 @@ class AlignBinStage(Stage):
             )
         todo = [i for i in todo if batch[i].image.image is not None]
         if todo:
-            _, cos = prepass.image_alt_cosines(self.scorer, [batch[i] for i in todo])
+            _, cos = image_alt_cosines(self.scorer, [batch[i] for i in todo])
             for i, c in zip(todo, cos, strict=True):
                 values[i] = float(c)
                 if store:

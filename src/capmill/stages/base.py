@@ -1,10 +1,23 @@
-"""The stage protocol: `setup` in the worker, `process` on batches, `teardown` at the end."""
+"""The stage protocol: an optional `fit` once per run, `setup` in the worker, `process` on batches,
+`teardown` at the end.
+
+    fit(ctx, samples) -> state      once per run, before streaming, by the fit step (only when
+                                    `needs_fit`); reads what `fit_request()` declares; the state
+                                    is stored in OUT/_fit/ and reused by a resumed run
+    setup(ctx)                      in every worker and Ray actor; `self.fit_state` holds the state
+    process(batch) -> batch         on batches of the stream
+    teardown()                      closes what setup loaded
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from capmill.errors import SetupError
+from capmill.fit.request import FitRequest
 
 if TYPE_CHECKING:
     from capmill.components import BackendConfig, Resources, StageConfig
@@ -19,12 +32,32 @@ class RunContext:
     out_dir: str | None = None
     image: ImageConfig | None = None
     seed: int = 0
-    # Shared state a stage computed before the streaming pass (e.g. fitted bin edges).
+    # Shared state of the stages in this process.
     state: dict[str, Any] = field(default_factory=dict)
-    # The run's input config, so a stage that must see the data before the streaming pass
-    # (bin edges, clusters) can read it in `setup`; see capmill.fit.prepass.
+    # The run's input config. Stages never read it: it names the fit a stage receives (the fit
+    # key covers the input), and the fit step reads it (capmill.fit).
     input: Any = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("capmill"))
+    # Fit states by fit key, when the caller hands them over in memory; otherwise `fitted`
+    # reads them from OUT/_fit/.
+    fits: dict[str, Any] = field(default_factory=dict)
+
+    def fitted(self, stage: Stage) -> dict[str, Any]:
+        """The state the fit step computed for `stage` in this run."""
+        from capmill.fit.step import FIT_DIR, fit_key, load_fit
+
+        key = fit_key(stage, self.input, self.seed)
+        if key not in self.fits:
+            state = load_fit(self.out_dir, key) if self.out_dir else None
+            if state is None:
+                where = f"{self.out_dir}/{FIT_DIR}/{key}.json" if self.out_dir else "RunContext.fits"
+                raise SetupError(
+                    f"stage {stage.config.type} needs the fit step's result ({where}), which does not exist: "
+                    f"`capmill run` runs the fit step before streaming; a caller driving stages itself must "
+                    f"run capmill.fit.run_fit_step (or put the state into RunContext.fits) first"
+                )
+            self.fits[key] = state
+        return self.fits[key]
 
 
 class Stage:
@@ -35,6 +68,11 @@ class Stage:
     status/error (`Sample.fail`); an exception escaping `process` is treated by the executor as
     a failure of the batch, which it retries one sample at a time to find the culprit.
     A stage drops a sample by setting `status="dropped"` and `error` to the reason.
+
+    A stage whose decisions depend on the whole input (bin edges, clusters, duplicate groups)
+    sets `needs_fit`, declares what it must read in `fit_request` and computes a JSON-able state
+    in `fit`. The fit step runs it once per run, before any worker starts, and every worker's
+    `setup` receives the state as `self.fit_state`; no stage reads the input itself.
     """
 
     def __init__(self, config: StageConfig):
@@ -51,8 +89,29 @@ class Stage:
     def resources(self) -> Resources:
         return self.config.resources
 
+    @property
+    def needs_fit(self) -> bool:
+        """Whether the fit step must run `fit` for this stage before the run streams."""
+        return False
+
+    def fit_request(self) -> FitRequest:
+        """What `fit` reads: input (default the run's), columns, images, how many samples."""
+        return FitRequest()
+
+    def fit(self, ctx: RunContext, samples: Iterator[Sample]) -> dict[str, Any]:
+        """The whole-input state (JSON-serialisable), from the samples `fit_request` declared.
+        Runs in the process that runs the fit step; models it loads there are closed after."""
+        raise NotImplementedError(f"{type(self).__name__} sets needs_fit but implements no fit")
+
+    def fit_summary(self, state: dict[str, Any]) -> str | None:
+        """One line for the run summary about the fit (what it decided), or None."""
+        return None
+
     def setup(self, ctx: RunContext) -> None:
+        """Load models here, inside the worker. Subclasses call this first: it hands over the
+        fit state (`self.fit_state`, None for stages without a fit)."""
         self.ctx = ctx
+        self.fit_state = ctx.fitted(self) if self.needs_fit else None
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         return [self.process_one(sample) for sample in batch]

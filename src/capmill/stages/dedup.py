@@ -5,7 +5,18 @@ Exact: a BLAKE2 digest (16 bytes) of the image's encoded bytes, or of a caption'
 `threshold` between embeddings (images with an ImageTextScorer, captions with a TextEmbedder or
 the scorer's text tower), as in the dataset-shaping notes of MMC4/LAION and METHODS.md §10.
 
-Scale and memory. The index lives in the stage and covers the whole run:
+Exact duplicates of what the input itself holds (`image` bytes, `alt_text`) are decided by the
+fit step (see capmill.fit) over the whole input before the run streams: of each group of equal
+digests the first sample in input order (shards in order, samples in shard order) is kept, and
+every other one is dropped as its duplicate. The decision is therefore the same under any number
+of Ray actors, any arrival order, and on resume. It is taken on the input as read: a kept first
+copy that a stage before `dedup` drops (or whose image fails to decode) still counts as the copy
+that was kept, so put `dedup` first. The fit reads the input once more (image bytes, no
+decoding); `fit_exact: false` decides these targets while streaming instead, as the caption
+targets always are.
+
+Scale and memory. The streaming index (caption targets, near duplicates, and input targets with
+`fit_exact: false`) lives in the stage and covers the whole run:
 - exact: ≈ 150 bytes per kept sample and target (digest, key, set/dict overhead): 10M samples
   with two targets ≈ 3 GB;
 - near: one float32 embedding per kept sample and target (512-d: 2 KiB; 1M samples ≈ 2 GiB), and
@@ -14,10 +25,15 @@ Scale and memory. The index lives in the stage and covers the whole run:
 For datasets beyond that, dedup per part (run the stage on subsets of the shards) or lower the
 window. Which copy survives depends on arrival order; exactly one always does.
 
-Resume. The digests of each kept sample are stored in `meta["dedup"]`. On `setup` the index is
-rebuilt from the committed shards of the output directory (digests read back; near embeddings
-recomputed from the stored captions and, with a tar writer, images), so a resumed run still
-keeps exactly one copy of each duplicate group.
+With streaming, which copy survives depends on arrival order (exactly one always does), and each
+Ray actor keeps its own index: give the stage `concurrency: 1`. The fit step's index holds a
+digest and a key per distinct value during the fit (≈ 150 bytes each) and stores only the
+duplicates' keys.
+
+Resume. The digests of each kept sample are stored in `meta["dedup"]`. On `setup` the streaming
+index is rebuilt from the committed shards of this run's own output directory (digests read back;
+near embeddings recomputed from the stored captions and, with a tar writer, images), so a resumed
+run still keeps exactly one copy of each duplicate group.
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ import os
 import re
 import unicodedata
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -35,11 +52,15 @@ from capmill import keys
 from capmill.backends.base import ImageTextScorer, TextEmbedder
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
+from capmill.fit.request import FitRequest
 from capmill.keys import Key, StageIO
 from capmill.sample import DROPPED, Sample
 from capmill.stages.base import RunContext, Stage
 
 IMAGE = "image"
+ALT_TEXT = "alt_text"
+# Exact targets the input itself holds, which the fit step can decide before the run.
+INPUT_TARGETS = (IMAGE, ALT_TEXT)
 _PUNCT = re.compile(r"[^\w\s]+")
 _SPACE = re.compile(r"\s+")
 
@@ -73,6 +94,13 @@ class DedupStageConfig(StageConfig):
     backend: BackendSpec | None = None
     # Compare each sample with only the last W kept samples (None: all of them).
     near_window: int | None = Field(None, ge=1)
+    # Decide exact duplicates of input fields (image, alt_text) over the whole input in the fit
+    # step (deterministic under any concurrency); false: while streaming, by arrival order.
+    fit_exact: bool = True
+
+    @property
+    def fitted_targets(self) -> list[str]:
+        return [t for t in self.exact if t in INPUT_TARGETS] if self.fit_exact else []
 
     @model_validator(mode="after")
     def _near_needs_backend(self) -> DedupStageConfig:
@@ -122,9 +150,46 @@ class _NearIndex:
 class DedupStage(Stage):
     config: DedupStageConfig
 
+    @property
+    def needs_fit(self) -> bool:
+        return bool(self.config.fitted_targets)
+
+    def fit_request(self) -> FitRequest:
+        return FitRequest(image_bytes=IMAGE in self.config.fitted_targets, alt_text=True)
+
+    def fit(self, ctx: RunContext, samples: Iterator[Sample]) -> dict[str, Any]:
+        """First occurrence in input order wins, per target in config order; a sample dropped for
+        one target does not enter the index of the next (as when streaming)."""
+        targets = self.config.fitted_targets
+        seen: dict[str, dict[str, str]] = {t: {} for t in targets}
+        duplicates: dict[str, list[str]] = {}
+        n = 0
+        for sample in samples:
+            n += 1
+            record: dict[str, str] = {}
+            for target in targets:
+                value = exact_digest(sample, target)
+                if value is None:
+                    continue
+                first = seen[target].get(value)
+                if first is not None and first != sample.key:
+                    duplicates[sample.key] = [target, first]
+                    break
+                record[target] = value
+            if sample.key not in duplicates:
+                for target, value in record.items():
+                    seen[target].setdefault(value, sample.key)
+        return {"targets": targets, "samples": n, "duplicates": duplicates}
+
+    def fit_summary(self, state: dict[str, Any]) -> str:
+        return (f"{len(state['duplicates'])} of {state['samples']} input samples are exact duplicates "
+                f"({', '.join(state['targets'])}), decided before the run")
+
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
         cfg = self.config
+        self.duplicates: dict[str, list[str]] = self.fit_state["duplicates"] if self.fit_state else {}
+        self.streamed = [t for t in cfg.exact if t not in cfg.fitted_targets]
         self.backend = None
         if cfg.near:
             self.backend = cfg.backend.build()
@@ -133,9 +198,9 @@ class DedupStage(Stage):
             if not isinstance(self.backend, (ImageTextScorer, TextEmbedder)):
                 raise ConfigError("near dedup needs an ImageTextScorer or TextEmbedder backend")
             self.backend.load()
-        self.seen: dict[str, dict[str, str]] = {t: {} for t in cfg.exact}
+        self.seen: dict[str, dict[str, str]] = {t: {} for t in self.streamed}
         self.near_index = {t: _NearIndex(cfg.near_window) for t in cfg.near}
-        if ctx.out_dir and os.path.isdir(ctx.out_dir):
+        if (self.streamed or self.near_index) and ctx.out_dir and os.path.isdir(ctx.out_dir):
             self._seed_from_output(ctx)
 
     def teardown(self) -> None:
@@ -198,6 +263,12 @@ class DedupStage(Stage):
         for sample in batch:
             record: dict[str, str] = {}
             for target in cfg.exact:
+                if target not in self.seen:  # decided by the fit step
+                    duplicate = self.duplicates.get(sample.key)
+                    if duplicate is not None and duplicate[0] == target:
+                        self._drop(sample, f"dedup: exact {target}", duplicate[1])
+                        break
+                    continue
                 value = exact_digest(sample, target)
                 if value is None:
                     continue
@@ -215,7 +286,7 @@ class DedupStage(Stage):
         for sample in batch:  # a sample near-dropped just now must not stand as the first copy
             if sample.status == DROPPED and "dedup" in sample.meta:
                 for target, value in sample.meta.pop("dedup").items():
-                    if self.seen[target].get(value) == sample.key:
+                    if target in self.seen and self.seen[target].get(value) == sample.key:
                         del self.seen[target][value]
         return batch
 

@@ -3,7 +3,8 @@
 CapsFusion (BAAI, CVPR 2024): the AltText carries real-world knowledge (names, places, brands)
 in poor form; the synthetic caption is well formed but generic; an LLM writes one caption that
 keeps the first's facts in the second's structure. Published settings, our defaults: 3 beams,
-at most 80 new tokens, an input budget of 256 tokens with the AltText truncated first. VeCLIP
+at most 80 new tokens, an input budget of 256 tokens over the whole prompt counted with the LLM's
+own tokenizer, the AltText truncated first (`capmill.text.prompt_budget`). VeCLIP
 (Apple, ECCV 2024) uses the same stage with its own template: the AltText rewritten with the
 visual concepts of a short caption.
 
@@ -34,7 +35,8 @@ from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import safe_alt_text, source_text, untrusted, without_untrusted
 from capmill.sample import BACKEND_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
-from capmill.text.length import length_meta, token_counter, truncate_to
+from capmill.text.length import length_meta, token_counter
+from capmill.text.prompt_budget import fit_inputs, fit_prompt, load_prompt_tokenizer
 
 FUSE_SLOTS = {"alt_text", "caption", "language_rule"}
 EMPTY_ALT_TEXT, NO_CAPTION = "empty_alt_text", "no_caption"
@@ -56,11 +58,16 @@ class FuseStageConfig(StageConfig):
     caption: str = "dsc"
     # Key of the fused caption; default: the template's name (captions["capsfusion"]).
     store_as: str | None = None
-    # Input budget in tokens for AltText + caption together; the AltText is cut first.
+    # Input budget in tokens (CapsFusion's text_input_max_length: 256); the AltText is cut first.
     input_budget: int = Field(256, ge=16)
-    # Tokenizer counting the budget: "clip" (CLIP's BPE, close to most LLM BPEs for English)
-    # or a transformers tokenizer name/path, e.g. the fusion model's own.
-    budget_tokenizer: str = "clip"
+    # What the budget counts: "prompt", the whole prompt the LLM reads (chat template, instructions
+    # and both inputs), as CapsFusion's reference does; "inputs", AltText + caption alone
+    # (capmill's earlier rule, kept as an option).
+    budget_scope: Literal["prompt", "inputs"] = "prompt"
+    # Tokenizer of the count: "model" (the fusing LLM's own, as the reference; HTTP backends
+    # cannot give it, so name it there), a transformers tokenizer name or folder, or "clip"
+    # (CLIP's BPE, budget_scope: inputs only).
+    budget_tokenizer: str = "model"
     # Language of the fused caption: "caption" (the synthetic caption's, usually English),
     # "alt_text" (the web page's), or a language name such as "German". The AltText itself is
     # always kept as it was.
@@ -111,16 +118,31 @@ class FuseStage(Stage):
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        self.count = token_counter(self.config.budget_tokenizer)
-        self.backend = self.load_backend(self.config.backend, LanguageModel, "the fuse stage")
+        cfg = self.config
+        if cfg.budget_scope == "prompt" and cfg.budget_tokenizer == "clip":
+            load_prompt_tokenizer("clip", None)  # raises the ConfigError that explains why
+        self.backend = self.load_backend(cfg.backend, LanguageModel, "the fuse stage")
+        self.prompt_tokens = None
+        if cfg.budget_scope == "inputs" and cfg.budget_tokenizer == "clip":
+            self.count = token_counter("clip")
+        else:
+            self.prompt_tokens = load_prompt_tokenizer(cfg.budget_tokenizer, self.backend)
+            self.count = lambda text: len(self.prompt_tokens.encode(text))
+        if cfg.budget_scope == "prompt":
+            fixed = self.prompt_tokens.prompt_length(self.messages("", ""))
+            if fixed >= cfg.input_budget:
+                raise ConfigError(f"fuse: the {self.template.prompt_id} prompt takes {fixed} tokens without its "
+                                  f"inputs, all of input_budget {cfg.input_budget}; raise input_budget or shorten "
+                                  f"the template")
 
     def fit_budget(self, alt: str, caption: str) -> tuple[str, str, bool]:
-        """Cut the AltText first, then the caption, so both fit `input_budget` tokens together."""
-        budget = self.config.input_budget
-        cap_tokens = self.count(caption)
-        alt_cut = truncate_to(alt, max(budget - cap_tokens, 0), self.count)
-        if not alt_cut:
-            caption = truncate_to(caption, budget, self.count)
+        """The inputs within `input_budget`: over the whole prompt (`budget_scope: prompt`, as
+        CapsFusion) or over AltText + caption (`inputs`); the AltText is cut first."""
+        cfg = self.config
+        if cfg.budget_scope == "prompt":
+            alt_cut, caption, _ = fit_prompt(alt, caption, cfg.input_budget, self.prompt_tokens, self.messages)
+        else:
+            alt_cut, caption = fit_inputs(alt, caption, cfg.input_budget, self.count)
         return alt_cut, caption, alt_cut != alt
 
     def messages(self, alt: str, caption: str) -> list[dict[str, str]]:

