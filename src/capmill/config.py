@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from capmill.commit.policy import ReliabilityConfig
 from capmill.components import StageSpec, Strict
 from capmill.errors import ConfigError
 from capmill.executors.local import LocalExecutorConfig
@@ -42,6 +43,8 @@ class RunConfig(Strict):
     seed: int = 0
     # An experiment tracker for the run's figures (wandb, tensorboard, mlflow); see capmill.tracking.
     tracking: TrackingSpec | None = None
+    # Transient-failure budget, circuit breaker, degenerate-result bounds, lock timing.
+    reliability: ReliabilityConfig = Field(default_factory=ReliabilityConfig)
 
     @field_validator("executor", mode="before")
     @classmethod
@@ -81,12 +84,16 @@ class RunConfig(Strict):
         return self
 
     def hashed_content(self) -> dict[str, Any]:
-        """What decides the output. Executor and tracking settings are left out on purpose: a run
-        can be resumed with another batch size, more workers, on Ray, or logging elsewhere, and
-        give the same records."""
+        """What decides the output. Executor, tracking and reliability settings are left out on
+        purpose: a run can be resumed with another batch size, more workers, on Ray, logging
+        elsewhere or with another failure budget, and give the same records."""
         content = self.model_dump(mode="json")
         content.pop("executor", None)
         content.pop("tracking", None)
+        content.pop("reliability", None)
+        # Outputs made before --limit left the hash carry `"limit": null` in theirs; kept, so
+        # that they resume.
+        content["limit"] = None
         return content
 
 

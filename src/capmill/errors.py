@@ -73,3 +73,36 @@ class FetchFailed(SampleError):
     the sample keeps its row with the reason."""
 
     status = "read_error"
+
+
+class TransientBackendError(BackendError):
+    """A backend failure that may go away when the sample is redone later (server down, timeout,
+    rate limit after every retry, truncated answer, device out of memory)."""
+
+    status = "transient_error"
+
+
+class OutputAccessError(CapmillError):
+    """The output directory cannot be written (read-only, no permission)."""
+
+
+class OutputLockedError(OutputConflictError):
+    """Another live run holds the output directory's lock."""
+
+
+class CircuitOpenError(CapmillError):
+    """Too many consecutive transient failures: the backend is down, the run stops."""
+
+
+def is_transient_exception(error: BaseException) -> bool:
+    """Exceptions that say the service or device failed, not the input: connections refused or
+    dropped, timeouts, a GPU out of memory. Checked by type; torch only when already imported."""
+    import sys
+
+    if isinstance(error, (ConnectionError, TimeoutError, TransientBackendError)):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        kinds = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch, "AcceleratorError", None)) if t)
+        return bool(kinds) and isinstance(error, kinds)
+    return False

@@ -89,6 +89,15 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     # One line per stage the fit step fitted (or reused) before the run: what it decided.
     fits: list[str] = field(default_factory=list)
+    # Shards not committed because they hold too many transient failures (or the run stopped
+    # before committing them): the rerun redoes them.
+    deferred_shards: dict[str, str] = field(default_factory=dict)
+    # Why the run stopped early (circuit breaker, lost lock), if it did.
+    stopped: str | None = None
+    # Committed shards (this run's or earlier ones) holding retryable samples: shard → count.
+    retryable: dict[str, int] = field(default_factory=dict)
+    # Committed shards whose results are degenerate: shard → reasons.
+    degenerate: dict[str, list[str]] = field(default_factory=dict)
 
     def add_shard(self, stats: dict[str, Any]) -> None:
         self.shards_done += 1
@@ -120,18 +129,41 @@ class RunSummary:
             "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
             "captions": self.captions.to_dict(),
             "interrupted": self.interrupted,
+            "deferred_shards": dict(sorted(self.deferred_shards.items())),
+            "stopped": self.stopped,
+            "retryable": dict(sorted(self.retryable.items())),
+            "degenerate": dict(sorted(self.degenerate.items())),
+            "fits": list(self.fits),
             "warnings": list(self.warnings),
         }
 
+    def note_committed(self, stats: dict[str, Any], degenerate: list[str]) -> None:
+        """Record what a committed shard's commit record says is not right yet."""
+        from capmill.commit.stats import retryable_in
+
+        shard = stats["shard"]
+        n = retryable_in(stats)
+        if n:
+            self.retryable[shard] = n
+        else:
+            self.retryable.pop(shard, None)
+        if degenerate:
+            self.degenerate[shard] = degenerate
+        else:
+            self.degenerate.pop(shard, None)
+
     @property
     def ok(self) -> bool:
-        return not self.failed_shards and not self.interrupted
+        """Exit 0 means the data is right: nothing failed, left over, retryable or degenerate."""
+        return not (self.failed_shards or self.interrupted or self.deferred_shards or self.stopped
+                    or self.retryable or self.degenerate)
 
     def render(self) -> str:
         rate = self.samples / self.wall_seconds if self.wall_seconds else 0.0
+        deferred = f", {len(self.deferred_shards)} left for the rerun" if self.deferred_shards else ""
         lines = [
             f"shards: {self.shards_done} done, {self.shards_skipped} already committed, "
-            f"{len(self.failed_shards)} failed, of {self.shards_total}",
+            f"{len(self.failed_shards)} failed{deferred}, of {self.shards_total}",
             f"samples: {self.samples} in {self.wall_seconds:.1f}s ({rate:.1f}/s)",
         ]
         lines.extend(f"fit {line}" for line in self.fits)
@@ -156,6 +188,17 @@ class RunSummary:
             lines.append(self.captions.render())
         for shard, reason in sorted(self.failed_shards.items()):
             lines.append(f"FAILED shard {shard}: {reason}")
+        for shard, reason in sorted(self.deferred_shards.items()):
+            lines.append(f"LEFT FOR RERUN shard {shard}: {reason}")
+        for shard, reasons in sorted(self.degenerate.items()):
+            lines.append(f"DEGENERATE shard {shard}: {'; '.join(reasons)}")
+        if self.retryable:
+            shown = ", ".join(f"{s} ({n})" for s, n in sorted(self.retryable.items())[:10])
+            more = " …" if len(self.retryable) > 10 else ""
+            lines.append(f"RETRYABLE: {sum(self.retryable.values())} sample(s) in {len(self.retryable)} committed "
+                         f"shard(s) failed transiently: {shown}{more}; rerun with --retry-errors to redo only them")
+        if self.stopped:
+            lines.append(f"STOPPED: {self.stopped}")
         if self.interrupted:
             lines.append("interrupted: committed shards are kept; rerun the same command to resume")
         for warning in self.warnings:

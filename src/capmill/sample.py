@@ -28,6 +28,10 @@ BACKEND_ERROR = "backend_error"
 STAGE_ERROR = "stage_error"
 READ_ERROR = "read_error"
 DROPPED = "dropped"
+# A backend failure that may not happen again (server down, timeout, rate limit after every
+# retry, truncated answer): the sample is retryable, never a final result.
+TRANSIENT_ERROR = "transient_error"
+RETRYABLE = frozenset({TRANSIENT_ERROR})
 
 IMAGE, VIDEO, AUDIO = "image", "video", "audio"
 

@@ -142,7 +142,9 @@ def test_openai_backend_against_a_scripted_obeying_server(tmp_path):
         backend = {"type": "openai", "base_url": server.base_url, "model": server.model, "concurrency": 16,
                    "special_tokens": MODEL_TOKENS}
         caption = CaptionStageConfig(backend=backend, formats=["custom", "ssc"]).build()
-        fuse = FuseStageConfig(backend=backend, template="veclip", caption="dsc").build()
+        # A server keeps its tokenizer: the budget counts the inputs in CLIP tokens here.
+        fuse = FuseStageConfig(backend=backend, template="veclip", caption="dsc", budget_scope="inputs",
+                               budget_tokenizer="clip").build()
         caption.setup(RunContext())
         fuse.setup(RunContext())
         samples = []

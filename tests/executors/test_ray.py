@@ -234,7 +234,32 @@ def test_stage_setup_error_reaches_the_user_as_itself(tmp_path, ray_cluster):
     cfg = config(tmp_path / "data", tmp_path / "ray", [FaultStageConfig(fail_setup=True)], "ray")
     with pytest.raises(SetupError, match="capmill models pull"):
         run(parse_config(cfg), progress=False)
-    assert not list((tmp_path / "ray" / "_stats").glob("*.json"))
+    # The output is claimed only once a row has passed every stage: nothing was written.
+    assert not (tmp_path / "ray").exists()
+
+
+def test_transient_failures_are_not_committed_and_the_breaker_stops_the_run(tmp_path, ray_cluster):
+    pytest.importorskip("aiohttp")
+    from capmill.testing.fault_server import Faults, FaultServer
+
+    write_webdataset(tmp_path / "data", shards=3, per_shard=4, photos=False)
+    with FaultServer(Faults(server_error=1.0)) as server:
+        stages = [{"type": "caption", "formats": ["ssc"], "backend": {
+            "type": "openai", "base_url": server.base_url, "model": server.model, "max_retries": 0}}]
+        cfg = config(tmp_path / "data", tmp_path / "ray", stages, "ray")
+        cfg["reliability"] = {"breaker_after": 0}
+        down = run(parse_config(cfg), progress=False)
+        assert set(down.deferred_shards) == {"00000", "00001", "00002"} and not down.ok
+        assert not list((tmp_path / "ray" / "_stats").glob("*.json"))
+        cfg["reliability"] = {"breaker_after": 3}
+        stopped = run(parse_config(cfg), progress=False)
+        assert stopped.stopped and f"backend openai fault-model at {server.base_url}" in stopped.stopped
+        assert not list((tmp_path / "ray" / "_stats").glob("*.json"))
+        assert not [p for p in (tmp_path / "ray").rglob("*") if ".tmp-" in p.name]
+        server.faults = Faults()
+        assert run(parse_config(cfg), progress=False).ok
+        assert run(parse_config(config(tmp_path / "data", tmp_path / "local", stages)), progress=False).ok
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
 
 
 def test_ray_missing_gives_the_install_hint_and_no_fallback(tmp_path, monkeypatch):
@@ -250,8 +275,11 @@ def test_ray_missing_gives_the_install_hint_and_no_fallback(tmp_path, monkeypatc
 def test_tiny_real_models_give_the_same_records_as_local(tmp_path, ray_cluster, tiny_models):
     write_webdataset(tmp_path / "data", shards=2, per_shard=4)
     stages = [
+        # Six random tokens are a cut-off sentence to the output guards; this test compares the
+        # executors on the model path, so the guards are off.
         {"type": "caption", "formats": ["ssc"], "backend": {"type": "transformers", "model": str(tiny_models / "qwen2_vl"),
-                                                             "params": {"max_new_tokens": 6}}},
+                                                             "params": {"max_new_tokens": 6}},
+         "guards": {"enabled": False}},
         {"type": "clip_score", "fields": ["alt_text", "ssc"], "backend": {"type": "clip", "model": str(tiny_models / "clip")}},
     ]
     local, on_ray = run_both(tmp_path, stages)

@@ -80,7 +80,9 @@ def test_fitted_stages_on_ray_give_the_local_output_and_fit_once(tmp_path, ray_c
     def config(out, executor):
         return parse_config({"input": {"type": "webdataset", "path": f"{tmp_path}/data/*.tar", "key_prefix": "shard"},
                              "output": {"path": str(out), "rejects": True},
-                             "executor": {"type": executor, "batch_size": 2}, "stages": stages})
+                             "executor": {"type": executor, "batch_size": 2}, "stages": stages,
+                             # the duplicated test images fill a whole shard: dropping it is meant
+                             "reliability": {"fail_at_drop_share": 2}})
 
     local = run(config(tmp_path / "local", "local"), progress=False)
     on_ray = run(config(tmp_path / "ray", "ray"), progress=False)

@@ -65,9 +65,10 @@ def test_align_bin_fits_the_whole_input_from_the_score_column_alone(tmp_path, mo
     with monkeypatch.context() as m:
         m.setattr(Sample, "from_json", staticmethod(no_records))
         m.setattr(Sample, "from_dict", staticmethod(no_records))
-        (tmp_path / "probe").mkdir()
-        [record] = run_fit_step(cfg, str(tmp_path / "probe"))
-    state = json.loads((tmp_path / "probe" / "_fit" / f"{record.key}.json").read_text())
+        ctx = RunContext(input=cfg.input, image=cfg.image)
+        [record] = run_fit_step(cfg, str(tmp_path / "probe"), ctx)
+    assert not (tmp_path / "probe").exists()  # the fit step writes nothing: the run stores it once claimed
+    state = ctx.fits[record.key]
     assert state["fitted_on"] == 21 and state["scorer"] is None
     assert state["edges"][0] == pytest.approx(min(cosines)) and state["edges"][-1] == pytest.approx(max(cosines))
 

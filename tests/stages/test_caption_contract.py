@@ -35,6 +35,8 @@ def test_contract_config_runs_as_written(tiny_models, tmp_path, monkeypatch):
 
     write_webdataset(tmp_path / "data", shards=1, per_shard=3)
     cfg = make_config(tmp_path / "data", tmp_path / "out", stages=CONTRACT)
+    # Random weights: every fusion may fall back, which would fail the run as degenerate.
+    cfg["reliability"] = {"fail_at_fallback_share": 2}
     summary = run(parse_config(cfg), progress=False)
     assert summary.ok, summary.render()
     stats = json.loads((tmp_path / "out" / "_stats" / "00000.json").read_text())

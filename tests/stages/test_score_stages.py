@@ -141,6 +141,7 @@ def test_dedup_resume_seeds_from_committed_output(tmp_path):
     cfg = make_config(tmp_path / "data", tmp_path / "out", stages=[{"type": "dedup", "exact": ["image"]}])
     cfg["input"]["key_prefix"] = "shard"
     cfg["executor"]["shards_in_flight"] = 1
+    cfg["reliability"] = {"fail_at_drop_share": 2}  # a shard made only of duplicates is the point here
     config = parse_config(cfg)
     assert run(config, progress=False).ok
     out = tmp_path / "out"

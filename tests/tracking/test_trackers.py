@@ -53,8 +53,11 @@ def test_run_json_summary(tmp_path, wds, capsys):
     assert summary["shards"] == {"total": 3, "done": 3, "skipped": 0, "failed": 0}
     assert summary["captions"]["dsc"]["count"] == 24 and "ms/sample" in captured.err
     assert cli(["run", str(path), "--no-progress", "--json", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"dry_run": True, "shards_total": 3, "input": "webdataset",
-                                                   "stages": 1, "output": str(tmp_path / "out")}
+    report = json.loads(capsys.readouterr().out)
+    assert {k: report[k] for k in ("dry_run", "shards_total", "input", "stages", "output", "already_committed")} == {
+        "dry_run": True, "shards_total": 3, "input": "webdataset", "stages": 1, "output": str(tmp_path / "out"),
+        "already_committed": 3}
+    assert report["refused"] is None and report["would_process"] == []
 
 
 def test_tensorboard_event_files(tmp_path, capsys):

@@ -17,6 +17,10 @@ from capmill.errors import SetupError
 
 LOCAL, HUB_CACHE, HUB, MISSING, BUNDLED = "local folder", "hub cache", "hub", "missing", "bundled"
 
+# "scheme:name" ids (fake:…, an HTTP backend's served model, open_clip ARCH:TAG) are not files this
+# machine loads; a hub id or path never has a colon except a Windows drive letter.
+_SERVED = re.compile(r"^[A-Za-z][\w.+-]*:(?![\\/])")
+
 # owner/name as the hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -117,3 +121,20 @@ def resolve_model(model: str, revision: str | None = None, what: str = "model") 
         # network that cannot reach the hub.
         raise SetupError(f"{what} {model!r} could not be fetched from the hub ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else 'no detail'}); {fetch_hint(model)}") from e
+
+
+def config_models(config) -> list[tuple[str, str, str, str, bool | None]]:
+    """(stage, backend type, model, where from, offline?) for every model of every stage of a run
+    config; offline is None for models a backend serves rather than loads from files. Loads
+    nothing: what `capmill models` and `capmill run --dry-run` print."""
+    found = []
+    for index, stage in enumerate(config.stages):
+        for backend in stage.backends():
+            for model in backend.model_ids():
+                label = f"{index}:{stage.type}"
+                if _SERVED.match(model) and not model.startswith("hf-hub:"):
+                    found.append((label, backend.type, model, "served by the backend", None))
+                    continue
+                where = locate(model.removeprefix("hf-hub:"))
+                found.append((label, backend.type, model, where.describe() if where.path else where.source, where.offline))
+    return found

@@ -10,10 +10,18 @@
 | SpeechRecognizer      | mono waveform → timestamped transcript segments    |
 
 Batching is the backend's job: a stage hands over a whole list of requests and gets one
-`Generation` per request back, in order. A request the backend could not serve (refusal,
-timeout, malformed answer) comes back with `error` set instead of raising, so one bad sample
-never costs the batch. Problems that concern every request (model missing, server down) raise
-`SetupError` from `load()`.
+`Generation` per request back, in order. A request the backend could not serve comes back with
+`error` set instead of raising, so one bad sample never costs the batch, and with `transient`
+saying whether asking again later may succeed:
+
+- transient: connection refused or reset, timeouts, 429/5xx after every retry, malformed or
+  truncated answers after every retry, a device out of memory — the sample becomes
+  `transient_error` (retryable: never committed as its result beyond a small budget);
+- final: a refusal, a content filter, a request the server rejects as it is (bad input), an
+  empty answer — the sample becomes `backend_error`.
+
+Problems that concern every request at start (model missing, server down) raise `SetupError`
+from `load()`.
 """
 
 from __future__ import annotations
@@ -98,6 +106,8 @@ class Generation:
     texts: list[str] = field(default_factory=list)
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # token counts, finish reasons, retries
+    # With `error`: the failure may not happen again (see the module docstring).
+    transient: bool = False
 
     @property
     def ok(self) -> bool:

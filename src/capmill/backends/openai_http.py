@@ -6,13 +6,18 @@ loop that the backend runs in its own thread, so the stage calling `generate` fr
 thread simply blocks until the whole batch is answered, however often it calls.
 
 Per logical request (one `VLMRequest`/`ChatRequest`):
-- 429, 408 and 5xx answers, timeouts and dropped connections are retried with exponential
-  backoff and jitter; a `Retry-After` header replaces the backoff for that wait;
+- 429, 408 and 5xx answers, timeouts, dropped connections and malformed or truncated bodies
+  are retried with exponential backoff and jitter; a `Retry-After` header replaces the backoff
+  for that wait;
 - at most `max_retries` retries, never more, and never past `deadline_s` (counted from the first
-  attempt, so time spent queueing behind our own concurrency limit does not count);
-- a malformed answer, a refusal or any other 4xx becomes that request's `Generation.error`
-  (the caption stage turns it into the sample's `backend_error`) and is not retried: the server
-  would say the same again.
+  attempt, so time spent queueing behind our own concurrency limit does not count); a request
+  that runs out of either fails *transiently* (`Generation.transient`): the sample is retryable;
+- 401, 403 and 404 are not retried (asking again at once would not help) but are transient too:
+  a key or a served model that changed under a running job is fixed by the operator, not by
+  the data;
+- a refusal, a content filter or any other 4xx (the server rejects the request as it is) is a
+  final `Generation.error` (the sample's `backend_error`), not retried: the server would say
+  the same again.
 
 The API key is read from the environment variable named by `api_key_env`; it is sent only as
 the `Authorization` header and is scrubbed from every error text.
@@ -143,15 +148,30 @@ class _Answer:
     texts: list[str] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
     error: str | None = None
+    transient: bool = False
     attempts: int = 0
     usage: dict[str, int] = field(default_factory=dict)
 
 
+# Answers not worth an immediate retry that still say nothing about the request itself.
+TRANSIENT_STATUS = frozenset({401, 403, 404})
+
+
 class _RetryableError(Exception):
+    """Worth another attempt: the server failed or the answer did not arrive whole."""
+
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class _MalformedError(_RetryableError):
+    """The answer is not a chat completion (a body cut off mid-transfer, a proxy's error page)."""
+
+
+class _TransientError(Exception):
+    """Not worth retrying now, but not the request's fault either (key, served model)."""
 
 
 class _FinalError(Exception):
@@ -231,22 +251,22 @@ def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: lis
 
 
 def parse_completion(payload: Any) -> tuple[list[str], list[str | None], dict[str, int]]:
-    """Texts, finish reasons and usage of a chat-completions answer; _FinalError when it is not
-    one or when the model refused."""
+    """Texts, finish reasons and usage of a chat-completions answer; _MalformedError when it is
+    not one, _FinalError when the model refused."""
     if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list) or not payload["choices"]:
-        raise _FinalError("malformed response: no choices")
+        raise _MalformedError("malformed response: no choices")
     texts, reasons = [], []
     for choice in payload["choices"]:
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
-            raise _FinalError("malformed response: a choice has no message")
+            raise _MalformedError("malformed response: a choice has no message")
         if message.get("refusal"):
             raise _FinalError(f"refused: {str(message['refusal'])[:200]}")
         if choice.get("finish_reason") == "content_filter":
             raise _FinalError("refused: the server's content filter stopped the answer")
         content = message.get("content")
         if not isinstance(content, str):
-            raise _FinalError("malformed response: message content is not text")
+            raise _MalformedError("malformed response: message content is not text")
         texts.append(content)
         reasons.append(choice.get("finish_reason"))
     usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
@@ -443,7 +463,6 @@ class OpenAIChatBackend:
 
     def _to_generation(self, answers: list[_Answer], n: int) -> Generation:
         texts = [t for a in answers for t in a.texts][:n]
-        errors = [a.error for a in answers if a.error]
         meta: dict[str, Any] = {
             "backend": "openai",
             "attempts": sum(a.attempts for a in answers),
@@ -455,9 +474,10 @@ class OpenAIChatBackend:
                 usage[k] = usage.get(k, 0) + v
         if usage:
             meta["usage"] = usage
-        if errors:
+        failed = [a for a in answers if a.error]
+        if failed:
             self.stats["errors"] += 1
-            return Generation(texts=[], error=errors[0], meta=meta)
+            return Generation(texts=[], error=failed[0].error, meta=meta, transient=failed[0].transient)
         return Generation(texts=texts, meta=meta)
 
     async def _complete(self, body: dict[str, Any], tag: str) -> _Answer:
@@ -477,6 +497,7 @@ class OpenAIChatBackend:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     answer.error = f"deadline of {cfg.deadline_s:g}s passed after {answer.attempts} attempt(s); last: {last}"
+                    answer.transient = True
                     return answer
                 answer.attempts += 1
                 self.stats["attempts"] += 1
@@ -486,18 +507,23 @@ class OpenAIChatBackend:
                 except _FinalError as e:
                     answer.error = self._scrub(str(e))
                     return answer
+                except _TransientError as e:
+                    answer.error, answer.transient = self._scrub(str(e)), True
+                    return answer
                 except _RetryableError as e:
                     last, retry_after = self._scrub(e.reason), e.retry_after
             # Out of the slot while waiting, so a backing-off request does not hold up others.
             retries_done = answer.attempts - 1
             if retries_done >= cfg.max_retries:
                 answer.error = f"gave up after {answer.attempts} attempt(s) (max_retries={cfg.max_retries}); last: {last}"
+                answer.transient = True
                 return answer
             delay = retry_after if retry_after is not None else backoff_delay(retries_done, cfg.backoff_s, cfg.backoff_max_s, self._rng)
             remaining = deadline - loop.time()
             if delay >= remaining:
                 answer.error = (f"deadline of {cfg.deadline_s:g}s would pass before the next attempt "
                                 f"(wait {delay:.1f}s, {max(remaining, 0):.1f}s left) after {answer.attempts} attempt(s); last: {last}")
+                answer.transient = True
                 return answer
             self.stats["retries"] += 1
             log.debug("retrying %s in %.2fs after: %s", tag, delay, last)
@@ -519,12 +545,14 @@ class OpenAIChatBackend:
             raise _RetryableError(f"{type(e).__name__}: {e}") from None
         if status in RETRY_STATUS:
             raise _RetryableError(f"HTTP {status}: {text[:200]}", retry_after_seconds(retry_after))
+        if status in TRANSIENT_STATUS:
+            raise _TransientError(f"HTTP {status}: {text[:300]}")
         if status >= 400:
             raise _FinalError(f"HTTP {status}: {text[:300]}")
         try:
             payload = json.loads(text)
         except ValueError as e:
-            raise _FinalError(f"malformed response (not JSON: {e})") from None
+            raise _MalformedError(f"malformed response (not JSON: {e})") from None
         return parse_completion(payload)
 
     def _scrub(self, text: str) -> str:

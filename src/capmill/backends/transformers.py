@@ -46,7 +46,7 @@ from capmill.backends.common import (
     pick_dtype,
 )
 from capmill.components import BackendConfig
-from capmill.errors import ConfigError, SetupError
+from capmill.errors import ConfigError, SetupError, is_transient_exception
 from capmill.media.image import to_rgb
 
 if TYPE_CHECKING:
@@ -458,7 +458,10 @@ class TransformersBackend:
                     self._run_chunk([req], [i], results, make_inputs, params, n)
             else:
                 log.warning("%s: request %r failed: %s", self.model_id, reqs[0].tag, e)
-                results[indices[0]] = Generation(error=f"{type(e).__name__}: {e}", meta={"backend": "transformers"})
+                # Out of memory (alone, after the batch did too) or a failed device is no verdict
+                # on the request: it is retryable. Processor errors on this input are final.
+                results[indices[0]] = Generation(error=f"{type(e).__name__}: {e}", meta={"backend": "transformers"},
+                                                 transient=is_transient_exception(e))
 
     def _generate(self, inputs: Any, params: GenerationParams, n: int) -> list[Generation]:
         import torch

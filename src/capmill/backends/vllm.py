@@ -26,7 +26,7 @@ from pydantic import Field
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
 from capmill.backends.common import fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once
 from capmill.components import BackendConfig
-from capmill.errors import SetupError
+from capmill.errors import SetupError, is_transient_exception
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -158,6 +158,17 @@ def video_prompt(tokenizer: Any, request: VLMRequest, neutralise, chat_template:
     return {"prompt": text, "multi_modal_data": {"video": [(frames, metadata)]}}
 
 
+def engine_failures() -> tuple[type[BaseException], ...]:
+    """vLLM's exceptions for an engine that failed or died (not the request's fault), where this
+    vLLM has them; with `is_transient_exception` (GPU out of memory) they fail a batch
+    transiently instead of costing each sample its row for good."""
+    try:
+        from vllm.v1.engine import exceptions
+    except ImportError:
+        return ()
+    return tuple(t for t in (getattr(exceptions, "EngineDeadError", None), getattr(exceptions, "EngineGenerateError", None)) if t)
+
+
 def beam_text(tokenizer: Any, sequence: Any) -> str:
     """The continuation of a beam: vLLM's beam tokens (and its `text`) start with the prompt's
     tokens, image placeholders expanded, so those are cut before decoding."""
@@ -284,11 +295,17 @@ class VLLMBackend:
         out: list[Generation | None] = [None] * len(conversations)
         sampled = [i for i, (_, p) in enumerate(settings) if p.num_beams == 1]
         beamed = [i for i, (_, p) in enumerate(settings) if p.num_beams > 1]
-        if sampled:
-            for i, gen in zip(sampled, self._chat([conversations[i] for i in sampled], [settings[i] for i in sampled]), strict=True):
+        try:
+            if sampled:
+                for i, gen in zip(sampled, self._chat([conversations[i] for i in sampled], [settings[i] for i in sampled]), strict=True):
+                    out[i] = gen
+            for i, gen in zip(beamed, self._beams([conversations[i] for i in beamed], [settings[i] for i in beamed]), strict=True):
                 out[i] = gen
-        for i, gen in zip(beamed, self._beams([conversations[i] for i in beamed], [settings[i] for i in beamed]), strict=True):
-            out[i] = gen
+        except Exception as e:
+            if not (is_transient_exception(e) or isinstance(e, engine_failures())):
+                raise  # the stage retries sample by sample to find the request at fault
+            error = f"vLLM engine failed: {type(e).__name__}: {e}"
+            return [Generation(error=error, meta={"backend": "vllm"}, transient=True) for _ in conversations]
         return out  # type: ignore[return-value]
 
     def _chat(self, conversations, settings) -> list[Generation]:

@@ -8,7 +8,7 @@ import os
 import sys
 from importlib import import_module
 
-from capmill.errors import ConfigError, OutputConflictError, SetupError
+from capmill.errors import CircuitOpenError, ConfigError, OutputAccessError, OutputConflictError, SetupError
 
 # Subcommand name → module under capmill.cli. Modules import lazily so `capmill --help` is fast.
 COMMANDS = {
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (ConfigError, OutputConflictError, SetupError) as e:
+    except (ConfigError, OutputConflictError, OutputAccessError, SetupError, CircuitOpenError) as e:
         print(f"capmill: error: {e}", file=sys.stderr)
-        return EXIT_USAGE if not isinstance(e, SetupError) else EXIT_FAILED
+        return EXIT_FAILED if isinstance(e, (SetupError, CircuitOpenError)) else EXIT_USAGE
     except KeyboardInterrupt:
         print("capmill: interrupted; committed shards are kept, rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

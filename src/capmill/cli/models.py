@@ -4,11 +4,6 @@ is available offline. Exits 1 when one is not, so it can guard a run on a machin
 from __future__ import annotations
 
 import argparse
-import re
-
-# "scheme:name" ids (fake:…, an HTTP backend's served model, open_clip ARCH:TAG) are not files this
-# machine loads; a hub id or path never has a colon except a Windows drive letter.
-_SERVED = re.compile(r"^[A-Za-z][\w.+-]*:(?![\\/])")
 
 
 def add_parser(sub) -> None:
@@ -21,21 +16,10 @@ def add_parser(sub) -> None:
 
 
 def rows(config) -> list[tuple[str, str, str, str, bool | None]]:
-    """(stage, backend type, model, where from, offline?) for every model of every stage;
-    offline is None for models a backend serves rather than loads from files."""
-    from capmill.backends.availability import locate
+    """(stage, backend type, model, where from, offline?) for every model of every stage."""
+    from capmill.backends.availability import config_models
 
-    found = []
-    for index, stage in enumerate(config.stages):
-        for backend in stage.backends():
-            for model in backend.model_ids():
-                label = f"{index}:{stage.type}"
-                if _SERVED.match(model) and not model.startswith("hf-hub:"):
-                    found.append((label, backend.type, model, "served by the backend", None))
-                    continue
-                where = locate(model.removeprefix("hf-hub:"))
-                found.append((label, backend.type, model, where.describe() if where.path else where.source, where.offline))
-    return found
+    return config_models(config)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -15,8 +15,13 @@ def add_parser(sub) -> None:
                    "written by `python -m capmill.testing.tiny_models DIR` (a smoke test without weights)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set executor.batch_size=32 (repeatable)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="process only the first N samples")
-    p.add_argument("--dry-run", action="store_true", help="validate the config and list the shards; write nothing")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="process only the first N samples (a later run without it extends the output)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config, the models (offline?) and the output directory, list the shards; "
+                        "load and write nothing")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="also redo the samples of committed shards that failed transiently, rewriting those shards")
     p.add_argument("--force", action="store_true", help="discard results of a different config in the output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout (the table still goes to stderr)")
@@ -38,20 +43,20 @@ def load_run_config(args: argparse.Namespace, command: str = "run"):
 
 def main(args: argparse.Namespace) -> int:
     from capmill.api.pipeline import Pipeline
-    from capmill.cli.main import EXIT_FAILED, EXIT_OK
+    from capmill.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+    from capmill.run import dry_run_report
 
-    pipeline = Pipeline.from_config(load_run_config(args))
-    config = pipeline.config
-    summary = pipeline.run(force=args.force, limit=args.limit, dry_run=args.dry_run, progress=not args.no_progress)
+    config = load_run_config(args)
     if args.dry_run:
-        if args.json:
-            print(json.dumps({"dry_run": True, "shards_total": summary.shards_total, "input": config.input.type,
-                              "stages": len(config.stages), "output": config.output.path}))
-        else:
-            print(f"config OK: {summary.shards_total} shard(s) to read from {config.input.type} input, "
-                  f"{len(config.stages)} stage(s), output {config.output.path}")
-        return EXIT_OK
+        report = dry_run_report(config, force=args.force, limit=args.limit, retry_errors=args.retry_errors)
+        print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.render())
+        return EXIT_USAGE if report.refused else EXIT_FAILED if report.models_missing else EXIT_OK
+    summary = Pipeline.from_config(config).run(force=args.force, limit=args.limit, retry_errors=args.retry_errors,
+                                               progress=not args.no_progress)
     print(summary.render(), file=sys.stderr)
+    if args.models:
+        print(f"smoke test: every model was replaced by a tiny random one from {args.models}; the captions are "
+              f"meaningless and the degenerate-result checks were off", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))
     return EXIT_OK if summary.ok else EXIT_FAILED

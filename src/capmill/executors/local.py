@@ -1,15 +1,17 @@
 """Streaming execution on one machine.
 
-    shard readers (one thread per shard in flight)
-        │ batches of raw Samples, decoding submitted to a thread pool
+    reader threads (one per shard in flight)     _LocalRun.read_shard
+        │ batches of raw Samples, decoding submitted to a thread pool (_LocalRun.decode)
         ▼
-    work queue (bounded) ──► stage thread: every stage on each batch, in arrival order
-        ▼
-    write queue (bounded) ──► writer thread: writes batches, commits a shard after its last batch
+    work queue (bounded) ──► stage loop: every stage on each batch, in arrival order
+        ▼                                                          (_LocalRun.stage_loop)
+    write queue (bounded) ──► writer thread: writes batches, commits a shard after its last
+                                                             batch (_LocalRun.write_loop)
 
 Each queue holds at most `queue_batches` batches, so memory stays flat however large the
 dataset is. Batches never mix shards, and a shard's batches keep their order through both
-queues, so a shard's end marker always follows its last batch.
+queues, so a shard's end marker always follows its last batch. Writing and committing go
+through the shared commit protocol (`capmill.commit`).
 """
 
 from __future__ import annotations
@@ -18,24 +20,22 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from capmill.commit import KeyRegistry, ShardCommitter, ShardState, ShardStats
+from capmill.commit.retry import is_dropped_unkept, load_settled, restore_image
 from capmill.components import Strict
-from capmill.errors import DuplicateKeyError
+from capmill.errors import CircuitOpenError
 from capmill.media.decode import decode_batch
-from capmill.pipeline import ShardStats, release_images, run_stages
-from capmill.progress import Progress, RunSummary
-from capmill.sample import DROPPED, Sample
-from capmill.stages.base import RunContext
-from capmill.writers.output import open_rejects, open_writers
+from capmill.pipeline import CircuitBreaker, run_stages
+from capmill.sample import Sample
 
 if TYPE_CHECKING:
     from capmill.config import RunConfig
-    from capmill.outputdir import OutputDir
-    from capmill.readers.base import Reader, Shard
+    from capmill.executors.base import RunJob
+    from capmill.stages.base import RunContext, Stage
 
 
 class LocalExecutorConfig(Strict):
@@ -56,240 +56,234 @@ class LocalExecutorConfig(Strict):
         return LocalExecutor(self)
 
 
+class LocalExecutor:
+    """Runs every stage in this process; models are loaded once, in `setup`."""
+
+    def __init__(self, config: LocalExecutorConfig):
+        self.config = config
+        self.stages: list[Stage] = []
+
+    def setup(self, run: RunConfig, ctx: RunContext) -> None:
+        built = [stage_cfg.build() for stage_cfg in run.stages]
+        for stage in built:
+            self.stages.append(stage)  # torn down by close() even if its setup fails halfway
+            stage.setup(ctx)
+
+    def run(self, job: RunJob):
+        return _LocalRun(self.config, self.stages, job).execute()
+
+    def close(self) -> None:
+        for stage in self.stages:
+            try:
+                stage.teardown()
+            except Exception:
+                pass
+        self.stages = []
+
+
 _END = object()
 
 
-@dataclass
-class ShardState:
-    shard: Shard
-    stats: ShardStats
-    error: BaseException | None = None
-    writers: list = field(default_factory=list)
-    rejects: object = None
-    committed: bool = False
+class _Halt(Exception):
+    """The committer says the run must stop (its lock was taken away)."""
 
 
-class KeyRegistry:
-    """key → shard across the run, so a duplicate names both shards it appears in."""
+class _LocalRun:
+    """One run's threads and queues; see the module docstring for how they connect."""
 
-    def __init__(self, known: dict[str, str] | None = None):
-        self._keys = dict(known or {})
-        self._lock = threading.Lock()
+    def __init__(self, config: LocalExecutorConfig, stages: list[Stage], job: RunJob):
+        self.cfg, self.stages, self.job = config, stages, job
+        self.image = job.config.image
+        self.reencode = job.config.output.reencode is not None
+        self.stop = threading.Event()
+        self.work_q: queue.Queue = queue.Queue(maxsize=config.queue_batches)
+        self.write_q: queue.Queue = queue.Queue(maxsize=config.queue_batches)
+        self.slots = threading.Semaphore(config.shards_in_flight)
+        self.states: list[ShardState] = []
+        self.breaker = CircuitBreaker(job.config.reliability.breaker_after)
+        self.keys: KeyRegistry | None = None
+        self.committer: ShardCommitter | None = None
+        self.pool: ThreadPoolExecutor | None = None
 
-    def claim(self, key: str, shard: Shard) -> None:
-        with self._lock:
-            other = self._keys.setdefault(key, shard.name)
-        if other != shard.name:
-            raise DuplicateKeyError(
-                f"key {key!r} is in shard {other} and in shard {shard.name} ({shard.source}); "
-                f"set input.key_prefix: shard to make keys unique per shard"
-            )
-
-
-class LocalExecutor:
-    def __init__(self, config: LocalExecutorConfig):
-        self.config = config
-
-    def run(self, run: RunConfig, reader: Reader, pending: list[Shard], out: OutputDir,
-            summary: RunSummary, progress: Progress, limit: int | None = None) -> RunSummary:
-        cfg = self.config
-        stages = [stage_cfg.build() for stage_cfg in run.stages]
-        ctx = RunContext(out_dir=out.path, image=run.image, seed=run.seed, input=run.input)
-        for stage in stages:
-            stage.setup(ctx)
-        keys = KeyRegistry(out.committed_keys()) if cfg.check_duplicate_keys else None
-        stop = threading.Event()
-        work_q: queue.Queue = queue.Queue(maxsize=cfg.queue_batches)
-        write_q: queue.Queue = queue.Queue(maxsize=cfg.queue_batches)
-        # --limit reads shards one after another so the first N samples are always the same.
-        slots = threading.Semaphore(1 if limit is not None else cfg.shards_in_flight)
-        budget = [limit]
-        budget_lock = threading.Lock()
-        pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="capmill-decode")
-        all_states: list[ShardState] = []
-
-        def put(q: queue.Queue, item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def take(n: int) -> int:
-            """How many of n samples the --limit budget still allows."""
-            if limit is None:
-                return n
-            with budget_lock:
-                allowed = min(n, budget[0])
-                budget[0] -= allowed
-                return allowed
-
-        def read_shard(state: ShardState) -> None:
-            start = time.perf_counter()
-            try:
-                batch: list[Sample] = []
-                for sample in reader.read(state.shard):
-                    if stop.is_set() or not take(1):
-                        break
-                    if keys is not None:
-                        keys.claim(sample.key, state.shard)
-                    batch.append(sample)
-                    if len(batch) == cfg.batch_size:
-                        if not put(work_q, (state, pool.submit(_decode, batch, run.image))):
-                            return
-                        batch = []
-                if batch and not put(work_q, (state, pool.submit(_decode, batch, run.image))):
-                    return
-            except Exception as e:  # a shard that cannot be read fails alone
-                state.error = e
-            finally:
-                state.stats.seconds["read"] += time.perf_counter() - start
-            put(work_q, (state, _END))
-
-        def feed() -> None:
-            readers = []
-            for shard in pending:
-                while not slots.acquire(timeout=0.1):
-                    if stop.is_set():
-                        break
-                if stop.is_set() or (limit is not None and budget[0] <= 0):
-                    if not stop.is_set():
-                        slots.release()
-                    break
-                state = ShardState(shard, ShardStats(shard.name))
-                all_states.append(state)
-                t = threading.Thread(target=read_shard, args=(state,), name=f"capmill-read-{shard.name}", daemon=True)
-                t.start()
-                readers.append(t)
-            for t in readers:
-                t.join()
-            put(work_q, None)
-
-        def write() -> None:
-            while True:
-                item = write_q.get()
-                if item is None:
-                    return
-                state, payload = item
-                try:
-                    if payload is _END:
-                        try:
-                            finish_shard(state, run, out, summary, progress)
-                        except Exception as e:  # the commit record could not be written
-                            abort_shard(state)
-                            summary.failed_shards[state.shard.name] = f"{state.shard.source}: commit failed: {e}"
-                        finally:
-                            slots.release()
-                        continue
-                    if state.error is not None:
-                        continue
-                    write_samples(state, payload, run, out)
-                    progress.advance(samples=len(payload))
-                except Exception as e:  # disk full, permission: this shard fails, others go on
-                    state.error = e
-
-        feeder = threading.Thread(target=feed, name="capmill-feed", daemon=True)
-        writer = threading.Thread(target=write, name="capmill-write", daemon=True)
+    def execute(self):
+        summary = self.job.summary
+        self.committer = self.job.claim()  # every stage is set up: now the output is ours
+        if self.cfg.check_duplicate_keys:
+            self.keys = KeyRegistry(self.job.out.committed_keys())
+        self.pool = ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="capmill-decode")
+        feeder = threading.Thread(target=self.feed_loop, name="capmill-feed", daemon=True)
+        writer = threading.Thread(target=self.write_loop, name="capmill-write", daemon=True)
         feeder.start()
         writer.start()
         try:
-            while True:
-                item = work_q.get()
-                if item is None:
-                    break
-                state, payload = item
-                if payload is _END:
-                    put(write_q, (state, _END))
-                    continue
-                samples, decode_seconds = payload.result()
-                state.stats.seconds["decode"] += decode_seconds
-                if state.error is None:
-                    samples = run_stages(stages, samples, state.stats.seconds)
-                put(write_q, (state, samples))
-            put(write_q, None)
+            self.stage_loop()
+            self.put(self.write_q, None)
             writer.join()
+        except (CircuitOpenError, _Halt) as e:
+            # The backend is down, or the lock was lost: stop, keep what is committed, and leave
+            # every shard in flight to the rerun.
+            summary.stopped = self.committer.stopped or str(e)
+            self.halt(writer)
+            for state in self.states:
+                name = state.shard.name
+                if not state.committed and name not in summary.failed_shards:
+                    summary.deferred_shards.setdefault(name, f"{state.shard.source}: not committed: the run stopped")
         except BaseException:
             # Ctrl-C or a setup error raised by a stage: stop reading, let the writer finish what
             # it is doing (a commit in progress completes), then remove every uncommitted temporary.
-            stop.set()
             summary.interrupted = True
-            pool.shutdown(wait=False, cancel_futures=True)
-            _drain(write_q)
-            write_q.put(None)
-            writer.join(timeout=60)
-            for state in all_states:
-                if not state.committed:
-                    abort_shard(state)
+            self.halt(writer)
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            for stage in stages:
-                stage.teardown()
+            self.pool.shutdown(wait=True, cancel_futures=True)
         return summary
 
+    def halt(self, writer: threading.Thread) -> None:
+        self.stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        _drain(self.write_q)
+        self.write_q.put(None)
+        writer.join(timeout=60)
+        for state in self.states:
+            if not state.committed:
+                self.committer.abort(state)
 
-def write_samples(state: ShardState, samples: list[Sample], run: RunConfig, out: OutputDir) -> None:
-    """Write one batch of a shard in order (dropped samples to the rejects), opening the
-    shard's writers on its first batch; shared with the Ray executor."""
-    if not state.writers:
-        state.writers = open_writers(run.output, out.path, state.shard.name)
-        state.rejects = open_rejects(run.output, out.path, state.shard.name)
-    start = time.perf_counter()
-    for sample in samples:
-        state.stats.count(sample)
-        if sample.status == DROPPED:
-            if state.rejects is not None:
-                state.rejects.write(sample)
-        else:
-            for w in state.writers:
-                w.write(sample)
-    release_images(samples)
-    state.stats.seconds["write"] += time.perf_counter() - start
+    def put(self, q: queue.Queue, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
+    # ---- reading ---------------------------------------------------------------------------
 
-def finish_shard(state: ShardState, run: RunConfig, out: OutputDir, summary: RunSummary, progress: Progress) -> None:
-    """Commit a shard whose every sample is written (or fail it); shared with the Ray executor."""
-    if state.error is None and not state.writers:  # an empty shard still gets its (empty) outputs
+    def feed_loop(self) -> None:
+        """Start one reader thread per shard, at most `shards_in_flight` at once."""
+        readers = []
+        for task in self.job.tasks:
+            while not self.slots.acquire(timeout=0.1):
+                if self.stop.is_set():
+                    break
+            if self.stop.is_set():
+                break
+            state = ShardState(task, ShardStats(task.shard.name))
+            self.states.append(state)
+            t = threading.Thread(target=self.read_shard, args=(state,), name=f"capmill-read-{task.shard.name}", daemon=True)
+            t.start()
+            readers.append(t)
+        for t in readers:
+            t.join()
+        self.put(self.work_q, None)
+
+    def read_shard(self, state: ShardState) -> None:
+        """Cut one shard into batches and submit their decoding; the end marker follows."""
+        task, size = state.task, self.cfg.batch_size
+        start = time.perf_counter()
         try:
-            state.writers = open_writers(run.output, out.path, state.shard.name)
-            state.rejects = open_rejects(run.output, out.path, state.shard.name)
-        except Exception as e:
+            if task.retry:
+                state.settled = load_settled(self.job.out, self.job.out.stats_of(task.shard.name))
+            batch: list[Sample] = []
+            for i, sample in enumerate(self.job.reader.read(task.shard)):
+                if self.stop.is_set():
+                    break
+                if task.cap is not None and i >= task.cap:
+                    state.stats.partial = True  # the limit cut this shard
+                    break
+                if self.keys is not None:
+                    self.keys.claim(sample.key, task.shard)
+                if state.settled is not None:
+                    sample = self._settled_or_fresh(state, sample)
+                    if sample is None:
+                        continue
+                batch.append(sample)
+                if len(batch) == size:
+                    if not self.put(self.work_q, (state, self.pool.submit(self.decode, state, batch))):
+                        return
+                    batch = []
+            if batch and not self.put(self.work_q, (state, self.pool.submit(self.decode, state, batch))):
+                return
+        except Exception as e:  # a shard that cannot be read fails alone
             state.error = e
-    if state.error is not None:
-        abort_shard(state)
-        summary.failed_shards[state.shard.name] = f"{state.shard.source}: {type(state.error).__name__}: {state.error}"
-        return
-    start = time.perf_counter()
-    try:
-        for w in [*state.writers, *([state.rejects] if state.rejects else [])]:
-            state.stats.outputs.extend(w.commit())
-    except Exception as e:
-        state.error = e
-        abort_shard(state)
-        summary.failed_shards[state.shard.name] = f"{state.shard.source}: commit failed: {e}"
-        return
-    state.stats.seconds["write"] += time.perf_counter() - start
-    stats = state.stats.to_dict()
-    out.commit(state.shard.name, stats)  # the commit record, written last
-    state.committed = True
-    summary.add_shard(stats)
-    progress.advance(shards=1)
+        finally:
+            state.stats.seconds["read"] += time.perf_counter() - start
+        self.put(self.work_q, (state, _END))
+
+    @staticmethod
+    def _settled_or_fresh(state: ShardState, fresh: Sample) -> Sample | None:
+        """--retry-errors: the committed record (with the input's image) where it is kept, the
+        fresh sample where it is retried, None for a dropped sample whose record was not kept."""
+        settled = state.settled
+        record = settled.records.get(fresh.key)
+        if record is not None:
+            record.image = fresh.image
+            return record
+        return None if is_dropped_unkept(fresh.key, settled) else fresh
+
+    def decode(self, state: ShardState, batch: list[Sample]) -> tuple[list[Sample], float]:
+        """In the pool: decode the batch (settled records get back what their writers store)."""
+        if state.settled is None:
+            return batch, decode_batch(batch, self.image)
+        start = time.perf_counter()
+        decode_batch([s for s in batch if not _is_settled(state, s)], self.image)
+        for sample in batch:
+            if _is_settled(state, sample):
+                restore_image(sample, self.image, self.reencode)
+        return batch, time.perf_counter() - start
+
+    # ---- stages ----------------------------------------------------------------------------
+
+    def stage_loop(self) -> None:
+        """Every stage on each batch in arrival order, in this (the main) thread: models are
+        called from one thread."""
+        while True:
+            item = self.work_q.get()
+            if item is None:
+                return
+            state, payload = item
+            if payload is _END:
+                self.put(self.write_q, (state, _END, None))
+                continue
+            samples, decode_seconds = payload.result()
+            state.stats.seconds["decode"] += decode_seconds
+            trails: list[list[str]] = [[] for _ in samples]
+            if state.error is None:
+                todo = [i for i, s in enumerate(samples) if not _is_settled(state, s)]
+                done = run_stages(self.stages, [samples[i] for i in todo], state.stats.seconds,
+                                  [trails[i] for i in todo], self.breaker)
+                for i, sample in zip(todo, done, strict=True):
+                    samples[i] = sample
+            self.put(self.write_q, (state, samples, trails))
+            if self.committer.stopped:
+                raise _Halt(self.committer.stopped)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def write_loop(self) -> None:
+        progress = self.job.progress
+        while True:
+            item = self.write_q.get()
+            if item is None:
+                return
+            state, payload, trails = item
+            try:
+                if payload is _END:
+                    try:
+                        self.committer.finish(state)
+                    finally:
+                        self.slots.release()
+                    continue
+                if state.error is not None:
+                    continue
+                self.committer.write(state, payload, trails)
+                progress.advance(samples=len(payload))
+            except Exception as e:  # disk full, permission: this shard fails, others go on
+                state.error = e
 
 
-def _decode(batch: list[Sample], config) -> tuple[list[Sample], float]:
-    return batch, decode_batch(batch, config)
-
-
-def abort_shard(state: ShardState) -> None:
-    for w in [*state.writers, *([state.rejects] if state.rejects else [])]:
-        try:
-            w.abort()
-        except Exception:
-            pass
-    state.writers = []
-    state.rejects = None
+def _is_settled(state: ShardState, sample: Sample) -> bool:
+    return state.settled is not None and sample.key in state.settled.records
 
 
 def _drain(q: queue.Queue) -> None:

@@ -7,13 +7,15 @@
         ▼
     stage 1 … stage N (one actor pool per stage, sized by its `resources`)
         ▼
-    driver: rows back in shard order → the shared writers → commit (stats file last)
+    driver: rows back in shard order → the shared commit protocol (capmill.commit)
 
-The driver is the only writer. It keeps, per shard, the next position to write and the rows that
-came early; rows are written in reader order, so a shard's files are the same bytes a local run
-writes, and the shard is committed once its end row has come and every position before it is
-written. Rows seen twice (a task Ray retried after a worker died) are skipped by position, so a
-shard is never committed twice or half.
+The driver claims the output directory when the first row comes back (every stage has then
+been set up in a worker, so a setup failure leaves the directory as it was). It is the only
+writer. It keeps, per shard, the next position to write and the rows that came early; rows are
+written in reader order, so a shard's files are the same bytes a local run writes, and the shard
+is committed once its end row has come and every position before it is written. Rows seen twice
+(a task Ray retried after a worker died) are skipped by position, so a shard is never committed
+twice or half.
 """
 
 from __future__ import annotations
@@ -25,23 +27,20 @@ import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from capmill.commit import KeyRegistry, ShardCommitter, ShardState, ShardStats, ShardTask
 from capmill.components import Strict
-from capmill.errors import CapmillError, SetupError
-from capmill.executors.local import KeyRegistry, ShardState, abort_shard, finish_shard, write_samples
-from capmill.executors.ray_rows import StageWorker, decode_rows, read_shards, row_sample
-from capmill.pipeline import ShardStats
+from capmill.errors import CapmillError, CircuitOpenError, ConfigError, SetupError
+from capmill.executors.ray_rows import StageWorker, decode_rows, read_shards, row_sample, row_trail
 from capmill.sample import Sample
 
 if TYPE_CHECKING:
     from capmill.config import RunConfig
-    from capmill.outputdir import OutputDir
-    from capmill.progress import Progress, RunSummary
-    from capmill.readers.base import Reader, Shard
+    from capmill.executors.base import RunJob
+    from capmill.stages.base import RunContext
 
 INSTALL_HINT = "the Ray executor needs Ray Data: install it with `pip install 'capmill[ray]'`"
 
@@ -148,24 +147,35 @@ class _Pending:
 class RayExecutor:
     def __init__(self, config: RayExecutorConfig):
         self.config = config
+        self.context: dict[str, Any] = {}
 
-    def run(self, run: RunConfig, reader: Reader, pending: list[Shard], out: OutputDir,
-            summary: RunSummary, progress: Progress, limit: int | None = None) -> RunSummary:
-        ray = import_ray()
-        for stage_cfg in run.stages:  # config errors surface here, before any worker starts
+    def setup(self, run: RunConfig, ctx: RunContext) -> None:
+        """Config errors surface here; models load in the stage actors, once the run starts."""
+        for stage_cfg in run.stages:
             stage_cfg.build()
-        caps = _limit_caps(reader, pending, limit) if limit is not None else None
-        work = pending if caps is None else [s for i, s in enumerate(pending) if i in caps]
-        if not work:
-            return summary
-        started = self._connect(ray, run)
+        self.context = {"out_dir": ctx.out_dir, "image": ctx.image, "seed": ctx.seed, "input": ctx.input,
+                        "resuming": ctx.resuming, "fits": ctx.fits}
+
+    def close(self) -> None:
+        pass
+
+    def run(self, job: RunJob):
+        ray = import_ray()
+        if any(task.retry for task in job.tasks):
+            raise ConfigError("--retry-errors rewrites committed shards with the local executor for now: "
+                              "run it with `--set executor='{type: local}'` (executor settings are not part of "
+                              "the config hash, so the output stays the same)")
+        if not job.tasks:
+            job.claim()
+            return job.summary
+        started = self._connect(ray, job.config)
         try:
-            self._check_capacity(ray, run)
-            self._run(ray, run, work, caps, out, summary, progress)
+            self._check_capacity(ray, job.config)
+            self._run(ray, job)
         finally:
             if started:
                 ray.shutdown()
-        return summary
+        return job.summary
 
     def _connect(self, ray, run: RunConfig) -> bool:
         """Join or start a cluster; True when this run did (and so must shut it down)."""
@@ -194,12 +204,13 @@ class RayExecutor:
                 "the run waits until the cluster grows (lower stages' resources.cpus or concurrency, or add nodes)",
                 total, needed)
 
-    def _dataset(self, ray, run: RunConfig, work: list[Shard], caps: dict[int, int] | None):
+    def _dataset(self, ray, run: RunConfig, work: list[ShardTask]):
         cfg = self.config
+        caps = {i: task.cap for i, task in enumerate(work) if task.cap is not None}
         reencode = run.output.reencode is not None
         ds = ray.data.from_items([{"shard": i} for i in range(len(work))], override_num_blocks=len(work))
         ds = ds.map_batches(read_shards, batch_size=1, batch_format="pyarrow", num_cpus=cfg.decode_cpus,
-                            fn_kwargs={"input_config": run.input, "shards": work, "caps": caps,
+                            fn_kwargs={"input_config": run.input, "shards": [t.shard for t in work], "caps": caps,
                                        "rows_per_block": cfg.batch_size})
         ds = ds.map_batches(decode_rows, batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=cfg.decode_cpus,
                             fn_kwargs={"image_config": run.image, "keep_pixels": bool(run.stages) or reencode})
@@ -207,7 +218,8 @@ class RayExecutor:
         # keep Ray Data from fusing the read/decode tasks into the first stage's actors, where
         # decoding would run only as wide as that stage's pool.
         retries = {"max_restarts": cfg.max_restarts, "max_task_retries": cfg.max_task_retries}
-        stage_context = {"out_dir": run.output.path, "image": run.image, "seed": run.seed, "input": run.input}
+        stage_context = self.context or {"out_dir": run.output.path, "image": run.image, "seed": run.seed,
+                                         "input": run.input}
         for i, stage_cfg in enumerate(run.stages):
             res = stage_cfg.resources
             last = i == len(run.stages) - 1
@@ -216,7 +228,8 @@ class RayExecutor:
                 ds = ds.map_batches(
                     StageWorker,
                     fn_constructor_kwargs={"stage_config": stage_cfg, "context": stage_context,
-                                           "keep_pixels": reencode or not last},
+                                           "keep_pixels": reencode or not last,
+                                           "breaker_after": run.reliability.breaker_after},
                     compute=ray.data.ActorPoolStrategy(size=res.concurrency),
                     batch_size=cfg.batch_size,
                     batch_format="pyarrow",
@@ -227,13 +240,12 @@ class RayExecutor:
                 )
         return ds
 
-    def _run(self, ray, run: RunConfig, work: list[Shard], caps, out: OutputDir, summary: RunSummary,
-             progress: Progress) -> None:
-        keys = KeyRegistry(out.committed_keys()) if self.config.check_duplicate_keys else None
-        shards = [_Pending(ShardState(shard, ShardStats(shard.name))) for shard in work]
+    def _run(self, ray, job: RunJob) -> None:
+        run, summary = job.config, job.summary
+        shards = [_Pending(ShardState(task, ShardStats(task.shard.name))) for task in job.tasks]
         for p in shards:
             p.state.stats.seconds["read"] = 0.0  # first in the summary, as in a local run
-        writer = _OrderedWriter(run, out, summary, progress, keys, with_pixels=run.output.reencode is not None)
+        writer = _OrderedWriter(job, self.config.check_duplicate_keys, with_pixels=run.output.reencode is not None)
         context = ray.data.DataContext.get_current()
         saved = context.enable_progress_bars, context.raise_original_map_exception
         context.enable_progress_bars = False  # capmill's own bar reports the run
@@ -241,25 +253,34 @@ class RayExecutor:
         # its text), so the run fails with the error's advice, as a local run does.
         context.raise_original_map_exception = True
         try:
-            for block in self._dataset(ray, run, work, caps).iter_batches(batch_size=None, batch_format="pyarrow"):
+            for block in self._dataset(ray, run, job.tasks).iter_batches(batch_size=None, batch_format="pyarrow"):
                 for row in block.to_pylist():
                     writer.add(shards[row["shard"]], row)
+                if writer.committer is not None and writer.committer.stopped:
+                    summary.stopped = writer.committer.stopped
+                    break
         except BaseException as e:
-            for p in shards:
-                if not p.done:
-                    abort_shard(p.state)
+            writer.abort_all(shards)
             if isinstance(e, KeyboardInterrupt):
                 summary.interrupted = True
                 raise
             cause = _capmill_cause(e)
+            if isinstance(cause, CircuitOpenError):  # the backend is down: stop, keep what is committed
+                summary.stopped = str(cause)
+                writer.defer_unfinished(shards)
+                return
             if cause is not None:  # a stage's setup or config error, raised in a worker
                 raise cause from None
             raise
         finally:
             context.enable_progress_bars, context.raise_original_map_exception = saved
+        if summary.stopped:
+            writer.abort_all(shards)
+            writer.defer_unfinished(shards)
+            return
         for p in shards:
             if not p.done:  # cannot happen unless Ray lost rows; never commit such a shard
-                abort_shard(p.state)
+                writer.abort(p)
                 summary.failed_shards[p.state.shard.name] = (
                     f"{p.state.shard.source}: incomplete: {p.next} of {p.total} samples came back from Ray")
 
@@ -267,13 +288,23 @@ class RayExecutor:
 class _OrderedWriter:
     """Writes each shard's rows in reader order as they come back, commits complete shards."""
 
-    def __init__(self, run: RunConfig, out: OutputDir, summary: RunSummary, progress: Progress,
-                 keys: KeyRegistry | None, with_pixels: bool):
-        self.run, self.out, self.summary, self.progress = run, out, summary, progress
-        self.keys = keys
+    def __init__(self, job: RunJob, check_keys: bool, with_pixels: bool):
+        self.job = job
+        self.check_keys = check_keys
+        self.keys: KeyRegistry | None = None
         self.with_pixels = with_pixels
+        self.committer: ShardCommitter | None = None
+
+    def _claim(self) -> ShardCommitter:
+        """The first row back has passed every stage: their setup succeeded, claim the output."""
+        if self.committer is None:
+            self.committer = self.job.claim()
+            if self.check_keys:
+                self.keys = KeyRegistry(self.job.out.committed_keys())
+        return self.committer
 
     def add(self, p: _Pending, row: dict[str, Any]) -> None:
+        self._claim()
         if p.done:
             return  # a failed shard's late rows
         if row["end"]:
@@ -283,6 +314,7 @@ class _OrderedWriter:
                 self._fail(p, row["error"])
                 return
             p.total = row["index"]
+            p.state.stats.partial = bool(row["partial"])
             p.state.stats.merge_seconds(_seconds(row))
         elif row["index"] >= p.next and row["index"] not in p.early:  # else seen already: a retried task
             p.early[row["index"]] = row
@@ -290,55 +322,51 @@ class _OrderedWriter:
 
     def _flush(self, p: _Pending) -> None:
         ready: list[Sample] = []
+        trails: list[list[str]] = []
         while p.next in p.early:
             row = p.early.pop(p.next)
             p.next += 1
             p.state.stats.merge_seconds(_seconds(row))
             ready.append(row_sample(row, with_pixels=self.with_pixels))
+            trails.append(row_trail(row))
         if ready and p.state.error is None:
             try:
                 if self.keys is not None:
                     for sample in ready:
                         self.keys.claim(sample.key, p.state.shard)
-                write_samples(p.state, ready, self.run, self.out)
+                self.committer.write(p.state, ready, trails)
             except Exception as e:  # duplicate key, disk full: this shard fails, others go on
                 p.state.error = e
         if ready:
-            self.progress.advance(samples=len(ready))
+            self.job.progress.advance(samples=len(ready))
         if p.total is not None and p.next == p.total:
             p.done = True
-            try:
-                finish_shard(p.state, self.run, self.out, self.summary, self.progress)
-            except Exception as e:  # the commit record could not be written
-                abort_shard(p.state)
-                self.summary.failed_shards[p.state.shard.name] = f"{p.state.shard.source}: commit failed: {e}"
+            self.committer.finish(p.state)
 
     def _fail(self, p: _Pending, reason: str) -> None:
         p.done = True
-        abort_shard(p.state)
-        self.summary.failed_shards[p.state.shard.name] = f"{p.state.shard.source}: {reason}"
+        self.abort(p)
+        self.job.summary.failed_shards[p.state.shard.name] = f"{p.state.shard.source}: {reason}"
+
+    def abort(self, p: _Pending) -> None:
+        if self.committer is not None:
+            self.committer.abort(p.state)
+
+    def abort_all(self, shards: list[_Pending]) -> None:
+        for p in shards:
+            if not p.state.committed:
+                self.abort(p)
+
+    def defer_unfinished(self, shards: list[_Pending]) -> None:
+        summary = self.job.summary
+        for p in shards:
+            name = p.state.shard.name
+            if not p.state.committed and name not in summary.failed_shards:
+                summary.deferred_shards.setdefault(name, f"{p.state.shard.source}: not committed: the run stopped")
 
 
 def _seconds(row: dict[str, Any]) -> dict[str, float]:
     return json.loads(row["seconds"] or "{}")
-
-
-def _limit_caps(reader: Reader, pending: list[Shard], limit: int) -> dict[int, int]:
-    """Samples to take from each shard so the run covers the first `limit` samples in shard
-    order, as a local run does: counted on the driver by reading ahead (cheap next to a run,
-    and --limit is for trial runs)."""
-    caps: dict[int, int] = {}
-    left = limit
-    for i, shard in enumerate(pending):
-        if left <= 0:
-            break
-        try:
-            n = sum(1 for _ in islice(reader.read(shard), left))
-        except Exception:  # the worker reads it again and reports the error with the shard
-            n = left
-        caps[i] = n
-        left -= n
-    return caps
 
 
 def _capmill_cause(error: BaseException) -> CapmillError | None:

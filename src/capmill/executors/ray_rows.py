@@ -11,6 +11,8 @@ Samples cross Ray as Arrow rows, one per sample plus one end row per shard:
                       for a video, its sampled frames one after another (all of one size; their
                       timestamps are in the record's `frame_times`)
     seconds  string   JSON {step: seconds}: this row's share of read, decode and stage time
+    trail    string   JSON [stage, ...]: the stages the sample entered (per-stage counts)
+    partial  bool     on an end row: --limit cut the shard
     error    string   on an end row: why the shard could not be read
 
 The image bytes travel in their own binary column rather than base64 inside the JSON record
@@ -36,11 +38,12 @@ from typing import Any
 
 from capmill.errors import CapmillError
 from capmill.media.decode import decode_batch
-from capmill.pipeline import run_stages
+from capmill.pipeline import CircuitBreaker, run_stages
 from capmill.sample import VIDEO, Frame, Sample
 from capmill.stages.base import RunContext
 
-COLUMNS = ("shard", "index", "end", "record", "data", "pixels", "mode", "width", "height", "seconds", "error")
+COLUMNS = ("shard", "index", "end", "record", "data", "pixels", "mode", "width", "height", "seconds", "trail",
+           "partial", "error")
 
 
 def schema():
@@ -50,7 +53,8 @@ def schema():
     return pa.schema([
         ("shard", pa.int32()), ("index", pa.int64()), ("end", pa.bool_()), ("record", pa.string()),
         ("data", pa.binary()), ("pixels", pa.binary()), ("mode", pa.string()), ("width", pa.int32()),
-        ("height", pa.int32()), ("seconds", pa.string()), ("error", pa.string()),
+        ("height", pa.int32()), ("seconds", pa.string()), ("trail", pa.string()), ("partial", pa.bool_()),
+        ("error", pa.string()),
     ])
 
 
@@ -60,7 +64,8 @@ def table_of(rows: list[dict[str, Any]]):
     return pa.Table.from_pylist(rows, schema=schema())
 
 
-def sample_row(sample: Sample, shard: int, index: int, seconds: dict[str, float], keep_pixels: bool) -> dict[str, Any]:
+def sample_row(sample: Sample, shard: int, index: int, seconds: dict[str, float], keep_pixels: bool,
+               trail: list[str] | None = None) -> dict[str, Any]:
     frames = sample.media.frames if keep_pixels else None
     image = sample.image.image if keep_pixels else None
     if frames:
@@ -74,13 +79,19 @@ def sample_row(sample: Sample, shard: int, index: int, seconds: dict[str, float]
         "mode": image.mode if image is not None else None,
         "width": image.width if image is not None else None,
         "height": image.height if image is not None else None,
-        "seconds": json.dumps(seconds), "error": None,
+        "seconds": json.dumps(seconds), "trail": json.dumps(trail or []), "partial": None, "error": None,
     }
 
 
-def end_row(shard: int, count: int, seconds: dict[str, float], error: str | None = None) -> dict[str, Any]:
+def end_row(shard: int, count: int, seconds: dict[str, float], error: str | None = None,
+            partial: bool = False) -> dict[str, Any]:
     return {"shard": shard, "index": count, "end": True, "record": None, "data": None, "pixels": None,
-            "mode": None, "width": None, "height": None, "seconds": json.dumps(seconds), "error": error}
+            "mode": None, "width": None, "height": None, "seconds": json.dumps(seconds), "trail": None,
+            "partial": partial, "error": error}
+
+
+def row_trail(row: dict[str, Any]) -> list[str]:
+    return json.loads(row["trail"] or "[]")
 
 
 def row_sample(row: dict[str, Any], with_pixels: bool = True) -> Sample:
@@ -117,11 +128,12 @@ def read_shards(batch, *, input_config, shards: list, caps: dict[int, int] | Non
         shard = shards[position]
         cap = caps.get(position) if caps is not None else None
         rows: list[dict[str, Any]] = []
-        count, error = 0, None
+        count, error, partial = 0, None, False
         start = time.perf_counter()
         try:
             for sample in reader.read(shard):
                 if cap is not None and count >= cap:
+                    partial = True  # the limit cut this shard
                     break
                 rows.append(sample_row(sample, position, count, {}, keep_pixels=False))
                 count += 1
@@ -130,7 +142,7 @@ def read_shards(batch, *, input_config, shards: list, caps: dict[int, int] | Non
                     rows = []
         except Exception as e:  # a shard that cannot be read fails alone, as in a local run
             error = f"{type(e).__name__}: {e}"
-        rows.append(end_row(position, count, {"read": time.perf_counter() - start}, error))
+        rows.append(end_row(position, count, {"read": time.perf_counter() - start}, error, partial))
         yield table_of(rows)
 
 
@@ -145,7 +157,8 @@ def decode_rows(batch, *, image_config, keep_pixels: bool):
         if row["end"]:
             out.append(row)
     for row, sample in samples:
-        out.append(sample_row(sample, row["shard"], row["index"], json.loads(add_seconds(row, share)), keep_pixels))
+        out.append(sample_row(sample, row["shard"], row["index"], json.loads(add_seconds(row, share)), keep_pixels,
+                              row_trail(row)))
     return table_of(out)
 
 
@@ -157,8 +170,10 @@ class StageWorker:
     shard cannot be confused with this one.
     """
 
-    def __init__(self, stage_config, context: dict[str, Any], keep_pixels: bool):
+    def __init__(self, stage_config, context: dict[str, Any], keep_pixels: bool, breaker_after: int = 0):
         self.keep_pixels = keep_pixels
+        # Counts the transient failures this actor sees; its CircuitOpenError stops the run.
+        self.breaker = CircuitBreaker(breaker_after)
         self.setup_error: CapmillError | None = None
         self.stage = stage_config.build()
         try:
@@ -180,10 +195,12 @@ class StageWorker:
         for group in by_shard.values():
             samples = [row_sample(row) for row in group]
             seconds: dict[str, float] = {}
-            samples = run_stages([self.stage], samples, seconds)
+            trails = [row_trail(row) for row in group]
+            samples = run_stages([self.stage], samples, seconds, trails, self.breaker)
             share = {name: value / len(group) for name, value in seconds.items()}
-            for row, sample in zip(group, samples, strict=True):
-                out.append(sample_row(sample, row["shard"], row["index"], json.loads(add_seconds(row, share)), self.keep_pixels))
+            for row, sample, trail in zip(group, samples, trails, strict=True):
+                out.append(sample_row(sample, row["shard"], row["index"], json.loads(add_seconds(row, share)),
+                                      self.keep_pixels, trail))
         return table_of(out)
 
     def __del__(self):

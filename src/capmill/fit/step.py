@@ -92,12 +92,17 @@ def fit_stage(stage: Stage, ctx: Any) -> dict[str, Any]:
         stage.teardown()
 
 
-def run_fit_step(config: RunConfig, out_dir: str, logger: logging.Logger | None = None) -> list[FitRecord]:
-    """Fit every stage that needs it, or reuse its stored fit. Returns one record per such stage."""
+def run_fit_step(config: RunConfig, out_dir: str, ctx: Any = None,
+                 logger: logging.Logger | None = None) -> list[FitRecord]:
+    """Fit every stage that needs it, or reuse its stored fit, into `ctx.fits` (a new RunContext
+    when None). Nothing is written: `save_fits` stores the new states once the run has claimed its
+    output, so a fit that fails, or a run refused after it, leaves the output directory as it was.
+    Returns one record per such stage."""
     from capmill.stages.base import RunContext
 
     logger = logger or logging.getLogger("capmill")
-    ctx = RunContext(out_dir=out_dir, image=config.image, seed=config.seed, input=config.input, logger=logger)
+    if ctx is None:
+        ctx = RunContext(out_dir=out_dir, image=config.image, seed=config.seed, input=config.input, logger=logger)
     records = []
     for index, stage_config in enumerate(config.stages):
         stage = stage_config.build()
@@ -110,8 +115,14 @@ def run_fit_step(config: RunConfig, out_dir: str, logger: logging.Logger | None 
         if state is None:
             logger.info("fitting %s on the whole input before the run", stage_config.type)
             state = fit_stage(stage, ctx)
-            save_fit(out_dir, key, state)
         ctx.fits[key] = state
         records.append(FitRecord(f"{index}:{stage_config.type}", key, reused, time.monotonic() - start,
                                  stage.fit_summary(state)))
     return records
+
+
+def save_fits(out_dir: str, records: list[FitRecord], fits: dict[str, Any]) -> None:
+    """Store every fitted state of `records` that OUT/_fit/ does not hold yet (reruns reuse them)."""
+    for record in records:
+        if not os.path.exists(fit_path(out_dir, record.key)):
+            save_fit(out_dir, record.key, fits[record.key])

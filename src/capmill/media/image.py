@@ -93,10 +93,7 @@ def decode_image(data: bytes, config: ImageConfig):
     if img.format not in config.formats:
         raise ImageDecodeError(f"format {img.format} not allowed (allowed: {', '.join(config.formats)})")
     width, height = img.size
-    if width * height > config.max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError(f"image has an empty size {width}x{height}")
+    check_size(width, height, config)
     try:
         if config.max_side and img.format == "JPEG" and max(width, height) > config.max_side:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result still covers the final
@@ -110,16 +107,21 @@ def decode_image(data: bytes, config: ImageConfig):
         raise ImageDecodeError(f"unreadable or truncated image: {type(e).__name__}: {e}") from None
 
 
+def check_size(width: int, height: int, config: ImageConfig) -> None:
+    """The pixel limit and a non-empty size, read from the header before any pixel is decoded."""
+    if width * height > config.max_pixels:
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image has an empty size {width}x{height}")
+
+
 def prepare_image(img, config: ImageConfig):
     """An image that is already a PIL object (handed over by the Python API) through the same
     checks and normalisation as decoded bytes: pixel limit, first frame, EXIF orientation, RGB,
     bounded size. The format list does not apply (the caller decoded it). The caller's image is
     never modified."""
     width, height = img.size
-    if width * height > config.max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError(f"image has an empty size {width}x{height}")
+    check_size(width, height, config)
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP: the first frame

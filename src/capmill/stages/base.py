@@ -37,6 +37,9 @@ class RunContext:
     # The run's input config. Stages never read it: it names the fit a stage receives (the fit
     # key covers the input), and the fit step reads it (capmill.fit).
     input: Any = None
+    # False when the run will discard what `out_dir` holds (--force over another config's
+    # results): a stage must not build on those shards.
+    resuming: bool = True
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("capmill"))
     # Fit states by fit key, when the caller hands them over in memory; otherwise `fitted`
     # reads them from OUT/_fit/.

@@ -52,7 +52,7 @@ from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
 from capmill.prompts.safety import clean_text, source_text, without_untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, VIDEO, Caption, Sample
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, TRANSIENT_ERROR, VIDEO, Caption, Sample
 from capmill.sample import DROPPED as DROPPED_STATUS
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
@@ -266,7 +266,8 @@ class CaptionStage(Stage):
         settle(self.guard, [j.guarded for j in live], self._regenerate, skip_for=self._skip_for)
         self._length_rounds([j for j in live if j.guarded.ok])
         for job in live:
-            self._store(job)
+            if job.sample.status != TRANSIENT_ERROR:
+                self._store(job)
         return batch
 
     @staticmethod
@@ -294,7 +295,10 @@ class CaptionStage(Stage):
             job.attempts += 1
             texts = [t.strip() for t in gen.texts]
             if gen.error is not None or not texts or not texts[0]:
-                job.sample.fail(BACKEND_ERROR, f"{job.fmt.name}: {gen.error or 'empty caption'}")
+                # A transient failure is never stored as a result: the sample is retryable and
+                # redone as a whole.
+                job.sample.fail(TRANSIENT_ERROR if gen.transient else BACKEND_ERROR,
+                                f"{job.fmt.name}: {gen.error or 'empty caption'}")
                 job.texts = []
                 continue
             job.texts = texts
@@ -316,7 +320,9 @@ class CaptionStage(Stage):
             if gen.error is None and texts and texts[0]:
                 job.texts = texts
                 job.meta.update(gen.meta)
-            else:
+            elif gen.transient:  # not a verdict on the caption: the sample is redone as a whole
+                job.sample.fail(TRANSIENT_ERROR, f"{job.fmt.name}: {gen.error}")
+            else:  # a failed retry keeps the earlier answer
                 job.meta["retry_error"] = gen.error or "empty caption"
         return generations
 

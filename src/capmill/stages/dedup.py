@@ -200,7 +200,7 @@ class DedupStage(Stage):
             self.backend.load()
         self.seen: dict[str, dict[str, str]] = {t: {} for t in self.streamed}
         self.near_index = {t: _NearIndex(cfg.near_window) for t in cfg.near}
-        if (self.streamed or self.near_index) and ctx.out_dir and os.path.isdir(ctx.out_dir):
+        if (self.streamed or self.near_index) and ctx.out_dir and ctx.resuming and os.path.isdir(ctx.out_dir):
             self._seed_from_output(ctx)
 
     def teardown(self) -> None:

@@ -33,7 +33,7 @@ from capmill.guards.language import code_for, detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import safe_alt_text, source_text, untrusted, without_untrusted
-from capmill.sample import BACKEND_ERROR, Caption, Sample
+from capmill.sample import BACKEND_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import length_meta, token_counter
 from capmill.text.prompt_budget import fit_inputs, fit_prompt, load_prompt_tokenizer
@@ -188,6 +188,11 @@ class FuseStage(Stage):
         items: list[Guarded] = []
         for request, (sample, alt, cap_text, cut), gen in zip(requests, owners, self.backend.chat(requests), strict=True):
             inputs = {"caption": cfg.caption, "alt_text_truncated": cut}
+            if not gen.ok and gen.transient:
+                # The server was down or timed out: no fallback is stored as if it were the
+                # result; the sample is retryable.
+                sample.fail(TRANSIENT_ERROR, f"{self.key}: {gen.error}")
+                continue
             if not gen.ok:
                 self._store(sample, self._better(alt, cap_text), fallback=BACKEND_ERROR, inputs=inputs,
                             error=gen.error or "no text")
@@ -203,6 +208,8 @@ class FuseStage(Stage):
         settle(self.guard, items, self._regenerate, clean=clean_output)
         for item in items:
             o = item.owner
+            if o["sample"].status == TRANSIENT_ERROR:
+                continue
             if item.ok:
                 self._store(o["sample"], item.text, inputs=o["inputs"], backend_meta=o["meta"], guards=item.meta())
             else:
@@ -231,6 +238,8 @@ class FuseStage(Stage):
         for item, gen in zip(items, generations, strict=True):
             if gen.ok:
                 item.owner["meta"] = gen.meta
+            elif gen.transient:  # not a verdict on the fusion: the sample is redone as a whole
+                item.owner["sample"].fail(TRANSIENT_ERROR, f"{self.key}: {gen.error}")
         return generations
 
     def _store(self, sample: Sample, text: str, fallback: str | None = None, inputs: dict | None = None,

@@ -95,7 +95,8 @@ def answer_text(prompt: str, index: int, images: int) -> str:
 
 class FaultServer:
     def __init__(self, faults: Faults | None = None, *, latency_s: float = 0.0, model: str = "fault-model",
-                 api_key: str | None = None, honour_n: bool = True, seed: int = 0, leak_auth: bool = False):
+                 api_key: str | None = None, honour_n: bool = True, seed: int = 0, leak_auth: bool = False,
+                 port: int = 0):
         self.faults = faults or Faults()
         self.latency_s = latency_s
         self.model = model
@@ -108,6 +109,9 @@ class FaultServer:
         self.leak_auth = leak_auth
         self.counts: Counter[str] = Counter()
         self.events: list[Event] = []
+        # 0: an ephemeral port. A fixed one lets a test kill the server and start it again at the
+        # same address (the client's config, and so the run's config hash, stay the same).
+        self._bind_port = port
         self.port: int | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,7 +163,7 @@ class FaultServer:
         await self._runner.setup()
         # A backlog above any client concurrency we test: a full backlog drops SYNs, which the
         # client retries only after a second.
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._bind_port, backlog=1024, reuse_address=True)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
@@ -247,13 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
     parser.add_argument("--model", default="fault-model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
+    parser.add_argument("--retry-after", type=float, default=1.0, help="seconds a 429 answer asks the client to wait")
     for name in OUTCOMES:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0, help=f"rate of {name} faults")
     args = parser.parse_args(argv)
-    faults = Faults(**{name: getattr(args, name) for name in OUTCOMES})
+    faults = Faults(**{name: getattr(args, name) for name in OUTCOMES}, retry_after_s=args.retry_after)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with FaultServer(faults, latency_s=args.latency, model=args.model, seed=args.seed) as server:
+    with FaultServer(faults, latency_s=args.latency, model=args.model, seed=args.seed, port=args.port) as server:
         print(server.base_url, flush=True)
         try:
             stop.wait()

@@ -33,9 +33,15 @@ def tiny_backend(role: type, models_dir: str) -> dict[str, str]:
     return {"type": entry["type"], "model": folder}
 
 
+# Random weights write gibberish that the guards reject and stages fall back from: the
+# degenerate-result bounds would fail every smoke run, so they are off unless the config sets them.
+SMOKE_RELIABILITY = {"fail_at_fallback_share": 2.0, "fail_at_drop_share": 2.0}
+
+
 def with_tiny_models(tree: dict[str, Any], models_dir: str) -> dict[str, Any]:
     """A copy of the config `tree` in which every backend of every stage (defaults included) is
-    the tiny model of its role from `models_dir`."""
+    the tiny model of its role from `models_dir`, and the degenerate-result bounds are off
+    (`SMOKE_RELIABILITY`) unless the config sets them."""
     from capmill.config import parse_config
 
     config = parse_config(tree)
@@ -49,4 +55,7 @@ def with_tiny_models(tree: dict[str, Any], models_dir: str) -> dict[str, Any]:
                 raise ConfigError(f"stage {i} ({stage.display_name}) does not say which backend protocol its "
                                   f"`{field}` needs (StageConfig.backend_roles), so --models cannot replace it")
             out["stages"][i][field] = tiny_backend(roles[field], models_dir)
+    reliability = out.setdefault("reliability", {})
+    for key, value in SMOKE_RELIABILITY.items():
+        reliability.setdefault(key, value)
     return out
