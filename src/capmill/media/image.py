@@ -12,10 +12,11 @@ import io
 import math
 import warnings
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from capmill.components import Strict
 from capmill.errors import ImageDecodeError
+from capmill.media.video import VideoConfig
 
 _ORIENTATION = 0x0112
 ALLOWED_FORMATS = ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
@@ -31,6 +32,18 @@ class ImageConfig(Strict):
     max_side: int | None = Field(768, ge=16)
     # Decode images at all. Text-only pipelines (fusion, text scoring) can turn this off.
     decode: bool = True
+    # The run's `video:` section, attached by the run config so that the decode step, which is
+    # handed this object, decodes videos with it too (see `RunConfig`); defaults otherwise.
+    _video: VideoConfig | None = PrivateAttr(default=None)
+
+    @property
+    def video(self) -> VideoConfig:
+        return self._video if self._video is not None else VideoConfig()
+
+    def with_video(self, video: VideoConfig) -> ImageConfig:
+        """This config with `video` as the video settings the decode step uses."""
+        self._video = video
+        return self
 
 
 def to_rgb(img):
