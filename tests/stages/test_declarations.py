@@ -30,7 +30,30 @@ EXAMPLES = {
     "filter": [CAPTION, {"type": "filter", "rules": [{"length": "dsc", "min": 1}]}],
     "dedup": [CAPTION, {"type": "dedup", "exact": ["image", "dsc"], "near": ["image"], "backend": FAKE}],
     "tldr": [{"type": "tldr", "scorer": FAKE, "clusters": 2, "stride": 2}],
+    # The verifying stages' LLMs answer in the formats asked for, so their examples keep captions
+    # of their own (a run where every caption falls back is degenerate and fails).
+    "scalecap": [CAPTION, {"type": "scalecap", "caption": "dsc", "vlm": FAKE, "analyzer": FAKE,
+                           "llm": {"type": "fake", "script": [{"when": "List the concrete", "answer": "dog"},
+                                                              {"when": "Write one detailed", "answer": "{text}"}]},
+                           "guards": {"min_caption_overlap": 0}}],
+    "patch_matters": [CAPTION, {"type": "patch_matters", "caption": "dsc", "vlm": FAKE, "detector": FAKE,
+                                "min_region_px": 8, "guards": {"min_caption_overlap": 0},
+                                "llm": {"type": "fake", "script": [
+                                    {"when": "List the things", "answer": "dog"},
+                                    {"when": "Sort what they say", "answer": "AGREE:\n- A dog.\nCONFLICT: NONE\nUNIQUE: NONE"},
+                                    {"when": "Rewrite the caption", "answer": "{text}"}]}}],
+    "vfc": [CAPTION, {"type": "vfc", "proposals": ["ssc", "dsc"], "detector": FAKE, "vqa": FAKE,
+                      "llm": {"type": "fake", "script": [{"when": "List what they claim",
+                                                          "answer": "OBJECTS:\n- person\nCLAIMS:\n- A person stands."}]}}],
+    "fusecap": [CAPTION, {"type": "fusecap", "caption": "dsc", "llm": FAKE, "detector": FAKE, "attributes": FAKE,
+                          "ocr": FAKE, "guards": {"min_caption_overlap": 0}}],
+    # Video stages: their examples run on shards of test videos with tones (VIDEO_DATA).
+    "asr": [{"type": "asr", "backend": FAKE}],
+    "differential_caption": [{"type": "differential_caption", "backend": FAKE}],
+    "long_caption": [{"type": "long_caption", "backend": FAKE, "segment_seconds": 1.0}],
+    "howtocaption": [{"type": "asr", "backend": FAKE}, {"type": "howtocaption", "llm": FAKE, "scorer": FAKE}],
 }
+VIDEO_DATA = {"asr", "differential_caption", "long_caption", "howtocaption"}
 
 # Every protocol a stage may ask for has a tiny model standing in for it (`--models DIR`).
 PROTOCOLS = {getattr(protocols, name) for name in ROLES}
@@ -61,7 +84,13 @@ def test_backend_fields_have_roles_and_real_defaults(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_declared_writes_are_what_the_records_hold(name, tmp_path, wds):
-    config = parse_config(make_config(tmp_path / "data", tmp_path / "out", stages=EXAMPLES[name]))
+    data = tmp_path / "data"
+    if name in VIDEO_DATA:
+        from capmill.testing.videos import write_video_webdataset
+
+        data = tmp_path / "videos"
+        write_video_webdataset(data, shards=1, per_shard=2, tones=True, scene_seconds=2.0)
+    config = parse_config(make_config(data, tmp_path / "out", stages=EXAMPLES[name]))
     chain = check_chain(config)
     declared = chain.steps[-1].io.writes
     summary = run(config, progress=False, limit=8)

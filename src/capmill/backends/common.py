@@ -93,6 +93,19 @@ def per_image_once(requests: Sequence[VLMRequest], prepare: Callable[[Image.Imag
     return rows
 
 
+def frames_as_images(request: VLMRequest) -> VLMRequest:
+    """A video request as an image request: the frames in order, their timestamps stated before
+    the prompt. For models and servers that take images but no video."""
+    from capmill.backends.base import VLMRequest
+
+    video = request.video
+    times = ", ".join(f"{t:.1f} s" for t in video.times)
+    intro = (f"The {len(video.frames)} images are frames of one {video.seconds:.0f}-second video, in order, "
+             f"taken at {times}.\n")
+    return VLMRequest(prompt=intro + request.prompt, images=[*request.images, *video.frames], n=request.n,
+                      system=request.system, params=request.params, tag=request.tag)
+
+
 def greedy(params: GenerationParams) -> bool:
     return params.temperature == 0
 
@@ -155,3 +168,18 @@ def import_torch_stack(extra: str = "transformers") -> None:
         import transformers  # noqa: F401
     except ImportError as e:
         raise SetupError(f"this backend needs {e.name}: install it with `pip install 'capmill[{extra}]'`") from e
+
+
+def yes_probability(top: dict[str, float]) -> float | None:
+    """P("yes") from the top log-probabilities of the first answer token (token text → log-prob),
+    as servers return them: the probability mass of the tokens that read "yes" (any case, any
+    surrounding space or punctuation) against that of those that read "no", renormalised over the two. None
+    when neither is among them."""
+    def word(token: str) -> str:
+        return token.strip().strip(".,!?:;*\"'").lower()
+
+    yes = sum(math.exp(lp) for token, lp in top.items() if word(token) == "yes")
+    no = sum(math.exp(lp) for token, lp in top.items() if word(token) == "no")
+    if yes + no == 0:
+        return None
+    return yes / (yes + no)

@@ -2,7 +2,8 @@
 
 `type: fake` exists so pipelines, executors and benchmarks can run without weights. Its texts
 carry no meaning: they are derived from a hash of the request's tag (the sample key and format)
-and prompt, so the same input always gives the same output, in any process and executor. Tests
+and prompt — and, for a video request, the number of frames and the seconds it received — so
+the same input always gives the same output, in any process and executor. Tests
 can also queue exact answers (`responses`) and read back every prompt it saw (`prompts`), the
 way llm's mock model works, and script answers by what the prompt contains (`script`): a
 model that obeys an injection, refuses, loops or is cut off, deterministically and in any
@@ -20,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, Generation, VLMRequest
+from capmill.backends.base import ChatRequest, Generation, Segment, SpeechRequest, Transcript, VLMRequest
 from capmill.components import BackendConfig, Strict
 
 _WORDS = (
@@ -55,6 +56,21 @@ class FakeBackendConfig(BackendConfig):
     script: list[ScriptedAnswer] = Field(default_factory=list)
     # Embedding width for the scorer/embedder roles.
     dim: int = Field(32, ge=2)
+    # Seconds of audio per transcript segment (the speech-recognizer role).
+    segment_seconds: float = Field(5.0, gt=0)
+    # Verification roles (see capmill.backends.fake_verify): `ask` answers 0.9 to questions
+    # containing a `yes_if` string, 0.1 to those containing a `no_if` one, a hashed value otherwise.
+    yes_if: list[str] = Field(default_factory=list)
+    no_if: list[str] = Field(default_factory=list)
+    # `forced_logits`: words the image does not support (their logit drops with the image).
+    unseen_words: list[str] = Field(default_factory=list)
+    # `detect`: labels found without phrases; words no phrase containing them is found for.
+    labels: list[str] = Field(default_factory=lambda: ["person", "dog"])
+    absent: list[str] = Field(default_factory=list)
+    # `read`: the text lines the OCR reads in every image.
+    ocr_lines: list[str] = Field(default_factory=list)
+    # `detect` and `read` fail on images whose smaller side is below this (0: never).
+    fail_below_px: int = Field(0, ge=0)
 
     def build(self) -> FakeBackend:
         return FakeBackend(self)
@@ -92,7 +108,10 @@ class WordPromptTokenizer:
 
 
 class FakeBackend:
-    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, ImageTextMatcher and TextEmbedder."""
+    """Implements every protocol of capmill.backends.base: VisionLanguageModel (with `ask` and
+    `forced_logits`), LanguageModel, ImageTextScorer, ImageTextMatcher, TextEmbedder, Detector,
+    TextRecognizer, TextAnalyzer and SpeechRecognizer (one segment per `segment_seconds` of audio,
+    words hashed from the tag, the segment's position and the seconds received)."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -134,8 +153,17 @@ class FakeBackend:
         with self._lock:
             self.prompts.extend(r.prompt for r in requests)
             self.batch_sizes.append(len(requests))
-        return [self._answer(f"{r.tag}|{r.prompt}", f"{r.system or ''}\n{r.prompt}", r.n, r.system or r.prompt)
-                for r in requests]
+        return [self._generation(r) for r in requests]
+
+    def _generation(self, r: VLMRequest) -> Generation:
+        seed = f"{r.tag}|{r.prompt}"
+        if r.video is not None:
+            frames, seconds = len(r.video.frames), round(r.video.seconds, 1)
+            seed += f"|{frames} frames|{seconds} s"
+        gen = self._answer(seed, f"{r.system or ''}\n{r.prompt}", r.n, r.system or r.prompt)
+        if r.video is not None:
+            gen.meta.update(frames=frames, seconds=seconds)
+        return gen
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         self._sleep()
@@ -147,6 +175,22 @@ class FakeBackend:
             out.append(self._answer(f"{r.tag}|{rendered}", rendered, r.n, r.messages[0]["content"] if r.messages else ""))
         with self._lock:
             self.batch_sizes.append(len(requests))
+        return out
+
+    def transcribe(self, requests: list[SpeechRequest]) -> list[Transcript]:
+        self._sleep()
+        out = []
+        for r in requests:
+            seconds = len(r.audio) / r.rate if r.rate else 0.0
+            step = self.config.segment_seconds
+            segments, start = [], 0.0
+            while start < seconds:
+                end = min(seconds, start + step)
+                segments.append(Segment(start, end, hashed_text(f"{r.tag}|{start:.1f}|{seconds:.1f} s", self.config.words)))
+                start = end
+            with self._lock:
+                self.batch_sizes.append(1)
+            out.append(Transcript(segments=segments, language=r.language or "en", meta={"backend": "fake"}))
         return out
 
     def embed_images(self, images) -> np.ndarray:
@@ -164,3 +208,40 @@ class FakeBackend:
         """ImageTextMatcher: a probability derived from a hash of the pixels and the text."""
         return np.array([int.from_bytes(hashlib.sha256(img.tobytes() + t.encode("utf-8", "replace")).digest()[:4],
                                         "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)
+
+    # --- verification protocols (capmill.backends.fake_verify) -------------------------------
+
+    def _count(self, n: int) -> None:
+        self._sleep()
+        with self._lock:
+            self.batch_sizes.append(n)
+
+    def ask(self, requests):
+        from capmill.backends import fake_verify
+
+        self._count(len(requests))
+        return fake_verify.ask(self.config, requests)
+
+    def forced_logits(self, requests):
+        from capmill.backends import fake_verify
+
+        self._count(len(requests))
+        return fake_verify.forced_logits(self.config, requests)
+
+    def detect(self, images, phrases=None):
+        from capmill.backends import fake_verify
+
+        self._count(len(images))
+        return fake_verify.detect(self.config, images, phrases)
+
+    def read(self, images):
+        from capmill.backends import fake_verify
+
+        self._count(len(images))
+        return fake_verify.read(self.config, images)
+
+    def analyze(self, texts):
+        from capmill.backends import fake_verify
+
+        self._count(len(texts))
+        return fake_verify.analyze(texts)

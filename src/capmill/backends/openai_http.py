@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import fit_pixel_budget, neutralise_for, per_image_once
+from capmill.backends.common import fit_pixel_budget, frames_as_images, neutralise_for, per_image_once
+from capmill.backends.openai_ask import AskMixin, first_token_logprobs
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 from capmill.media.image import to_rgb
@@ -88,6 +89,12 @@ class OpenAIBackendConfig(BackendConfig):
     # Downscale images above this many pixels before sending (None: send as decoded). Servers
     # resize again to their model's budget; this only bounds the upload.
     max_pixels: int | None = Field(None, ge=1)
+    # How a video is sent: "frames" (its sampled frames as images, their timestamps in the text;
+    # any vision server) or "video_url" (the video or clip file as a data URL, for servers that
+    # take videos, e.g. `vllm serve` with a Qwen2-VL-family model; the server samples frames).
+    video_as: Literal["frames", "video_url"] = "frames"
+    # Largest video file sent as a data URL.
+    max_video_bytes: int = Field(64 * 1024 * 1024, ge=1)
     # Default decoding settings; a request's own params replace them.
     params: GenerationParams = Field(default_factory=GenerationParams)
     # The field that caps output length: `max_tokens` (vLLM, SGLang, Ollama, most APIs) or
@@ -104,6 +111,11 @@ class OpenAIBackendConfig(BackendConfig):
     # AltText would otherwise reach the server's tokenizer as the real token (one `<|image_pad|>`
     # too many crashes a Qwen2.5-VL worker in vLLM).
     special_tokens: list[str] = Field(default_factory=list)
+    # `ask` (yes/no questions) reads the first answer token's `top_logprobs` (this many). A server
+    # that returns no log-probabilities is answered from the generated word ("text": P(yes) is 1.0
+    # or 0.0, marked `source: text`) or each such question fails ("error").
+    top_logprobs: int = Field(20, ge=1, le=20)
+    ask_without_logprobs: Literal["text", "error"] = "text"
     # Check at load that the server answers and serves `model` (GET /models).
     probe: bool = True
     probe_timeout_s: float = Field(10.0, gt=0)
@@ -145,6 +157,8 @@ class _Answer:
     transient: bool = False
     attempts: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    # The first token's top log-probabilities of each choice (token → log-prob), when returned.
+    logprobs: list[dict[str, float] | None] = field(default_factory=list)
 
 
 # Answers not worth an immediate retry that still say nothing about the request itself.
@@ -217,10 +231,25 @@ def image_data_url(image: Image.Image, fmt: str = "jpeg", quality: int = 90, max
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
-def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: list[str] | tuple = ()) -> list[dict[str, Any]]:
-    """Images first, then the prompt, in one user turn: the order most VLM chat templates
-    were trained with. Texts have special-token shapes neutralised."""
-    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
+_VIDEO_MIME = {"mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm", "mkv": "video/x-matroska"}
+
+
+def video_data_url(video: Any, max_bytes: int) -> str:
+    """A video file as a base64 data URL (ValueError when it is over `max_bytes`)."""
+    data = video.file_bytes()
+    if len(data) > max_bytes:
+        raise ValueError(f"video of {len(data)} bytes is over max_video_bytes ({max_bytes}); cut it into clips "
+                         "(input.clips) or send frames (video_as: frames)")
+    mime = _VIDEO_MIME.get((video.ext or "mp4").lower(), "video/mp4")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: list[str] | tuple = (),
+                 video_url: str | None = None) -> list[dict[str, Any]]:
+    """The video or images first, then the prompt, in one user turn: the order most VLM chat
+    templates were trained with. Texts have special-token shapes neutralised."""
+    content: list[dict[str, Any]] = [{"type": "video_url", "video_url": {"url": video_url}}] if video_url else []
+    content += [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
     content.append({"type": "text", "text": neutralise_for(request.prompt, special_tokens)})
     messages: list[dict[str, Any]] = []
     if request.system:
@@ -269,8 +298,8 @@ class _LoopThread:
         self.loop.close()
 
 
-class OpenAIChatBackend:
-    """Implements VisionLanguageModel and LanguageModel over /chat/completions."""
+class OpenAIChatBackend(AskMixin):
+    """Implements VisionLanguageModel (with `ask`) and LanguageModel over /chat/completions."""
 
     def __init__(self, config: OpenAIBackendConfig):
         self.config = config
@@ -372,11 +401,29 @@ class OpenAIChatBackend:
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
         cfg = self.config
+        # A video goes as its frames (an image request with the timestamps in the text) or as
+        # the file itself; a file that cannot be sent fails its request only.
+        ready, videos, failed = [], [], {}
+        for i, r in enumerate(requests):
+            video_url = None
+            if r.video is not None and cfg.video_as == "frames":
+                r = frames_as_images(r)
+            elif r.video is not None:
+                try:
+                    video_url = video_data_url(r.video, cfg.max_video_bytes)
+                except (ValueError, OSError) as e:
+                    failed[i] = Generation(error=f"video not sent: {e}", meta={"backend": "openai"})
+            ready.append(r)
+            videos.append(video_url)
         # Images are encoded here, in the caller's thread, so the event loop only moves bytes.
-        urls = per_image_once(requests, lambda img: image_data_url(img, cfg.image_format, cfg.image_quality,
-                                                                   cfg.max_pixels))
-        bodies = [vlm_messages(r, u, cfg.special_tokens) for r, u in zip(requests, urls, strict=True)]
-        return self._run([(messages, r.n, r.params, r.tag) for messages, r in zip(bodies, requests, strict=True)])
+        urls = per_image_once(ready, lambda img: image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels))
+        todo = [i for i in range(len(ready)) if i not in failed]
+        jobs = [(vlm_messages(ready[i], urls[i], cfg.special_tokens, videos[i]), ready[i].n, ready[i].params, ready[i].tag)
+                for i in todo]
+        out: list[Generation | None] = [failed.get(i) for i in range(len(ready))]
+        for i, gen in zip(todo, self._run(jobs) if jobs else [], strict=True):
+            out[i] = gen
+        return out  # type: ignore[return-value]
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         tokens = self.config.special_tokens
@@ -463,7 +510,8 @@ class OpenAIChatBackend:
                 answer.attempts += 1
                 self.stats["attempts"] += 1
                 try:
-                    answer.texts, answer.finish_reasons, answer.usage = await self._attempt(body, min(cfg.attempt_timeout_s, remaining))
+                    answer.texts, answer.finish_reasons, answer.usage, answer.logprobs = await self._attempt(
+                        body, min(cfg.attempt_timeout_s, remaining))
                     return answer
                 except _FinalError as e:
                     answer.error = self._scrub(str(e))
@@ -490,7 +538,7 @@ class OpenAIChatBackend:
             log.debug("retrying %s in %.2fs after: %s", tag, delay, last)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int]]:
+    async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int], list]:
         import aiohttp
 
         try:
@@ -514,7 +562,7 @@ class OpenAIChatBackend:
             payload = json.loads(text)
         except ValueError as e:
             raise _MalformedError(f"malformed response (not JSON: {e})") from None
-        return parse_completion(payload)
+        return (*parse_completion(payload), first_token_logprobs(payload))
 
     def _scrub(self, text: str) -> str:
         """Error texts may quote server answers; a server echoing the key must not leak it."""

@@ -3,7 +3,8 @@
 One backend type, `transformers`, serves both roles; which one a model plays is read from its
 config when it loads. A model registered for image-text-to-text (LLaVA, Qwen2-VL/2.5-VL,
 Idefics3/SmolVLM, BLIP, …) loads with `AutoModelForImageTextToText` + `AutoProcessor` and answers
-`generate` (captions), `chat` (text only) and `token_logits`; any other model loads with
+`generate` (captions), `chat` (text only), `forced_logits` (a given text's token logits with and
+without the image) and `ask` (yes/no questions → P(yes)); any other model loads with
 `AutoModelForCausalLM` + `AutoTokenizer` and answers `chat`.
 
     backend: {type: transformers, model: HuggingFaceTB/SmolVLM-256M-Instruct}
@@ -14,6 +15,12 @@ Batching: requests with the same decoding settings go through one `generate` cal
 model's own chat template after every one of the model's special tokens in the text has been
 neutralised. Models without a chat template (BLIP) caption unconditionally, or continue
 `caption_prefix` when it is set; their instruction prompts are not used.
+
+Videos: a model whose processor has a video processor and whose chat template places a video
+(the Qwen2-VL family) gets the sampled frames as one video, with their rate as its metadata so
+the model's temporal positions match the real timing, and the processor told not to sample
+again. Other models get the frames as images, in order, with their timestamps stated before the
+prompt (`video_as` forces either way).
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from capmill.backends.availability import resolve_model
-from capmill.backends.base import ChatRequest, Generation, GenerationParams, TokenLogits, VLMRequest
+from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
 from capmill.backends.common import (
     fit_pixel_budget,
+    frames_as_images,
     hf_generate_kwargs,
     import_torch_stack,
     model_special_tokens,
@@ -38,6 +46,8 @@ from capmill.backends.common import (
     pick_device,
     pick_dtype,
 )
+from capmill.backends.transformers_scoring import SHARED_IMAGES as _SHARED
+from capmill.backends.transformers_scoring import ScoringMixin
 from capmill.components import BackendConfig
 from capmill.errors import ConfigError, SetupError, is_transient_exception
 from capmill.media.image import to_rgb
@@ -70,6 +80,9 @@ class TransformersConfig(BackendConfig):
     caption_prefix: str | None = None
     # e.g. "sdpa" or "flash_attention_2"; None lets transformers choose.
     attn_implementation: str | None = None
+    # How a video reaches the model: "video" through its video processor, "frames" as images
+    # with their timestamps in the text; "auto" uses the video processor where the model has one.
+    video_as: Literal["auto", "video", "frames"] = "auto"
 
     def build(self) -> TransformersBackend:
         return TransformersBackend(self)
@@ -107,7 +120,7 @@ def processor_pixel_budget(image_processor: Any) -> int | None:
 
 
 # Key under which `_vlm_inputs` hands the batch's SharedImages to `_generate`.
-SHARED_IMAGES = "capmill_shared_images"
+SHARED_IMAGES = _SHARED
 
 
 class OncePerImage:
@@ -218,7 +231,19 @@ def _same_features(a: Any, b: Any) -> bool:
         torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
-class TransformersBackend:
+def video_kwargs(videos: list[Any]) -> dict[str, Any]:
+    """Processor keywords for already sampled videos: the frames, their rate as metadata (so
+    models that place frames in time, Qwen2.5-VL and later, see the real timing), and no second
+    sampling."""
+    from transformers.video_utils import VideoMetadata
+
+    frames = [[to_rgb(f) for f in v.frames] for v in videos]
+    metadata = [VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, frames_indices=list(range(len(v.frames))),
+                              duration=v.seconds) for v in videos]
+    return {"videos": frames, "video_metadata": metadata, "do_sample_frames": False}
+
+
+class TransformersBackend(ScoringMixin):
     """VisionLanguageModel and LanguageModel through transformers (see the module docstring)."""
 
     def __init__(self, config: TransformersConfig):
@@ -285,6 +310,23 @@ class TransformersBackend:
                                              if self.vision else None)
         if self.vision:
             self.processor.image_processor = OncePerImage(self.processor.image_processor)
+        self.video_native = self.vision and self._takes_video()
+        if cfg.video_as == "video" and not self.video_native:
+            raise SetupError(f"model {cfg.model!r} has no video processor (or its chat template places no video); "
+                             "set video_as: frames (or auto) to give it videos as frames")
+        if cfg.video_as == "frames":
+            self.video_native = False
+
+    def _takes_video(self) -> bool:
+        """Whether the processor has a video processor and the chat template places a video."""
+        token = getattr(self.processor, "video_token", None)
+        if getattr(self.processor, "video_processor", None) is None or not token or self.chat_template is None:
+            return False
+        try:
+            probe = self._apply_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "x"}]}])
+        except Exception:  # templates raise their own errors (jinja, missing keys) on parts they do not know
+            return False
+        return token in probe
 
     def close(self) -> None:
         self.model = self.processor = self.tokenizer = None
@@ -298,7 +340,7 @@ class TransformersBackend:
         """The prompt text of `request` as the model sees it before image tokens are expanded."""
         if self.chat_template is None:
             return self.neutralise(self.config.caption_prefix or "")
-        key = (request.system, request.prompt, len(request.images))
+        key = (request.system, request.prompt, len(request.images), request.video is not None)
         text = self._rendered.get(key)
         if text is None:  # a format's prompt repeats for every sample that has no AltText slot
             if len(self._rendered) >= 4096:
@@ -306,8 +348,9 @@ class TransformersBackend:
             text = self._rendered[key] = self._render(*key)
         return text
 
-    def _render(self, system: str | None, prompt: str, n_images: int) -> str:
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+    def _render(self, system: str | None, prompt: str, n_images: int, video: bool = False) -> str:
+        content: list[dict[str, Any]] = [{"type": "video"}] if video else []
+        content += [{"type": "image"} for _ in range(n_images)]
         content.append({"type": "text", "text": self.neutralise(prompt)})
         messages = []
         if system:
@@ -341,7 +384,19 @@ class TransformersBackend:
         if not self.vision:
             raise ConfigError(f"model {self.model_id!r} is a text-only language model; captioning needs a "
                               "vision-language model (e.g. HuggingFaceTB/SmolVLM-256M-Instruct)")
-        return self._batched(requests, self._vlm_inputs)
+        if not any(r.video is not None for r in requests):
+            return self._batched(requests, self._vlm_inputs)
+        # Videos and images go through the processor in separate calls; frames-as-images
+        # requests are ordinary image requests from here on.
+        ready = [r if r.video is None or self.video_native else frames_as_images(r) for r in requests]
+        videos = [i for i, r in enumerate(ready) if r.video is not None]
+        others = [i for i, r in enumerate(ready) if r.video is None]
+        results: list[Generation | None] = [None] * len(ready)
+        for indices in (others, videos):
+            if indices:
+                for i, gen in zip(indices, self._batched([ready[i] for i in indices], self._vlm_inputs), strict=True):
+                    results[i] = gen
+        return results  # type: ignore[return-value]
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         self._require_loaded()
@@ -364,6 +419,8 @@ class TransformersBackend:
         else:
             # The template already placed BOS and turn markers; the tokenizer must not add its own.
             kwargs = {"text": texts, "add_special_tokens": False, **({"images": images} if any(images) else {})}
+        if any(r.video is not None for r in requests):
+            kwargs.update(video_kwargs([r.video for r in requests]))
         sharing = self.processor.image_processor  # OncePerImage, unless a caller swapped it out
         if isinstance(sharing, OncePerImage):
             sharing.shared = None  # a call without images leaves it so
@@ -483,43 +540,3 @@ class TransformersBackend:
                 value = value.to(self.device, dtype=self.dtype) if value.is_floating_point() else value.to(self.device)
             moved[key] = value
         return moved
-
-    # --- forced-continuation logits -----------------------------------------------------------
-
-    def token_logits(self, image: Image.Image | None, prompt: str, continuation: str) -> TokenLogits:
-        """Raw logit of each token of `continuation` after `prompt`, with the image and without it
-        (ScaleCap, Xing et al. 2025: a token whose logit barely drops without the image is a
-        language-prior guess rather than something seen). Without an image both lists are the
-        text-only logits."""
-        self._require_loaded()
-        if not self.vision or self.chat_template is None:
-            raise ConfigError(f"token_logits needs a chat vision-language model; {self.model_id!r} is not one")
-        ids = self.tokenizer(self.neutralise(continuation), add_special_tokens=False)["input_ids"]
-        if not ids:
-            return TokenLogits(tokens=[], token_ids=[], with_image=[], without_image=[])
-        without = self._forced(VLMRequest(prompt=prompt), ids)
-        with_image = self._forced(VLMRequest(prompt=prompt, images=[image]), ids) if image is not None else without
-        return TokenLogits(tokens=[self.tokenizer.decode([t]) for t in ids], token_ids=list(ids),
-                           with_image=with_image, without_image=without)
-
-    def _forced(self, request: VLMRequest, continuation_ids: list[int]) -> list[float]:
-        import torch
-
-        inputs = dict(self._vlm_inputs([request]))
-        inputs.pop(SHARED_IMAGES, None)
-        length, k = inputs["input_ids"].shape[1], len(continuation_ids)
-        tail = torch.tensor([continuation_ids], dtype=inputs["input_ids"].dtype)
-        # Append the continuation to every per-token tensor: its ids, attention ones, zeros for
-        # token-type masks (text, not image).
-        for key, value in list(inputs.items()):
-            if isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (1, length):
-                fill = tail if key == "input_ids" else (torch.ones_like(tail) if key == "attention_mask"
-                                                        else torch.zeros_like(tail))
-                inputs[key] = torch.cat([value, fill.to(value.dtype)], dim=1)
-        inputs = self._to_device(inputs)
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits[0]
-        # The logit at position t scores the token at t + 1.
-        rows = logits[length - 1:length - 1 + k].float()
-        picked = rows.gather(1, torch.tensor(continuation_ids, device=rows.device)[:, None])[:, 0]
-        return picked.cpu().tolist()

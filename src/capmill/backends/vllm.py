@@ -7,6 +7,12 @@ rendered prompts. Images are fitted to `max_pixels` before they reach the proces
 budget is also passed to processors that take one (Qwen2-VL's `max_pixels`); vLLM drops
 processor keywords a model does not accept.
 
+Videos (models vLLM runs with video input, the Qwen2-VL family) go through `LLM.generate`: the
+prompt rendered with the model's chat template placing one video, the sampled frames as one
+array in `multi_modal_data`, with their rate and indices as the video's metadata so the model
+does not sample again. `max_videos_per_prompt` must be 1 or more for them (vLLM reserves memory
+per video); a video request to an engine started without it fails with that advice.
+
 vllm is imported in `load()`, never at module import, so configs using this backend validate
 and travel to Ray workers on machines without it.
 """
@@ -17,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once
+from capmill.backends.base import Answer, AskRequest, ChatRequest, Generation, GenerationParams, VLMRequest
+from capmill.backends.common import (fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once,
+                                     yes_probability)
 from capmill.components import BackendConfig
 from capmill.errors import SetupError, is_transient_exception
 
@@ -46,6 +53,8 @@ class VLLMBackendConfig(BackendConfig):
     max_pixels: int | None = Field(1_003_520, ge=1)
     # Images one prompt may carry (vLLM reserves memory for this many).
     max_images_per_prompt: int = Field(1, ge=0)
+    # Videos one prompt may carry: 1 to caption videos, 0 (no memory reserved) otherwise.
+    max_videos_per_prompt: int = Field(0, ge=0)
     trust_remote_code: bool = False
     # Skip CUDA graph capture: faster start, slower decoding. Handy for tests and small runs.
     enforce_eager: bool = False
@@ -78,7 +87,8 @@ class VLLMBackendConfig(BackendConfig):
             "trust_remote_code": self.trust_remote_code,
             "enforce_eager": self.enforce_eager,
             "seed": self.seed,
-            "limit_mm_per_prompt": {"image": self.max_images_per_prompt},
+            "limit_mm_per_prompt": {"image": self.max_images_per_prompt,
+                                    **({"video": self.max_videos_per_prompt} if self.max_videos_per_prompt else {})},
         }
         if self.max_model_len is not None:
             kwargs["max_model_len"] = self.max_model_len
@@ -129,6 +139,24 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             content = [{"type": "image"} if part["type"] == "image_pil" else part for part in content]
         out.append({"role": m["role"], "content": content})
     return out
+
+
+def video_prompt(tokenizer: Any, request: VLMRequest, neutralise, chat_template: str | None = None) -> dict[str, Any]:
+    """A video request as `LLM.generate` takes it: the chat template's text with one video
+    placeholder, and the frames as a (frames, height, width, 3) array with their metadata."""
+    import numpy as np
+
+    video = request.video
+    content = [{"type": "video"}, {"type": "text", "text": neutralise(request.prompt)}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": neutralise(request.system)}] if request.system else []
+    messages.append({"role": "user", "content": content})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **({"chat_template": chat_template} if chat_template else {}))
+    size = video.frames[0].size
+    frames = np.stack([np.asarray(f.convert("RGB").resize(size)) for f in video.frames])
+    metadata = {"fps": video.fps, "duration": video.seconds, "total_num_frames": len(video.frames),
+                "frames_indices": list(range(len(video.frames))), "do_sample_frames": False}
+    return {"prompt": text, "multi_modal_data": {"video": [(frames, metadata)]}}
 
 
 def engine_failures() -> tuple[type[BaseException], ...]:
@@ -219,7 +247,35 @@ class VLLMBackend:
     # ---- protocol methods ------------------------------------------------------------------
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
+        if any(r.video is not None for r in requests):
+            return self._with_videos(requests)
         return self._run(self.vlm_conversations(requests), [(r.n, r.params or self.config.params) for r in requests])
+
+    def _with_videos(self, requests: list[VLMRequest]) -> list[Generation]:
+        """Image requests as usual; video requests in one `LLM.generate` call."""
+        out: list[Generation | None] = [None] * len(requests)
+        images = [i for i, r in enumerate(requests) if r.video is None]
+        videos = [i for i, r in enumerate(requests) if r.video is not None]
+        if images:
+            for i, gen in zip(images, self.generate([requests[i] for i in images]), strict=True):
+                out[i] = gen
+        if self.config.max_videos_per_prompt < 1:
+            for i in videos:
+                out[i] = Generation(error="this vLLM engine takes no video: set max_videos_per_prompt: 1 on the "
+                                          "backend (vLLM reserves memory per video)", meta={"backend": "vllm"})
+            return out  # type: ignore[return-value]
+        if self.llm is None:
+            raise SetupError("the vllm backend is not loaded: call load() first")
+        from vllm import SamplingParams
+
+        tokenizer = self.llm.get_tokenizer()
+        prompts = [video_prompt(tokenizer, requests[i], self.neutralise, self.config.chat_template) for i in videos]
+        params = [SamplingParams(**sampling_kwargs(requests[i].params or self.config.params, requests[i].n)) for i in videos]
+        results = self.llm.generate(prompts, params, use_tqdm=False)
+        for i, r in zip(videos, results, strict=True):
+            out[i] = self._generation([c.text for c in r.outputs], [c.finish_reason for c in r.outputs],
+                                      len(r.prompt_token_ids or []), sum(len(c.token_ids) for c in r.outputs))
+        return out  # type: ignore[return-value]
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         return self._run(self.chat_conversations(requests), [(r.n, r.params or self.config.params) for r in requests])
@@ -233,6 +289,23 @@ class VLLMBackend:
 
     def chat_conversations(self, requests: list[ChatRequest]) -> list[list[dict[str, Any]]]:
         return [[{"role": m["role"], "content": self.neutralise(m["content"])} for m in r.messages] for r in requests]
+
+    def ask(self, requests: list[AskRequest]) -> list[Answer]:
+        """P("yes") for each yes/no question: one `LLM.chat` call for the batch, one greedy token
+        per question with the top 20 log-probabilities, read as `yes_probability` does."""
+        if self.llm is None:
+            raise SetupError("the vllm backend is not loaded: call load() first")
+        if not requests:
+            return []
+        from vllm import SamplingParams
+
+        conversations = self.vlm_conversations([VLMRequest(prompt=r.question, images=[r.image], tag=r.tag)
+                                                for r in requests])
+        kwargs: dict[str, Any] = {"use_tqdm": False}
+        if self.config.chat_template:
+            kwargs["chat_template"] = self.config.chat_template
+        results = self.llm.chat(conversations, SamplingParams(max_tokens=1, temperature=0.0, logprobs=20), **kwargs)
+        return [answer_from_logprobs(r.outputs[0].logprobs) for r in results]
 
     def _run(self, conversations: list[list[dict[str, Any]]], settings: list[tuple[int, GenerationParams]]) -> list[Generation]:
         if self.llm is None:
@@ -303,3 +376,19 @@ class VLLMBackend:
         if not any(t.strip() for t in texts):
             return Generation(texts=texts, error="empty output", meta=meta)
         return Generation(texts=texts, meta=meta)
+
+
+def answer_from_logprobs(logprobs: Any) -> Answer:
+    """An `Answer` from vLLM's per-position log-probabilities (a list whose first entry maps token
+    ids to objects with `logprob` and `decoded_token`)."""
+    if not logprobs or not logprobs[0]:
+        return Answer(p_yes=None, error="vLLM returned no log-probabilities")
+    top = {}
+    for entry in logprobs[0].values():
+        token = getattr(entry, "decoded_token", None)
+        if isinstance(token, str):
+            top.setdefault(token, float(entry.logprob))
+    p = yes_probability(top)
+    if p is None:
+        return Answer(p_yes=None, error="neither yes nor no among the answer's 20 most likely first tokens")
+    return Answer(p_yes=p, source="logprobs", meta={"backend": "vllm"})

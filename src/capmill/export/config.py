@@ -13,7 +13,7 @@ from capmill.config import apply_overrides, format_validation_error
 from capmill.errors import ConfigError
 from capmill.export.mix import TARGET_MIX, MixConfig
 
-Target = Literal["clip", "mllm", "diffusion", "dreamlip"]
+Target = Literal["clip", "mllm", "diffusion", "dreamlip", "llava_video"]
 # In mix.synthetic: the caption the run wrote as its training text (its `output.text_field`).
 CHOSEN = "@chosen"
 

@@ -63,6 +63,9 @@ TARGET_MIX: dict[str, MixConfig] = {
     "mllm": MixConfig(p_synthetic=1.0, synthetic=["dsc_plus"]),
     "diffusion": MixConfig(p_synthetic=0.5, synthetic=["dsc", "dsc_plus"]),
     "dreamlip": MixConfig(p_synthetic=1.0, synthetic=["dsc_plus", "dsc"]),
+    # Video LLMs: detailed video captions (see capmill.export.video).
+    "llava_video": MixConfig(p_synthetic=1.0, synthetic=["sharegpt4video", "long_caption", "vdc_detailed",
+                                                          "howtocaption", "dsc_plus"]),
 }
 
 
