@@ -295,6 +295,10 @@ class StreamRun:
                 if payload is _END:
                     try:
                         self.committer.finish(state)
+                    except Exception as e:  # never a shard neither committed nor reported
+                        self.committer.abort(state)
+                        self.job.summary.failed_shards[state.shard.name] = (
+                            f"{state.shard.source}: commit failed: {type(e).__name__}: {e}")
                     finally:
                         self._release(state)
                         self.slots.release()

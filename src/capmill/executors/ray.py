@@ -329,7 +329,14 @@ class _Dispatch:
         if self.cfg.check_duplicate_keys:
             from capmill.executors.ray_workers import KeyLedger
 
-            ledger = ray.remote(KeyLedger).options(num_cpus=0).remote(job.out.path, job.config.output.storage_options)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # On the driver's node (it lives and dies with the run), restarted should it die
+            # anyway: it reads the committed keys again.
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+            ledger = ray.remote(KeyLedger).options(num_cpus=0, scheduling_strategy=here, max_restarts=-1,
+                                                   max_task_retries=-1).remote(job.out.path,
+                                                                               job.config.output.storage_options)
             self.actors.append(ledger)
         todo = deque(job.tasks)
         inflight: dict[Any, tuple[Any, Any]] = {}  # ref → (owner, task)
@@ -381,6 +388,9 @@ class _Dispatch:
             summary.deferred_shards[name] = outcome["deferred"]
         if outcome.get("stopped") and self.stopped is None:
             self._stop(outcome["stopped"])
+        if stats is None and not outcome.get("failed") and not outcome.get("deferred"):
+            # Nothing committed and nothing said: never let a shard vanish from the summary.
+            summary.deferred_shards[name] = f"{task.shard.source}: not committed (its owner gave no reason)"
 
     def _stop(self, reason: str) -> None:
         """The breaker opened in one owner, or the lock was lost: every owner stops its shard
