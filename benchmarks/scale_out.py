@@ -10,7 +10,8 @@ caption (fake backend, zero delay) → write webdataset + parquet.
    the shard-owner executor with 1, 2 and 4 owners. One private cluster serves every Ray run, its
    start not timed.
 2. Ray vs local on this machine: the same two-worker pipeline, `local` (2 decode threads, 2
-   shards in flight) against `ray` (2 shard owners), wall time including Ray's actor start.
+   shards in flight) against `ray` (2 shard owners), wall time including Ray's actor start;
+   alternated, best of each.
 3. Time to first committed shard on Ray as a fraction of the run (from the run's start to the
    first commit record's modification time, over the run's wall time).
 4. N = 2 cooperating local processes (`capmill run --cooperate`, one decode thread each) against
@@ -99,7 +100,13 @@ def ray_figures(data: str, work: str, shards: int) -> dict:
         for owners in (1, 2, 4):
             out["owners"][owners] = timed_run(ray_config(data, os.path.join(work, f"after{owners}"), owners))
         local = capmill_config(data, local_out, workers=2)
-        out["local"] = timed_run(local)
+        # Ray against local: alternate, best of each (the machine is shared with other work).
+        local_runs, ray_runs = [], [out["owners"][2]]
+        for _ in range(2):
+            local_runs.append(timed_run(local))
+            ray_runs.append(timed_run(ray_config(data, os.path.join(work, "after2"), 2)))
+        out["local"] = min(local_runs, key=lambda r: r["wall_s"])
+        out["ray_best_2_owners"] = min(ray_runs, key=lambda r: r["wall_s"])
         for name in ["before", *[f"after{o}" for o in (1, 2, 4)]]:
             assert same_outputs(local_out, os.path.join(work, name)), f"{name} differs from the local output"
         out["first_commit_target"] = 1.5 / shards
@@ -163,7 +170,7 @@ def main() -> None:
                   f"wall {r['wall_s']:.1f}s, first commit at {r['first_commit_fraction']:.2f} of the run "
                   f"(target <= {ray_out['first_commit_target']:.3f})")
         print(f"  before: wall {before['wall_s']:.1f}s, first commit at {before['first_commit_fraction']:.2f} of the run")
-        local, two = ray_out["local"], ray_out["owners"][2]
+        local, two = ray_out["local"], ray_out["ray_best_2_owners"]
         print(f"ray (2 owners) vs local (2 workers): {two['wall_s'] / local['wall_s']:.2f}x the local time "
               f"(local {local['samples'] / local['wall_s']:.0f} samples/s, ray {two['samples'] / two['wall_s']:.0f} samples/s, "
               f"before {before['samples'] / before['wall_s']:.0f} samples/s)")

@@ -199,10 +199,12 @@ class OutputDir:
             raise access_error(self.path, e) from None
 
     def _join(self, record: dict[str, Any]) -> None:
+        # `_run.json` before anything else: a run starting meanwhile sees a capmill output, never
+        # a folder of unknown entries.
+        self.store.makedirs(self.path)
+        if self.read_run() is not None or not self._create_once(self.run_file, record):
+            self.check(record)  # another run's _run.json: the same config, or a refusal
         self.store.makedirs(self.stats_dir)
-        if self.read_run() is None and self._create_once(self.run_file, record):
-            return
-        self.check(record)  # another run's _run.json: the same config, or a refusal
 
     def _create_once(self, path: str, content: Any) -> bool:
         if self.local:
