@@ -15,8 +15,8 @@ caption (fake backend, zero delay) → write webdataset + parquet.
 3. Time to first committed shard on Ray as a fraction of the run (from the run's start to the
    first commit record's modification time, over the run's wall time).
 4. N = 2 cooperating local processes (`capmill run --cooperate`, one decode thread each) against
-   one process with 2 decode threads and 2 shards in flight, both as fresh `capmill run`
-   processes (both pay interpreter start), on the same output layout.
+   one process with 2 decode threads (both with 2 shards in flight), both as fresh `capmill run`
+   processes (both pay interpreter start); alternated, best of two each.
 
 Every pair of outputs is checked to be the same files before any figure is printed.
 """
@@ -115,9 +115,13 @@ def ray_figures(data: str, work: str, shards: int) -> dict:
         stop_local_cluster()
 
 
-def cli_run(config: dict, path: str, extra: list[str], copies: int) -> tuple[float, list[dict]]:
+def cli_run(config: dict, path: str, extra: list[str], copies: int) -> tuple[float, float, list[dict]]:
+    """Wall time, CPU seconds of the processes, and their JSON summaries."""
+    import resource
+
     with open(path, "w") as f:
         json.dump(config, f)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     procs = [subprocess.Popen([sys.executable, "-m", "capmill.cli.main", "run", path, "--no-progress", "--json", *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(copies)]
@@ -126,27 +130,40 @@ def cli_run(config: dict, path: str, extra: list[str], copies: int) -> tuple[flo
         stdout, stderr = proc.communicate()
         assert proc.returncode == 0, stderr[-2000:]
         summaries.append(json.loads(stdout))
-    return time.time() - start, summaries
+    wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, summaries
 
 
-def cooperating(data: str, work: str) -> dict:
+def cooperating(data: str, work: str, rounds: int = 3) -> dict:
     one_out, coop_out = os.path.join(work, "one"), os.path.join(work, "coop")
     one = capmill_config(data, one_out, workers=2)
-    coop = capmill_config(data, coop_out, workers=1)
-    coop["executor"]["shards_in_flight"] = 1
-    results = {"one": [], "coop": []}
-    for _ in range(2):  # alternate, best of two each
+    coop = capmill_config(data, coop_out, workers=1)  # the same executor settings, one decode thread
+    results: dict[str, list] = {"one": [], "coop": []}
+    for _ in range(rounds):  # alternate, so that load from elsewhere hits both alike
         shutil.rmtree(one_out, ignore_errors=True)
-        seconds, summaries = cli_run(one, os.path.join(work, "one.json"), [], 1)
-        results["one"].append((seconds, summaries[0]["samples"]))
+        wall, cpu, summaries = cli_run(one, os.path.join(work, "one.json"), [], 1)
+        results["one"].append((wall, cpu, summaries[0]["samples"]))
         shutil.rmtree(coop_out, ignore_errors=True)
-        seconds, summaries = cli_run(coop, os.path.join(work, "coop.json"), ["--cooperate"], 2)
+        wall, cpu, summaries = cli_run(coop, os.path.join(work, "coop.json"), ["--cooperate"], 2)
         assert sum(s["shards"]["done"] for s in summaries) == len([n for n in os.listdir(one_out) if n.endswith(".tar")])
-        results["coop"].append((seconds, sum(s["samples"] for s in summaries)))
+        results["coop"].append((wall, cpu, sum(s["samples"] for s in summaries)))
     assert same_outputs(one_out, coop_out), "cooperating output differs"
     best_one, best_coop = min(results["one"]), min(results["coop"])
-    return {"one_process_samples_per_s": best_one[1] / best_one[0], "two_cooperating_samples_per_s": best_coop[1] / best_coop[0],
-            "cooperating_over_one": (best_coop[1] / best_coop[0]) / (best_one[1] / best_one[0])}
+    cpu_one = min(r[1] for r in results["one"]) / best_one[2]
+    cpu_coop = min(r[1] for r in results["coop"]) / best_coop[2]
+    return {"one_process_samples_per_s": best_one[2] / best_one[0], "two_cooperating_samples_per_s": best_coop[2] / best_coop[0],
+            "cooperating_over_one": (best_coop[2] / best_coop[0]) / (best_one[2] / best_one[0]),
+            "cpu_ms_per_sample_one": 1000 * cpu_one, "cpu_ms_per_sample_cooperating": 1000 * cpu_coop,
+            "walls": {k: [round(r[0], 1) for r in v] for k, v in results.items()}}
+
+
+def print_cooperating(coop: dict) -> None:
+    print(f"2 cooperating processes vs 1 process with 2 workers: {coop['cooperating_over_one']:.2f}x the throughput "
+          f"({coop['two_cooperating_samples_per_s']:.0f} vs {coop['one_process_samples_per_s']:.0f} samples/s, best "
+          f"walls of {coop['walls']}); CPU {coop['cpu_ms_per_sample_cooperating']:.2f} vs "
+          f"{coop['cpu_ms_per_sample_one']:.2f} ms/sample")
 
 
 def main() -> None:
@@ -154,14 +171,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--only", choices=["ray", "cooperating"], default=None)
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = tempfile.mkdtemp(prefix="capmill-scale-bench-")
     try:
         data = os.path.join(work, "data")
         make_shards(data, args.samples, args.shards)
+        if args.only == "cooperating":
+            coop = cooperating(data, work)
+            print_cooperating(coop)
+            return
         ray_out = ray_figures(data, work, args.shards)
-        coop = cooperating(data, work)
+        coop = cooperating(data, work) if args.only is None else None
         before = ray_out["before"]
         print(f"driver CPU per 1,000 samples: before (driver writes) {before['driver_cpu_per_1000']:.3f} s")
         for owners, r in ray_out["owners"].items():
@@ -174,8 +196,8 @@ def main() -> None:
         print(f"ray (2 owners) vs local (2 workers): {two['wall_s'] / local['wall_s']:.2f}x the local time "
               f"(local {local['samples'] / local['wall_s']:.0f} samples/s, ray {two['samples'] / two['wall_s']:.0f} samples/s, "
               f"before {before['samples'] / before['wall_s']:.0f} samples/s)")
-        print(f"2 cooperating processes vs 1 process with 2 workers: {coop['cooperating_over_one']:.2f}x the throughput "
-              f"({coop['two_cooperating_samples_per_s']:.0f} vs {coop['one_process_samples_per_s']:.0f} samples/s)")
+        if coop is not None:
+            print_cooperating(coop)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"ray": ray_out, "cooperating": coop}, f, indent=2, default=str)
