@@ -6,12 +6,16 @@
 
 Nothing is written before the stages are set up: a config, input or model that fails leaves
 the output directory as it was (a directory that did not exist is not created).
+
+Shared outputs (`Share`: --cooperate, --shard-index/--num-shards): the lock is a member lease
+instead of the exclusive one, the executor claims each shard before processing it
+(capmill.commit.claims), `_run.json` is written once, and the fit step runs once, in the first
+run, before its claim (the others wait for it and read OUT/_fit).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +24,21 @@ from typing import TextIO
 from capmill.chain import check_chain
 from capmill.commit import RunLock, RunPlan, ShardCommitter, plan_run
 from capmill.commit.claims import ShardClaims
-from capmill.commit.lock import (CooperativeLock, cooperators_refusal, exclusive_holder, exclusive_refusal,
-                                 live_cooperators)
+from capmill.commit.lock import (
+    CooperativeLock,
+    cooperators_refusal,
+    exclusive_holder,
+    exclusive_refusal,
+    live_cooperators,
+)
 from capmill.commit.stats import degenerate_reasons
 from capmill.config import RunConfig
-from capmill.errors import ConfigError, OutputAccessError, OutputConflictError, OutputLockedError
+from capmill.errors import (
+    ConfigError,
+    OutputAccessError,
+    OutputConflictError,
+    OutputLockedError,
+)
 from capmill.executors.base import RunJob
 from capmill.fit import run_fit_step, save_fits
 from capmill.fit.step import FIT_DIR

@@ -205,3 +205,16 @@ def test_a_lone_run_and_cooperating_runs_refuse_each_other(tmp_path):
     member.write_text(lease_record(dead_pid(), mode="cooperate"))
     assert run(config, progress=False).ok
     assert not member.exists()
+
+
+def test_the_cli_checks_the_split_and_lists_what_a_part_would_do(tmp_path, capsys):
+    from capmill.cli.main import main
+
+    write_webdataset(tmp_path / "data", shards=4, per_shard=1, photos=False)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg(tmp_path, "out")))
+    assert main(["run", str(path), "--shard-index", "1"]) == 2
+    assert "--shard-index and --num-shards go together" in capsys.readouterr().err
+    assert main(["run", str(path), "--dry-run", "--json", "--shard-index", "1", "--num-shards", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [t["shard"] for t in report["would_process"]] == ["00001", "00003"]

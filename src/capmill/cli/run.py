@@ -24,8 +24,8 @@ def add_parser(sub) -> None:
                    help="also redo the samples of committed shards that failed transiently, rewriting those shards")
     p.add_argument("--force", action="store_true", help="discard results of a different config in the output directory")
     p.add_argument("--cooperate", action="store_true",
-                   help="share the output with other runs started with --cooperate (one per GPU, a Slurm array): "
-                        "each claims shards before processing them, each shard is processed once")
+                   help="share the output with other runs started with --cooperate (one per GPU, a Slurm "
+                        "array): each claims shards before processing them, each shard is processed once")
     p.add_argument("--shard-index", type=int, default=None, metavar="I",
                    help="with --num-shards N: process only the input shards at positions I, I+N, I+2N, … "
                         "(a static split; implies --cooperate)")
@@ -51,9 +51,7 @@ def load_run_config(args: argparse.Namespace, command: str = "run"):
 def main(args: argparse.Namespace) -> int:
     from capmill.api.pipeline import Pipeline
     from capmill.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-    from capmill.run import dry_run_report
-
-    from capmill.run import Share
+    from capmill.run import Share, dry_run_report
 
     config = load_run_config(args)
     share = Share(args.cooperate, args.shard_index, args.num_shards)

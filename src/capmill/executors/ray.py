@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections import deque
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,9 +36,9 @@ from capmill.components import Strict
 from capmill.errors import CapmillError, CircuitOpenError, SetupError
 
 if TYPE_CHECKING:
-    from capmill.executors.reaper import Reaper
     from capmill.config import RunConfig
     from capmill.executors.base import RunJob
+    from capmill.executors.reaper import Reaper
     from capmill.stages.base import RunContext
 
 INSTALL_HINT = "the Ray executor needs Ray: install it with `pip install 'capmill[ray]'`"
@@ -327,9 +326,9 @@ class _Dispatch:
         lease = LeaseView.of(self.committer.lock, options) if self.committer.lock is not None else None
         ledger = None
         if self.cfg.check_duplicate_keys:
-            from capmill.executors.ray_workers import KeyLedger
-
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from capmill.executors.ray_workers import KeyLedger
 
             # On the driver's node (it lives and dies with the run), restarted should it die
             # anyway: it reads the committed keys again.
