@@ -1,4 +1,5 @@
-"""Leases on files of the output directory: the run lock, and (later) per-shard claims.
+"""Leases on files (or objects) of the output directory: the run lock, cooperating runs' member
+leases and per-shard claims.
 
     OUT/_lock.json   {holder, host, boot_id, pid, pid_start, started, command, mode, heartbeat_s}
 
@@ -17,9 +18,11 @@ Whether a holder is alive:
 A lease of a dead holder is broken by renaming it aside, checking that what was moved is the
 record judged dead (a racing contender's fresh lease is put back), and creating a new one.
 
-The run lock is an exclusive lease (`mode: exclusive`). Cooperating processes (several runs
-sharing one output, each claiming shards) will take the same lease on `OUT/_claims/SHARD.json`
-under a run lock in `mode: cooperate`: `Lease` is the shared primitive.
+The run lock is an exclusive lease (`mode: exclusive`). Cooperating runs (several runs sharing one
+output) each hold a member lease `OUT/_cooperators/TOKEN.json` (`mode: cooperate`) and claim each
+shard with the same lease on `OUT/_claims/SHARD.json` (capmill.commit.claims). On an object store
+(capmill.writers.store) a lease is an object created with `If-None-Match: *` and refreshed or
+taken over with `If-Match` on its ETag; its heartbeat is the object's LastModified.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ restarted by Ray and its shard redone from the start; the rewrite replaces the d
 files, and the commit record is written once, by the owner that finishes the shard.
 
 A private local cluster (no `address`) lives as long as the run: a watcher (capmill.executors.
-reaper) ends its processes within a second if the driver dies.
+reaper) ends its processes within seconds if the driver dies.
 """
 
 from __future__ import annotations
