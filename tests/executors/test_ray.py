@@ -453,3 +453,28 @@ def test_videos_and_clips_give_the_records_of_a_local_run(tmp_path, ray_cluster)
     assert len(clips) == 4 * 3 and all(r["key"].split("_clip")[1].isdigit() for r in clips)
     assert all(json.loads(r["record"])["media"]["frame_times"] for r in clips)
     assert {r["status"] for r in rows if r["key"].startswith("bad_")} == {"decode_error"}
+
+
+def test_a_ray_run_cooperates_with_other_runs(tmp_path, ray_cluster):
+    """--cooperate on Ray: the driver claims each shard before handing it to an owner; a shard
+    claimed by a live run (here: this process) is left to it."""
+    import socket
+
+    from capmill.commit.lock import _boot_id, _pid_start
+    from capmill.run import Share
+
+    write_webdataset(tmp_path / "data", shards=3, per_shard=3, photos=False)
+    stages = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"]}]
+    assert run(parse_config(config(tmp_path / "data", tmp_path / "local", stages)), progress=False).ok
+    claims = tmp_path / "ray" / "_claims"
+    claims.mkdir(parents=True)
+    (claims / "00001.json").write_text(json.dumps({
+        "holder": "other", "host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+        "pid_start": _pid_start(os.getpid()), "mode": "claim", "heartbeat_s": 10}))
+    summary = run(parse_config(config(tmp_path / "data", tmp_path / "ray", stages, "ray")), progress=False,
+                  share=Share(cooperate=True))
+    assert summary.shards_done == 2 and summary.shards_elsewhere == 1
+    assert sorted(p.stem for p in (tmp_path / "ray" / "_stats").glob("*.json")) == ["00000", "00002"]
+    for name in ("00000.tar", "00002.tar"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert [p.name for p in claims.iterdir()] == ["00001.json"]  # its own claims given back
