@@ -87,14 +87,14 @@ def ray_cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, ROOT, os.environ.get("PYTHONPATH")) if p)
     import ray
 
-    from capmill.executors.ray import start_local_cluster
+    from capmill.executors.ray import start_local_cluster, stop_local_cluster
 
-    # Logical CPUs: the actors of up to four one-CPU stages plus read/decode tasks (on 2 cores).
+    # Logical CPUs: shard owners plus pooled stage actors (on 2 cores).
     start_local_cluster(num_cpus=6, object_store_memory_gb=0.2, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
-        ray.shutdown()
+        stop_local_cluster()
 
 
 def config(data, out, stages, executor="local", **output):
