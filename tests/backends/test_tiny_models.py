@@ -71,6 +71,7 @@ def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
                                                                params=base.GenerationParams(max_new_tokens=3))]),
         base.ImageTextScorer: lambda b: b.embed_texts(["a dog"]),
         base.TextEmbedder: lambda b: b.embed(["a dog"]),
+        base.RewardModel: lambda b: b.score(["a dog"], [Image.new("RGB", (32, 32))]),
     }
     for role, call in calls.items():
         config = TypeAdapter(BackendSpec).validate_python(tiny_backend(role, str(tiny_models)))

@@ -92,7 +92,8 @@ class WordPromptTokenizer:
 
 
 class FakeBackend:
-    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, ImageTextMatcher and TextEmbedder."""
+    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, ImageTextMatcher, RewardModel
+    and TextEmbedder."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -164,3 +165,9 @@ class FakeBackend:
         """ImageTextMatcher: a probability derived from a hash of the pixels and the text."""
         return np.array([int.from_bytes(hashlib.sha256(img.tobytes() + t.encode("utf-8", "replace")).digest()[:4],
                                         "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)
+
+    def score(self, texts: list[str], images=None) -> np.ndarray:
+        """RewardModel: a value in [0, 1) derived from a hash of the text (and the image's pixels)."""
+        images = images if images is not None else [None] * len(texts)
+        return np.array([int.from_bytes(hashlib.sha256((img.tobytes() if img is not None else b"") + t.encode(
+            "utf-8", "replace")).digest()[:4], "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from capmill import keys
 from capmill.backends.base import Generation, GenerationParams, VisionLanguageModel, VLMRequest
+from capmill.backends.common import check_guidance
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.guards import (
@@ -179,6 +180,7 @@ class CaptionStage(Stage):
         for fmt in self.formats:
             fmt.count = counter_for(fmt.target) if fmt.target is not None else None
         self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the caption stage")
+        check_guidance(self.backend, self.config.params, "caption")
 
     def key_for(self, fmt: CaptionFormat) -> str:
         return self.config.caption_key(fmt.name)
