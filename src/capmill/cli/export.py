@@ -1,4 +1,4 @@
-"""`capmill export RUN_OUT --target clip|mllm|diffusion|dreamlip --out DIR`: training data from a run."""
+"""`capmill export RUN_OUT --target clip|mllm|diffusion|dreamlip|grounding --out DIR`: training data from a run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run's captions in the layout a trainer reads (CLIP, MLLM, diffusion, DreamLIP)")
     p.add_argument("run_out", help="a capmill output directory")
-    p.add_argument("--target", choices=["clip", "mllm", "diffusion", "dreamlip"],
+    p.add_argument("--target", choices=["clip", "mllm", "diffusion", "dreamlip", "grounding"],
                    help="clip: webdataset with a seeded AltText/synthetic mix; mllm: LLaVA JSON; "
                         "diffusion: parquet or sidecar .txt (kohya folders); dreamlip: sentence pools + AltText")
     p.add_argument("--recipe", metavar="NAME",

@@ -105,3 +105,15 @@ def rewrite(backend: LanguageModel, guard: OutputGuard, jobs: list[RewriteJob], 
                                   guards=item.meta(FALLBACK)))
     order = {id(j): i for i, j in enumerate(jobs)}
     return sorted(done, key=lambda r: order[id(r.job)])
+
+
+def clean_output(text: str) -> str:
+    """A rewritten caption without surrounding whitespace, quotes, or a leading label the LLM added."""
+    text = text.strip()
+    for label in ("caption:", "fused caption:", "new caption:", "rewritten caption:", "merged caption:",
+                  "improved caption:"):
+        if text.lower().startswith(label):
+            text = text[len(label):].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
+        text = text[1:-1].strip()
+    return text

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -47,6 +47,7 @@ from capmill.guards.guard import REJECTED_CHARS
 from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
+from capmill.prompts.control import AlignControl, Controller
 from capmill.prompts.safety import clean_text, source_text, without_untrusted
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.sample import DROPPED as DROPPED_STATUS
@@ -63,10 +64,12 @@ from capmill.text.length import (
     trim,
 )
 
-FORMAT_SLOTS = {"alt_text", "word_count"}
+FORMAT_SLOTS = {"alt_text", "word_count", "control"}
 
 
 class CaptionStageConfig(StageConfig):
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"name", "control"})
+
     type: Literal["caption"] = "caption"
     backend: BackendSpec
     # Format names (built-in: see `prompts/formats/`) or paths to your own format YAML files.
@@ -93,6 +96,9 @@ class CaptionStageConfig(StageConfig):
     # (`meta["flagged"]`); "drop" drops the sample. Dropped samples keep the rejected caption
     # and go to `_rejects/` with `output.rejects`.
     on_reject: Literal["alt_text", "keep", "drop"] = "alt_text"
+    # NoC alignment-level control (capmill.prompts.control): a control token or a prompt variant
+    # by the sample's `align_bin`, or the top bin for every sample. None: off.
+    control: AlignControl | None = None
 
     def build(self) -> CaptionStage:
         return CaptionStage(self)
@@ -122,7 +128,10 @@ class CaptionStageConfig(StageConfig):
     def io(self, available: frozenset[Key]) -> StageIO:
         # The AltText fills the formats' {alt_text} slot when there is one; without it the prompt
         # still works, so it is not a required read.
-        return StageIO(reads=[keys.IMAGE], writes=[keys.caption(k) for k in self.caption_keys()])
+        reads = [keys.IMAGE]
+        if self.control is not None and self.control.level == "own":
+            reads.append(keys.score(self.control.score))
+        return StageIO(reads=reads, writes=[keys.caption(k) for k in self.caption_keys()])
 
     def backend_roles(self) -> dict[str, type]:
         return {"backend": VisionLanguageModel}
@@ -174,6 +183,7 @@ class CaptionStage(Stage):
                 language = detect(f"{template.system or ''} {template.template}")
             self.formats.append(CaptionFormat(template, target, policy, language=language))
         self.guard = OutputGuard(config.guards, stage="caption")
+        self.control = Controller(config.control, config.prompt_dirs) if config.control is not None else None
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
@@ -193,15 +203,22 @@ class CaptionStage(Stage):
                 sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
                 continue
             alt = untrusted(sample.alt_text, "alt_text", cfg.alt_text_max_chars)
+            level = self.control.config.bin_for(sample.scores) if self.control is not None else None
             for fmt in self.formats:
-                slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50}
+                slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50,
+                         "control": self.control.text(level[0]) if self.control is not None else ""}
+                prompt = fmt.template.render(**slots)
+                tag = f"{sample.key}:{fmt.name}"
+                if self.control is not None:
+                    prompt = self.control.apply(prompt, level[0], "control" in fmt.template.slots())
+                    tag += f"@bin{level[0]}"
                 request = VLMRequest(
-                    prompt=fmt.template.render(**slots),
+                    prompt=prompt,
                     images=[sample.image.image],  # the same object for every format of this sample
                     n=cfg.n,
                     system=fmt.template.render_system(**slots),
                     params=cfg.params,
-                    tag=f"{sample.key}:{fmt.name}",
+                    tag=tag,
                 )
                 # The AltText is an input of this caption only when the format shows it to the model;
                 # the guards read it raw (line breaks of fake turns intact) up to a bound that covers
@@ -210,7 +227,10 @@ class CaptionStage(Stage):
                 sources = {"alt_text": source_text(sample.alt_text, cfg.alt_text_max_chars)} if shown else {}
                 given = GuardInput(sources=sources, prompt=without_untrusted(f"{request.system or ''}\n{request.prompt}"),
                                    language=fmt.language)
-                jobs.append(_Job(sample, fmt, request, given))
+                job = _Job(sample, fmt, request, given)
+                if self.control is not None:
+                    job.meta["control"] = self.control.meta(*level)
+                jobs.append(job)
         if not jobs:
             return batch
         # Format-major order: a backend chunking the list gets prompts of one template together,

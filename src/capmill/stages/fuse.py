@@ -30,7 +30,7 @@ from capmill.guards import GuardInput, OutputGuard
 from capmill.guards.config import AUTO
 from capmill.guards.fuse import FUSE_CHECKS, FuseGuardConfig
 from capmill.guards.language import code_for, detect
-from capmill.guards.rewrite import RewriteJob, rewrite
+from capmill.guards.rewrite import RewriteJob, clean_output, rewrite
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import safe_alt_text, source_text, untrusted, without_untrusted
@@ -219,13 +219,3 @@ class FuseStage(Stage):
             prompt_id=self.template.prompt_id, meta=meta,
         )
 
-
-def clean_output(text: str) -> str:
-    """The caption without surrounding whitespace, quotes, or a leading label the LLM added."""
-    text = text.strip()
-    for label in ("caption:", "fused caption:", "new caption:", "rewritten caption:"):
-        if text.lower().startswith(label):
-            text = text[len(label):].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
-        text = text[1:-1].strip()
-    return text
