@@ -25,7 +25,8 @@ prompt id of whoever wrote it) and in `meta`: `chosen`, `judge` (the judging mod
 candidates as shown), `answer` and `verdict`, `retried`, `top` (every candidate, winner first,
 then by wins or in candidate order — what `refine` reads), `wins` (pairwise), `position_bias`,
 and `fallback: no_verdict` when the judge gave none, in which case the first candidate in order
-wins. A single candidate wins without asking. Candidates the guards flagged do not compete.
+wins. A single candidate wins without asking. Candidates the guards flagged do not compete; with
+none left, the AltText stands in when it can (`fallback: no_candidate`), else the sample is dropped.
 
 Every candidate enters the prompt through `untrusted`; the judge's answer is never stored as text
 (only the parsed verdict and the raw answer, cut to 200 characters, in meta), so the strict parser
@@ -45,7 +46,8 @@ from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel, 
 from capmill.components import BackendSpec, StageConfig
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, DROPPED, TRANSIENT_ERROR, Caption, Sample, candidate_texts
+from capmill.guards.guard import no_candidate
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Caption, Sample, candidate_texts
 from capmill.stages.base import RunContext, Stage
 from capmill.verdicts import TIE, checks_bias, pair_orders, parse_choice, parse_grade, parse_pair, permutation
 
@@ -200,7 +202,7 @@ class JudgeStage(Stage):
     def _compare_asks(self, sample: Sample, eligible: list[tuple[str, str]]) -> list[_Ask] | None:
         cfg = self.config
         if not eligible:
-            sample.status, sample.error = DROPPED, f"{self.name}: no candidate to judge (all missing, empty or flagged)"
+            no_candidate(sample, cfg.store_as, self.name)
             return None
         if len(eligible) == 1:
             return []

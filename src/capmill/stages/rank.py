@@ -24,8 +24,9 @@ Output: `captions[STORE_AS]` is the best candidate's text, with its model and pr
 `meta`: `chosen` (its name), `ranking` (every candidate: name, score, per-source scores, rank,
 in rank order), `top` (the best `top_k`: name, text, score — what `refine` merges), `candidates`
 (the texts of ranks 2…k, for multi-candidate metrics such as SPIDEr-max) and `scorers` (the
-models). `scores[STORE_AS]` is the best candidate's score. A sample with no candidate that can
-compete is dropped with the reason.
+models). `scores[STORE_AS]` is the best candidate's score. When no candidate can compete, the
+AltText stands in (`meta["fallback"] = "no_candidate"`) if it can, as the caption stage falls
+back; otherwise the sample is dropped with the reason.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from capmill import keys
 from capmill.backends.base import ImageTextMatcher, ImageTextScorer, RewardModel
 from capmill.components import BackendSpec, StageConfig
 from capmill.keys import Key, StageIO
-from capmill.sample import DECODE_ERROR, DROPPED, Caption, Sample, candidate_texts
+from capmill.guards.guard import no_candidate
+from capmill.sample import DECODE_ERROR, Caption, Sample, candidate_texts
 from capmill.stages.base import RunContext, Stage
 
 SOURCES = ("scorer", "matcher", "reward")
@@ -126,7 +128,7 @@ class RankStage(Stage):
                 continue
             texts = candidate_texts(sample, cfg.candidates)
             if not texts:
-                sample.status, sample.error = DROPPED, f"{self.name}: no candidate to rank (all missing, empty or flagged)"
+                no_candidate(sample, cfg.store_as, self.name)
                 continue
             live.append(sample)
             pairs.extend((len(live) - 1, name, text) for name, text in texts)
