@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that tests use for real: a JDK for pycocoevalcap's PTB tokenizer
-# and METEOR, Chromium for the report's browser test. Does nothing when all are present.
+# and METEOR, Chromium for the report's browser test, espeak-ng for the speech in test videos,
+# ffmpeg for the decoder comparison of the video benchmark. Does nothing when all are present.
 set -u
 need=()
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-deps: cannot install ${need[*]} (needs root and apt-get); tests that use them will be skipped with a reason" >&2

@@ -117,6 +117,7 @@ def check_chain(config: RunConfig) -> Chain:
         held.add(keys.REGIONS)
     if keys.ALT_TEXT in provided.keys:
         held.add(keys.ALT_TEXT)
+    # `image` in what a run wrote names the stored media member, an image or a video.
     if keys.IMAGE in provided.keys and "webdataset" in config.output.writers:
         held.add(keys.IMAGE)
     return Chain(provided.keys, steps, available, keys.to_json(held) if provided.known else None)
@@ -144,17 +145,24 @@ def earlier_run_keys(path: str) -> InputKeys:
         raise ConfigError(f"input {path!r} is not a capmill output directory (no _run.json); run the earlier "
                           f"pipeline first, or point input.path at its output")
     if isinstance(record.get("written"), dict):
-        return InputKeys(keys.from_json(record["written"]))
+        return InputKeys(with_video(keys.from_json(record["written"])))
     try:
-        return InputKeys(keys.from_json(written_keys(parse_config(record["config"]))))
+        return InputKeys(with_video(keys.from_json(written_keys(parse_config(record["config"])))))
     except (ConfigError, KeyError, TypeError) as e:
         log.debug("cannot derive what %s wrote from its recorded config: %s", path, e)
         return InputKeys(frozenset({keys.ALT_TEXT, keys.IMAGE}), known=False)
 
 
+def with_video(found: frozenset[Key]) -> frozenset[Key]:
+    """A stored media member (`image` in what a run wrote) may be a video as well as an image."""
+    return found | {keys.VIDEO} if keys.IMAGE in found else found
+
+
 def decoded(carried: frozenset[Key], config: RunConfig) -> frozenset[Key]:
-    """Stages see a decoded `image` only when the input carries images and decoding is on."""
-    return carried if config.image.decode else carried - {keys.IMAGE}
+    """Stages see a decoded `image` (`video`) only when the input carries images (videos) and
+    their decoding is on."""
+    off = ({keys.IMAGE} if not config.image.decode else set()) | ({keys.VIDEO} if not config.video.decode else set())
+    return carried - off
 
 
 def written_keys(config: RunConfig) -> dict[str, list[str]] | None:
@@ -174,6 +182,9 @@ def _available_hint(key: Key, available: frozenset[Key], config: RunConfig) -> s
             text += " Images are not decoded (`image.decode: false`)."
         else:
             text += " The input is configured without images."
+    elif key == keys.VIDEO:
+        text += (" Videos are not decoded (`video.decode: false`)." if not config.video.decode
+                 else " The input is configured without media.")
     elif key == keys.ALT_TEXT:
         text += " The input is configured without an AltText."
     else:

@@ -20,6 +20,7 @@ from capmill.errors import ConfigError
 from capmill.executors.local import LocalExecutorConfig
 from capmill.executors.ray import RayExecutorConfig
 from capmill.media.image import ImageConfig
+from capmill.media.video import VideoConfig
 from capmill.readers import FolderInput, HfInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
 from capmill.suggest import did_you_mean
 from capmill.tracking.config import TrackingSpec
@@ -35,6 +36,8 @@ class RunConfig(Strict):
     output: OutputConfig
     executor: ExecutorSpec = Field(default_factory=LocalExecutorConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
+    # How videos are decoded: hygiene limits and which frames to sample.
+    video: VideoConfig = Field(default_factory=VideoConfig)
     stages: list[StageSpec] = Field(default_factory=list)
     # Seed for everything random in the run (sampling backends, bags, mixes).
     seed: int = 0
@@ -72,6 +75,12 @@ class RunConfig(Strict):
                 label = f"{stage.type}_{n}"
             stage._position_name = label if n > 1 else None
             taken[label] = i
+        return self
+
+    @model_validator(mode="after")
+    def _attach_video(self) -> RunConfig:
+        # Executors hand the decode step `run.image` only; it carries the video settings along.
+        self.image.with_video(self.video)
         return self
 
     def hashed_content(self) -> dict[str, Any]:

@@ -33,8 +33,27 @@ class SampleError(CapmillError):
             self.status = status
 
 
-class ImageDecodeError(SampleError):
+class MediaDecodeError(SampleError):
+    """Media that cannot be decoded, or that breaks a hygiene limit; the reason says which."""
+
     status = "decode_error"
+
+
+class ImageDecodeError(MediaDecodeError):
+    status = "decode_error"
+
+
+class VideoDecodeError(MediaDecodeError):
+    status = "decode_error"
+
+
+class AudioDecodeError(MediaDecodeError):
+    status = "decode_error"
+
+
+class NoAudioStream(AudioDecodeError):
+    """The media has no sound at all (a silent video): for speech recognition, nothing to do
+    rather than a failure."""
 
 
 class BackendError(SampleError):

@@ -39,11 +39,14 @@ def score(name: str) -> Key:
 
 
 # Record fields. `image` is the decoded image: provided by inputs that carry images when
-# `image.decode` is on.
+# `image.decode` is on. `video` is a video's sampled frames: provided by inputs that may hold
+# videos when `video.decode` is on (whether a given sample is an image or a video is known only
+# when it is read; a stage meeting the other kind fails that sample with the reason).
 ALT_TEXT = Key(FIELD, "alt_text")
 IMAGE = Key(FIELD, "image")
 # Region captions of the image (`Sample.regions`: box, caption, score), written by `regions`.
 REGIONS = Key(FIELD, "regions")
+VIDEO = Key(FIELD, "video")
 
 
 def text(name: str) -> Key:

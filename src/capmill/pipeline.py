@@ -109,6 +109,7 @@ def _process_isolating(stage: Stage, live: list[Sample]) -> list[Sample]:
 
 
 def release_images(batch: list[Sample]) -> None:
-    """Drop decoded pixels once no stage needs them, so memory holds only what is queued."""
+    """Drop decoded pixels (images, video frames, waveforms) once no stage needs them, so memory
+    holds only what is queued."""
     for sample in batch:
-        sample.image.image = None
+        sample.media.release()

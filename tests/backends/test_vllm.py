@@ -169,3 +169,56 @@ def test_caption_with_vllm_on_gpu(tiny_models, tmp_path):
         assert row["status"] == "ok", row["error"]
         assert record["captions"]["ssc"]["meta"]["backend"] == "vllm"
         assert len(record["captions"]["ssc"]["meta"]["candidates"]) == 1
+
+
+# ---- videos -------------------------------------------------------------------------------
+
+
+def test_video_prompt_places_one_video_with_its_frames_and_rate(tiny_models):
+    import numpy as np
+    from transformers import AutoProcessor
+
+    from capmill.backends.base import VideoInput, VLMRequest
+    from capmill.backends.vllm import video_prompt
+
+    processor = AutoProcessor.from_pretrained(tiny_models / "qwen2_vl")
+    frames = [Image.new("RGB", (64, 48), (30 * i, 0, 0)) for i in range(6)]
+    request = VLMRequest(prompt="Describe the video.", system="be brief",
+                         video=VideoInput(frames=frames, times=[0.5 * i for i in range(6)], seconds=3.0))
+    prompt = video_prompt(processor, request, lambda t: t)
+    assert prompt["prompt"].count("<|video_pad|>") == 1 and "Describe the video." in prompt["prompt"]
+    array, metadata = prompt["multi_modal_data"]["video"][0]
+    assert array.shape == (6, 48, 64, 3) and array.dtype == np.uint8
+    assert metadata["fps"] == 2.0 and metadata["frames_indices"] == list(range(6)) and metadata["do_sample_frames"] is False
+    kw = VLLMBackendConfig(model="m", max_videos_per_prompt=1).llm_kwargs()
+    assert kw["limit_mm_per_prompt"] == {"image": 1, "video": 1}
+
+
+def test_a_video_to_an_engine_without_video_memory_fails_its_request_only():
+    from capmill.backends.base import VideoInput, VLMRequest
+
+    backend = VLLMBackendConfig(model="m").build()
+    gens = backend._with_videos([VLMRequest(prompt="x", video=VideoInput([Image.new("RGB", (8, 8))], [0.0], 1.0))])
+    assert not gens[0].ok and "max_videos_per_prompt: 1" in gens[0].error
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU for vllm.LLM")
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM: pip install 'capmill[vllm]'")
+def test_caption_videos_with_vllm_on_gpu(tiny_models, tmp_path):
+    import pyarrow.parquet as pq
+
+    from capmill.run import run
+    from capmill.testing.videos import write_video_webdataset
+
+    write_video_webdataset(tmp_path / "data", shards=1, per_shard=3)
+    stage = {"type": "caption", "formats": ["ssc"],
+             "backend": {"type": "vllm", "model": str(tiny_models / "qwen2_vl"), "max_model_len": 4096,
+                         "gpu_memory_utilization": 0.3, "enforce_eager": True, "max_videos_per_prompt": 1,
+                         "params": {"max_new_tokens": 8}}}
+    config = make_config(tmp_path / "data", tmp_path / "out", stages=[stage])
+    config["video"] = {"sampling": {"frames": 4}}
+    assert run(parse_config(config), progress=False).ok
+    rows = pq.read_table(str(tmp_path / "out" / "00000.parquet")).to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert all(json.loads(r["record"])["captions"]["ssc"]["prompt_id"] == "ssc@1:video" for r in rows)

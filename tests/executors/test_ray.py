@@ -316,3 +316,23 @@ def test_gpu_stage_runs_on_a_gpu_actor(tmp_path, ray_cluster, tiny_models):
     rows = [json.loads(r["record"]) for p in (tmp_path / "ray").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
     assert all(r["meta"]["ray_gpu_ids"] for r in rows)  # the actor held a GPU
     assert all(r["captions"]["ssc"]["text"] for r in rows)
+
+
+@pytest.mark.slow
+def test_videos_and_clips_give_the_records_of_a_local_run(tmp_path, ray_cluster):
+    """Sampled frames travel in the rows: stages on Ray see the frames a local run sees."""
+    from capmill.testing.videos import write_video_webdataset
+
+    write_video_webdataset(tmp_path / "data", shards=2, per_shard=2, hostile=True, scenes=2, scene_seconds=1.5, gop=10)
+    stages = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc", "dsc"]}]
+    runs = {}
+    for executor in ("local", "ray"):
+        cfg = config(tmp_path / "data", tmp_path / executor, stages, executor)
+        cfg["input"]["clips"] = {"seconds": 1.0, "min_seconds": 0.2}
+        runs[executor] = run(parse_config(cfg), progress=False)
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
+    rows = [r for p in sorted((tmp_path / "ray").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    clips = [r for r in rows if r["status"] == "ok"]
+    assert len(clips) == 4 * 3 and all(r["key"].split("_clip")[1].isdigit() for r in clips)
+    assert all(json.loads(r["record"])["media"]["frame_times"] for r in clips)
+    assert {r["status"] for r in rows if r["key"].startswith("bad_")} == {"decode_error"}

@@ -117,8 +117,14 @@ def test_models_dir_replaces_every_model_by_its_role(tmp_path, capsys):
                          str(tmp_path / "nowhere"))
 
 
+def _image_recipes() -> list[str]:
+    """Recipes for images; the video recipes (those with a `video:` section) run on video data in
+    tests/recipes/test_video_recipes.py."""
+    return [r.name for r in list_recipes() if "video" not in load_yaml(r.path)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [r.name for r in list_recipes()])
+@pytest.mark.parametrize("name", _image_recipes())
 def test_every_recipe_runs_end_to_end_on_tiny_models(name, tiny_models, tmp_path, wds, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"

@@ -40,7 +40,13 @@ EXAMPLES = {
     "refine": [CANDIDATES, {"type": "rank", "scorer": FAKE, "top_k": 2}, {"type": "refine", "backend": FAKE}],
     "reward_score": [CAPTION, {"type": "reward_score", "backend": FAKE, "fields": ["alt_text", "ssc"]}],
     "regions": [{"type": "regions", "backend": FAKE}],
+    # Video stages: their examples run on shards of test videos with tones (VIDEO_DATA).
+    "asr": [{"type": "asr", "backend": FAKE}],
+    "differential_caption": [{"type": "differential_caption", "backend": FAKE}],
+    "long_caption": [{"type": "long_caption", "backend": FAKE, "segment_seconds": 1.0}],
+    "howtocaption": [{"type": "asr", "backend": FAKE}, {"type": "howtocaption", "llm": FAKE, "scorer": FAKE}],
 }
+VIDEO_DATA = {"asr", "differential_caption", "long_caption", "howtocaption"}
 
 # Every protocol a stage may ask for has a tiny model standing in for it (`--models DIR`).
 PROTOCOLS = {getattr(protocols, name) for name in ROLES}
@@ -71,11 +77,17 @@ def test_backend_fields_have_roles_and_real_defaults(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_declared_writes_are_what_the_records_hold(name, tmp_path, wds):
+    data = tmp_path / "data"
+    if name in VIDEO_DATA:
+        from capmill.testing.videos import write_video_webdataset
+
+        data = tmp_path / "videos"
+        write_video_webdataset(data, shards=1, per_shard=2, tones=True, scene_seconds=2.0)
     if name == "regions":  # the same shards, with region boxes in every KEY.json
         from capmill.testing import write_webdataset
 
-        write_webdataset(tmp_path / "data", shards=3, per_shard=8, boxes=True)
-    config = parse_config(make_config(tmp_path / "data", tmp_path / "out", stages=EXAMPLES[name]))
+        write_webdataset(data, shards=3, per_shard=8, boxes=True)
+    config = parse_config(make_config(data, tmp_path / "out", stages=EXAMPLES[name]))
     chain = check_chain(config)
     declared = chain.steps[-1].io.writes
     summary = run(config, progress=False, limit=8)

@@ -21,6 +21,7 @@ from capmill.components import StageSpec, Strict
 from capmill.config import RunConfig, apply_overrides, format_validation_error, parse_config, set_path
 from capmill.errors import ConfigError, DuplicateKeyError
 from capmill.media.image import ImageConfig
+from capmill.media.kinds import kind_of, sniff
 from capmill.sample import ImageRef, Sample
 
 if TYPE_CHECKING:
@@ -53,13 +54,15 @@ def as_sample(item: Any, key: str) -> Sample:
     if isinstance(item, Sample):
         return item
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return Sample(key=key, image=ImageRef(data=bytes(item)))
+        kind, ext = sniff(bytes(item))
+        return Sample(key=key, image=ImageRef(data=bytes(item), ext=ext if kind == "video" else None, kind=kind or "image"))
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         ext = os.path.splitext(path)[1].lstrip(".").lower() or None
+        kind = kind_of(ext) or "image"  # a video path (.mp4, …) is a video sample
         if path.startswith(("http://", "https://")):  # fetched as the readers fetch URLs
-            return Sample(key=key, image=ImageRef(url=path, ext=ext), meta={"url": path})
-        return Sample(key=key, image=ImageRef(path=path, ext=ext), meta={"path": path})
+            return Sample(key=key, image=ImageRef(url=path, ext=ext, kind=kind), meta={"url": path})
+        return Sample(key=key, image=ImageRef(path=path, ext=ext, kind=kind), meta={"path": path})
     if hasattr(item, "getexif") and hasattr(item, "size"):  # a PIL image, without importing PIL here
         return Sample(key=key, image=ImageRef(image=item))
     raise TypeError(f"cannot make a sample from {type(item).__name__}: pass a capmill.Sample, a PIL image, "

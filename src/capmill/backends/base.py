@@ -2,12 +2,13 @@
 
 | protocol              | does                                               |
 |-----------------------|----------------------------------------------------|
-| VisionLanguageModel   | image(s) + prompt → n texts; token logits (opt.)   |
+| VisionLanguageModel   | image(s) or a video + prompt → n texts; logits     |
 | LanguageModel         | chat messages → n texts                            |
 | ImageTextScorer       | L2-normalised image and text embeddings            |
 | ImageTextMatcher      | probability that a text matches an image (ITM)     |
 | RewardModel           | one quality score per text (optionally per image)  |
 | TextEmbedder          | L2-normalised text embeddings                      |
+| SpeechRecognizer      | mono waveform → timestamped transcript segments    |
 
 Batching is the backend's job: a stage hands over a whole list of requests and gets one
 `Generation` per request back, in order. A request the backend could not serve comes back with
@@ -65,6 +66,37 @@ class GenerationParams(Strict):
 
 
 @dataclass(slots=True)
+class VideoInput:
+    """A video as a request carries it: the sampled frames with their timestamps, and the
+    encoded bytes for backends that send the file itself (an OpenAI-compatible server that
+    takes `video_url`). Backends with a video processor (Qwen2-VL family) take the frames as a
+    video; others take them as images with their timestamps in the text."""
+
+    frames: list[Image.Image]
+    times: list[float]  # seconds from the start of the video (or clip) for each frame
+    seconds: float  # length of the video (or clip)
+    data: bytes | None = None
+    ext: str | None = None
+    path: str | None = None  # where the file is, when its bytes were never read (a folder input)
+
+    def file_bytes(self) -> bytes:
+        """The encoded video, read from `path` when the bytes are not at hand."""
+        if self.data is None:
+            if self.path is None:
+                raise ValueError("video request carries neither bytes nor a path")
+            import fsspec
+
+            with fsspec.open(self.path, "rb") as f:
+                self.data = f.read()
+        return self.data
+
+    @property
+    def fps(self) -> float:
+        """Frames per second of the sampled frames (what video processors call the video's fps)."""
+        return len(self.frames) / self.seconds if self.seconds > 0 else 1.0
+
+
+@dataclass(slots=True)
 class VLMRequest:
     prompt: str  # the user turn, text only: the backend inserts the image placeholders itself
     images: list[Image.Image] = field(default_factory=list)
@@ -72,6 +104,7 @@ class VLMRequest:
     system: str | None = None
     params: GenerationParams | None = None  # None: the backend's configured defaults
     tag: str = ""  # caller's label (e.g. "KEY:FORMAT") for logs and deterministic test doubles
+    video: VideoInput | None = None  # a video instead of (or besides) images
 
 
 @dataclass(slots=True)
@@ -103,6 +136,40 @@ class TokenLogits:
     token_ids: list[int]
     with_image: list[float]
     without_image: list[float]
+
+
+@dataclass(slots=True)
+class SpeechRequest:
+    audio: np.ndarray  # mono float32 samples in [-1, 1]
+    rate: int = 16000
+    language: str | None = None  # None: detect
+    tag: str = ""
+
+
+@dataclass(slots=True)
+class Segment:
+    start: float  # seconds from the start of the request's audio
+    end: float
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+
+
+@dataclass(slots=True)
+class Transcript:
+    segments: list[Segment] = field(default_factory=list)
+    language: str | None = None
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
 @runtime_checkable
@@ -176,6 +243,17 @@ class TextEmbedder(Protocol):
     def load(self) -> None: ...
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SpeechRecognizer(Protocol):
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def transcribe(self, requests: list[SpeechRequest]) -> list[Transcript]: ...
 
     def close(self) -> None: ...
 

@@ -93,6 +93,19 @@ def per_image_once(requests: Sequence[VLMRequest], prepare: Callable[[Image.Imag
     return rows
 
 
+def frames_as_images(request: VLMRequest) -> VLMRequest:
+    """A video request as an image request: the frames in order, their timestamps stated before
+    the prompt. For models and servers that take images but no video."""
+    from capmill.backends.base import VLMRequest
+
+    video = request.video
+    times = ", ".join(f"{t:.1f} s" for t in video.times)
+    intro = (f"The {len(video.frames)} images are frames of one {video.seconds:.0f}-second video, in order, "
+             f"taken at {times}.\n")
+    return VLMRequest(prompt=intro + request.prompt, images=[*request.images, *video.frames], n=request.n,
+                      system=request.system, params=request.params, tag=request.tag)
+
+
 def greedy(params: GenerationParams) -> bool:
     return params.temperature == 0
 

@@ -2,7 +2,8 @@
 
 `type: fake` exists so pipelines, executors and benchmarks can run without weights. Its texts
 carry no meaning: they are derived from a hash of the request's tag (the sample key and format)
-and prompt, so the same input always gives the same output, in any process and executor. Tests
+and prompt — and, for a video request, the number of frames and the seconds it received — so
+the same input always gives the same output, in any process and executor. Tests
 can also queue exact answers (`responses`) and read back every prompt it saw (`prompts`), the
 way llm's mock model works, and script answers by what the prompt contains (`script`): a
 model that obeys an injection, refuses, loops or is cut off, deterministically and in any
@@ -20,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, Generation, VLMRequest
+from capmill.backends.base import ChatRequest, Generation, Segment, SpeechRequest, Transcript, VLMRequest
 from capmill.components import BackendConfig, Strict
 
 _WORDS = (
@@ -55,6 +56,8 @@ class FakeBackendConfig(BackendConfig):
     script: list[ScriptedAnswer] = Field(default_factory=list)
     # Embedding width for the scorer/embedder roles.
     dim: int = Field(32, ge=2)
+    # Seconds of audio per transcript segment (the speech-recognizer role).
+    segment_seconds: float = Field(5.0, gt=0)
 
     def build(self) -> FakeBackend:
         return FakeBackend(self)
@@ -92,8 +95,9 @@ class WordPromptTokenizer:
 
 
 class FakeBackend:
-    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, ImageTextMatcher, RewardModel
-    and TextEmbedder."""
+    """Implements VisionLanguageModel, LanguageModel, ImageTextScorer, ImageTextMatcher, RewardModel,
+    TextEmbedder and SpeechRecognizer (one segment per `segment_seconds` of audio, words hashed from
+    the tag, the segment's position and the seconds received)."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -135,8 +139,17 @@ class FakeBackend:
         with self._lock:
             self.prompts.extend(r.prompt for r in requests)
             self.batch_sizes.append(len(requests))
-        return [self._answer(f"{r.tag}|{r.prompt}", f"{r.system or ''}\n{r.prompt}", r.n, r.system or r.prompt)
-                for r in requests]
+        return [self._generation(r) for r in requests]
+
+    def _generation(self, r: VLMRequest) -> Generation:
+        seed = f"{r.tag}|{r.prompt}"
+        if r.video is not None:
+            frames, seconds = len(r.video.frames), round(r.video.seconds, 1)
+            seed += f"|{frames} frames|{seconds} s"
+        gen = self._answer(seed, f"{r.system or ''}\n{r.prompt}", r.n, r.system or r.prompt)
+        if r.video is not None:
+            gen.meta.update(frames=frames, seconds=seconds)
+        return gen
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         self._sleep()
@@ -148,6 +161,22 @@ class FakeBackend:
             out.append(self._answer(f"{r.tag}|{rendered}", rendered, r.n, r.messages[0]["content"] if r.messages else ""))
         with self._lock:
             self.batch_sizes.append(len(requests))
+        return out
+
+    def transcribe(self, requests: list[SpeechRequest]) -> list[Transcript]:
+        self._sleep()
+        out = []
+        for r in requests:
+            seconds = len(r.audio) / r.rate if r.rate else 0.0
+            step = self.config.segment_seconds
+            segments, start = [], 0.0
+            while start < seconds:
+                end = min(seconds, start + step)
+                segments.append(Segment(start, end, hashed_text(f"{r.tag}|{start:.1f}|{seconds:.1f} s", self.config.words)))
+                start = end
+            with self._lock:
+                self.batch_sizes.append(1)
+            out.append(Transcript(segments=segments, language=r.language or "en", meta={"backend": "fake"}))
         return out
 
     def embed_images(self, images) -> np.ndarray:

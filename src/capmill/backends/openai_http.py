@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import fit_pixel_budget, neutralise_for, per_image_once
+from capmill.backends.common import fit_pixel_budget, frames_as_images, neutralise_for, per_image_once
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 from capmill.media.image import to_rgb
@@ -88,6 +88,12 @@ class OpenAIBackendConfig(BackendConfig):
     # Downscale images above this many pixels before sending (None: send as decoded). Servers
     # resize again to their model's budget; this only bounds the upload.
     max_pixels: int | None = Field(None, ge=1)
+    # How a video is sent: "frames" (its sampled frames as images, their timestamps in the text;
+    # any vision server) or "video_url" (the video or clip file as a data URL, for servers that
+    # take videos, e.g. `vllm serve` with a Qwen2-VL-family model; the server samples frames).
+    video_as: Literal["frames", "video_url"] = "frames"
+    # Largest video file sent as a data URL.
+    max_video_bytes: int = Field(64 * 1024 * 1024, ge=1)
     # Default decoding settings; a request's own params replace them.
     params: GenerationParams = Field(default_factory=GenerationParams)
     # The field that caps output length: `max_tokens` (vLLM, SGLang, Ollama, most APIs) or
@@ -217,10 +223,25 @@ def image_data_url(image: Image.Image, fmt: str = "jpeg", quality: int = 90, max
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
-def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: list[str] | tuple = ()) -> list[dict[str, Any]]:
-    """Images first, then the prompt, in one user turn: the order most VLM chat templates
-    were trained with. Texts have special-token shapes neutralised."""
-    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
+_VIDEO_MIME = {"mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm", "mkv": "video/x-matroska"}
+
+
+def video_data_url(video: Any, max_bytes: int) -> str:
+    """A video file as a base64 data URL (ValueError when it is over `max_bytes`)."""
+    data = video.file_bytes()
+    if len(data) > max_bytes:
+        raise ValueError(f"video of {len(data)} bytes is over max_video_bytes ({max_bytes}); cut it into clips "
+                         "(input.clips) or send frames (video_as: frames)")
+    mime = _VIDEO_MIME.get((video.ext or "mp4").lower(), "video/mp4")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: list[str] | tuple = (),
+                 video_url: str | None = None) -> list[dict[str, Any]]:
+    """The video or images first, then the prompt, in one user turn: the order most VLM chat
+    templates were trained with. Texts have special-token shapes neutralised."""
+    content: list[dict[str, Any]] = [{"type": "video_url", "video_url": {"url": video_url}}] if video_url else []
+    content += [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
     content.append({"type": "text", "text": neutralise_for(request.prompt, special_tokens)})
     messages: list[dict[str, Any]] = []
     if request.system:
@@ -372,11 +393,29 @@ class OpenAIChatBackend:
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
         cfg = self.config
+        # A video goes as its frames (an image request with the timestamps in the text) or as
+        # the file itself; a file that cannot be sent fails its request only.
+        ready, videos, failed = [], [], {}
+        for i, r in enumerate(requests):
+            video_url = None
+            if r.video is not None and cfg.video_as == "frames":
+                r = frames_as_images(r)
+            elif r.video is not None:
+                try:
+                    video_url = video_data_url(r.video, cfg.max_video_bytes)
+                except (ValueError, OSError) as e:
+                    failed[i] = Generation(error=f"video not sent: {e}", meta={"backend": "openai"})
+            ready.append(r)
+            videos.append(video_url)
         # Images are encoded here, in the caller's thread, so the event loop only moves bytes.
-        urls = per_image_once(requests, lambda img: image_data_url(img, cfg.image_format, cfg.image_quality,
-                                                                   cfg.max_pixels))
-        bodies = [vlm_messages(r, u, cfg.special_tokens) for r, u in zip(requests, urls, strict=True)]
-        return self._run([(messages, r.n, r.params, r.tag) for messages, r in zip(bodies, requests, strict=True)])
+        urls = per_image_once(ready, lambda img: image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels))
+        todo = [i for i in range(len(ready)) if i not in failed]
+        jobs = [(vlm_messages(ready[i], urls[i], cfg.special_tokens, videos[i]), ready[i].n, ready[i].params, ready[i].tag)
+                for i in todo]
+        out: list[Generation | None] = [failed.get(i) for i in range(len(ready))]
+        for i, gen in zip(todo, self._run(jobs) if jobs else [], strict=True):
+            out[i] = gen
+        return out  # type: ignore[return-value]
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         tokens = self.config.special_tokens

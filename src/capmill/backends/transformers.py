@@ -15,6 +15,12 @@ model's own chat template after every one of the model's special tokens in the t
 neutralised. Models without a chat template (BLIP) caption unconditionally, or continue
 `caption_prefix` when it is set; their instruction prompts are not used.
 
+Videos: a model whose processor has a video processor and whose chat template places a video
+(the Qwen2-VL family) gets the sampled frames as one video, with their rate as its metadata so
+the model's temporal positions match the real timing, and the processor told not to sample
+again. Other models get the frames as images, in order, with their timestamps stated before the
+prompt (`video_as` forces either way).
+
 `params.guidance_scale` turns on classifier-free guidance for captions (a logits processor with
 an image-free branch, `capmill.backends.guidance`; approximate for models not trained with image
 dropout). Each distinct image of a call is preprocessed once (`capmill.backends.shared_images`).
@@ -33,6 +39,7 @@ from capmill.backends.availability import resolve_model
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, TokenLogits, VLMRequest
 from capmill.backends.common import (
     fit_pixel_budget,
+    frames_as_images,
     hf_generate_kwargs,
     import_torch_stack,
     model_special_tokens,
@@ -74,6 +81,9 @@ class TransformersConfig(BackendConfig):
     caption_prefix: str | None = None
     # e.g. "sdpa" or "flash_attention_2"; None lets transformers choose.
     attn_implementation: str | None = None
+    # How a video reaches the model: "video" through its video processor, "frames" as images
+    # with their timestamps in the text; "auto" uses the video processor where the model has one.
+    video_as: Literal["auto", "video", "frames"] = "auto"
     # The unconditional branch of classifier-free guidance (`params.guidance_scale`): "no_image"
     # (the default) renders the prompt without its image, "blank_image" shows a grey image of the
     # same size instead (models without a chat template, BLIP, need it). See
@@ -116,6 +126,18 @@ def processor_pixel_budget(image_processor: Any) -> int | None:
         return None
     # Four times the model's side leaves the processor's own resampling room to work on.
     return (4 * max(sides)) ** 2
+
+
+def video_kwargs(videos: list[Any]) -> dict[str, Any]:
+    """Processor keywords for already sampled videos: the frames, their rate as metadata (so
+    models that place frames in time, Qwen2.5-VL and later, see the real timing), and no second
+    sampling."""
+    from transformers.video_utils import VideoMetadata
+
+    frames = [[to_rgb(f) for f in v.frames] for v in videos]
+    metadata = [VideoMetadata(total_num_frames=len(v.frames), fps=v.fps, frames_indices=list(range(len(v.frames))),
+                              duration=v.seconds) for v in videos]
+    return {"videos": frames, "video_metadata": metadata, "do_sample_frames": False}
 
 
 class TransformersBackend:
@@ -194,6 +216,23 @@ class TransformersBackend:
                                              if self.vision else None)
         if self.vision:
             self.processor.image_processor = OncePerImage(self.processor.image_processor)
+        self.video_native = self.vision and self._takes_video()
+        if cfg.video_as == "video" and not self.video_native:
+            raise SetupError(f"model {cfg.model!r} has no video processor (or its chat template places no video); "
+                             "set video_as: frames (or auto) to give it videos as frames")
+        if cfg.video_as == "frames":
+            self.video_native = False
+
+    def _takes_video(self) -> bool:
+        """Whether the processor has a video processor and the chat template places a video."""
+        token = getattr(self.processor, "video_token", None)
+        if getattr(self.processor, "video_processor", None) is None or not token or self.chat_template is None:
+            return False
+        try:
+            probe = self._apply_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "x"}]}])
+        except Exception:  # templates raise their own errors (jinja, missing keys) on parts they do not know
+            return False
+        return token in probe
 
     def close(self) -> None:
         self.model = self.processor = self.tokenizer = None
@@ -207,7 +246,7 @@ class TransformersBackend:
         """The prompt text of `request` as the model sees it before image tokens are expanded."""
         if self.chat_template is None:
             return self.neutralise(self.config.caption_prefix or "")
-        key = (request.system, request.prompt, len(request.images))
+        key = (request.system, request.prompt, len(request.images), request.video is not None)
         text = self._rendered.get(key)
         if text is None:  # a format's prompt repeats for every sample that has no AltText slot
             if len(self._rendered) >= 4096:
@@ -215,8 +254,9 @@ class TransformersBackend:
             text = self._rendered[key] = self._render(*key)
         return text
 
-    def _render(self, system: str | None, prompt: str, n_images: int) -> str:
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+    def _render(self, system: str | None, prompt: str, n_images: int, video: bool = False) -> str:
+        content: list[dict[str, Any]] = [{"type": "video"}] if video else []
+        content += [{"type": "image"} for _ in range(n_images)]
         content.append({"type": "text", "text": self.neutralise(prompt)})
         messages = []
         if system:
@@ -250,7 +290,19 @@ class TransformersBackend:
         if not self.vision:
             raise ConfigError(f"model {self.model_id!r} is a text-only language model; captioning needs a "
                               "vision-language model (e.g. HuggingFaceTB/SmolVLM-256M-Instruct)")
-        return self._batched(requests, self._vlm_inputs)
+        if not any(r.video is not None for r in requests):
+            return self._batched(requests, self._vlm_inputs)
+        # Videos and images go through the processor in separate calls; frames-as-images
+        # requests are ordinary image requests from here on.
+        ready = [r if r.video is None or self.video_native else frames_as_images(r) for r in requests]
+        videos = [i for i, r in enumerate(ready) if r.video is not None]
+        others = [i for i, r in enumerate(ready) if r.video is None]
+        results: list[Generation | None] = [None] * len(ready)
+        for indices in (others, videos):
+            if indices:
+                for i, gen in zip(indices, self._batched([ready[i] for i in indices], self._vlm_inputs), strict=True):
+                    results[i] = gen
+        return results  # type: ignore[return-value]
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         self._require_loaded()
@@ -273,6 +325,8 @@ class TransformersBackend:
         else:
             # The template already placed BOS and turn markers; the tokenizer must not add its own.
             kwargs = {"text": texts, "add_special_tokens": False, **({"images": images} if any(images) else {})}
+        if any(r.video is not None for r in requests):
+            kwargs.update(video_kwargs([r.video for r in requests]))
         sharing = self.processor.image_processor  # OncePerImage, unless a caller swapped it out
         if isinstance(sharing, OncePerImage):
             sharing.shared = None  # a call without images leaves it so

@@ -7,6 +7,12 @@ rendered prompts. Images are fitted to `max_pixels` before they reach the proces
 budget is also passed to processors that take one (Qwen2-VL's `max_pixels`); vLLM drops
 processor keywords a model does not accept.
 
+Videos (models vLLM runs with video input, the Qwen2-VL family) go through `LLM.generate`: the
+prompt rendered with the model's chat template placing one video, the sampled frames as one
+array in `multi_modal_data`, with their rate and indices as the video's metadata so the model
+does not sample again. `max_videos_per_prompt` must be 1 or more for them (vLLM reserves memory
+per video); a video request to an engine started without it fails with that advice.
+
 vllm is imported in `load()`, never at module import, so configs using this backend validate
 and travel to Ray workers on machines without it.
 """
@@ -46,6 +52,8 @@ class VLLMBackendConfig(BackendConfig):
     max_pixels: int | None = Field(1_003_520, ge=1)
     # Images one prompt may carry (vLLM reserves memory for this many).
     max_images_per_prompt: int = Field(1, ge=0)
+    # Videos one prompt may carry: 1 to caption videos, 0 (no memory reserved) otherwise.
+    max_videos_per_prompt: int = Field(0, ge=0)
     trust_remote_code: bool = False
     # Skip CUDA graph capture: faster start, slower decoding. Handy for tests and small runs.
     enforce_eager: bool = False
@@ -78,7 +86,8 @@ class VLLMBackendConfig(BackendConfig):
             "trust_remote_code": self.trust_remote_code,
             "enforce_eager": self.enforce_eager,
             "seed": self.seed,
-            "limit_mm_per_prompt": {"image": self.max_images_per_prompt},
+            "limit_mm_per_prompt": {"image": self.max_images_per_prompt,
+                                    **({"video": self.max_videos_per_prompt} if self.max_videos_per_prompt else {})},
         }
         if self.max_model_len is not None:
             kwargs["max_model_len"] = self.max_model_len
@@ -129,6 +138,24 @@ def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             content = [{"type": "image"} if part["type"] == "image_pil" else part for part in content]
         out.append({"role": m["role"], "content": content})
     return out
+
+
+def video_prompt(tokenizer: Any, request: VLMRequest, neutralise, chat_template: str | None = None) -> dict[str, Any]:
+    """A video request as `LLM.generate` takes it: the chat template's text with one video
+    placeholder, and the frames as a (frames, height, width, 3) array with their metadata."""
+    import numpy as np
+
+    video = request.video
+    content = [{"type": "video"}, {"type": "text", "text": neutralise(request.prompt)}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": neutralise(request.system)}] if request.system else []
+    messages.append({"role": "user", "content": content})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **({"chat_template": chat_template} if chat_template else {}))
+    size = video.frames[0].size
+    frames = np.stack([np.asarray(f.convert("RGB").resize(size)) for f in video.frames])
+    metadata = {"fps": video.fps, "duration": video.seconds, "total_num_frames": len(video.frames),
+                "frames_indices": list(range(len(video.frames))), "do_sample_frames": False}
+    return {"prompt": text, "multi_modal_data": {"video": [(frames, metadata)]}}
 
 
 def engine_failures() -> tuple[type[BaseException], ...]:
@@ -219,7 +246,35 @@ class VLLMBackend:
     # ---- protocol methods ------------------------------------------------------------------
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
+        if any(r.video is not None for r in requests):
+            return self._with_videos(requests)
         return self._run(self.vlm_conversations(requests), [(r.n, r.params or self.config.params) for r in requests])
+
+    def _with_videos(self, requests: list[VLMRequest]) -> list[Generation]:
+        """Image requests as usual; video requests in one `LLM.generate` call."""
+        out: list[Generation | None] = [None] * len(requests)
+        images = [i for i, r in enumerate(requests) if r.video is None]
+        videos = [i for i, r in enumerate(requests) if r.video is not None]
+        if images:
+            for i, gen in zip(images, self.generate([requests[i] for i in images]), strict=True):
+                out[i] = gen
+        if self.config.max_videos_per_prompt < 1:
+            for i in videos:
+                out[i] = Generation(error="this vLLM engine takes no video: set max_videos_per_prompt: 1 on the "
+                                          "backend (vLLM reserves memory per video)", meta={"backend": "vllm"})
+            return out  # type: ignore[return-value]
+        if self.llm is None:
+            raise SetupError("the vllm backend is not loaded: call load() first")
+        from vllm import SamplingParams
+
+        tokenizer = self.llm.get_tokenizer()
+        prompts = [video_prompt(tokenizer, requests[i], self.neutralise, self.config.chat_template) for i in videos]
+        params = [SamplingParams(**sampling_kwargs(requests[i].params or self.config.params, requests[i].n)) for i in videos]
+        results = self.llm.generate(prompts, params, use_tqdm=False)
+        for i, r in zip(videos, results, strict=True):
+            out[i] = self._generation([c.text for c in r.outputs], [c.finish_reason for c in r.outputs],
+                                      len(r.prompt_token_ids or []), sum(len(c.token_ids) for c in r.outputs))
+        return out  # type: ignore[return-value]
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         return self._run(self.chat_conversations(requests), [(r.n, r.params or self.config.params) for r in requests])

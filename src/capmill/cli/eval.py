@@ -27,9 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--scorer", help="ImageTextScorer backend as YAML, e.g. '{type: clip, model: /models/clip-b32}' "
                    "(default CLIP ViT-B/32, as CLIPScore is defined)")
     p.add_argument("--bags", default="99", help="distractors per retrieval bag, comma-separated (99 = RD100; '' for none)")
-    p.add_argument("--skip", default="", help="metric groups to skip: text, clip, retrieval, coco (comma-separated)")
+    p.add_argument("--skip", default="", help="metric groups to skip: text, clip, retrieval, coco, vdc (comma-separated)")
     p.add_argument("--clip-reference", action="store_true", help="clip the text-reference cosine of RefCLIPScore at 0")
     p.add_argument("--seed", type=int, default=0, help="seed of the retrieval bags")
+    p.add_argument("--judge", help="LanguageModel backend as YAML for VDCscore (needs --references), e.g. "
+                   "'{type: transformers, model: Qwen/Qwen2.5-1.5B-Instruct}'")
+    p.add_argument("--vdc-questions", type=int, default=10, help="VDCscore question-answer pairs per reference (default 10)")
     p.add_argument("--type", choices=KINDS, help="input type, when not guessable")
     p.set_defaults(handler=main)
 
@@ -53,6 +56,11 @@ def build_config(args: argparse.Namespace, fields: list[str]):
             raw["scorer"] = yaml.safe_load(args.scorer)
         except yaml.YAMLError as e:
             raise ConfigError(f"--scorer is not valid YAML: {e}") from None
+    if getattr(args, "judge", None):
+        try:
+            raw["vdc"] = {"judge": yaml.safe_load(args.judge), "questions": args.vdc_questions}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--judge is not valid YAML: {e}") from None
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError as e:

@@ -33,7 +33,8 @@ def main(args: argparse.Namespace) -> int:
             captions.update(sample.captions.keys())
             if shown < args.show:
                 record = sample.to_dict()
-                record["image"]["bytes"] = len(sample.image.data) if sample.image.data is not None else None
+                media = record["image" if "image" in record else "media"]  # videos are written as "media"
+                media["bytes"] = len(sample.image.data) if sample.image.data is not None else None
                 print(json.dumps(record, ensure_ascii=False, indent=2, default=str))
                 shown += 1
     total = sum(statuses.values())

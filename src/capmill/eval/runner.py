@@ -20,8 +20,9 @@ from pydantic import Field
 from capmill.components import BackendSpec, Strict
 from capmill.errors import SetupError
 from capmill.eval.data import EvalSet
+from capmill.eval.vdcscore import VdcScoreConfig
 
-Metric = Literal["text", "clip", "retrieval", "coco"]
+Metric = Literal["text", "clip", "retrieval", "coco", "vdc"]
 
 
 def _default_scorer() -> dict:
@@ -40,6 +41,9 @@ class EvalConfig(Strict):
     # Clip the text–reference cosine at 0 in RefCLIPScore (the reference code does not).
     clip_reference: bool = False
     batch_size: int = Field(64, ge=1)
+    # VDCscore (video detail captions, AuroraCap/VDC): a language model that asks, answers and
+    # judges; computed when references are given too. None: not computed.
+    vdc: VdcScoreConfig | None = None
 
     def scorer_config(self):
         if self.scorer is not None:
@@ -99,6 +103,18 @@ def evaluate(data: EvalSet, config: EvalConfig, references: dict[str, list[str]]
         start = time.perf_counter()
         _coco_metrics(data, config, references, coco, result)
         result.timings["coco"] = time.perf_counter() - start
+    if config.vdc is not None and "vdc" not in config.skip:
+        start = time.perf_counter()
+        if references is None:
+            result.notes.append("VDCscore needs references (--references): not computed")
+        else:
+            from capmill.eval.vdcscore import vdc_score
+
+            vdc = vdc_score(data.keys, {f: data.texts[f] for f in config.fields}, references, config.vdc)
+            for name, metrics in vdc.metrics.items():
+                result.metrics[name].update(metrics)
+            result.notes.extend(vdc.notes)
+        result.timings["vdc"] = time.perf_counter() - start
     return result
 
 
@@ -183,6 +199,7 @@ def _embed_images(scorer, data: EvalSet, batch_size: int, cache=None):
     from capmill.errors import SampleError
     from capmill.eval.cache import digest
     from capmill.media.image import ImageConfig, decode_image
+    from capmill.media.kinds import sniff_video_ext
 
     config = ImageConfig()
     rows: list[Any] = [None] * len(data.images)
@@ -201,6 +218,15 @@ def _embed_images(scorer, data: EvalSet, batch_size: int, cache=None):
         decoded, where = [], []
         for i in todo[start:start + batch_size]:
             try:
+                if sniff_video_ext(data.images[i]) is not None:
+                    # A video's embedding is the normalised mean of its frames' (the usual video
+                    # CLIPScore); it is computed here, one scorer call per video.
+                    frames = np.asarray(scorer.embed_images(_video_frames(data.images[i])))
+                    mean = frames.mean(axis=0)
+                    rows[i] = (mean / (np.linalg.norm(mean) or 1.0)).astype(frames.dtype)
+                    if cache is not None:
+                        cache.put(data.keys[i], digests[i], rows[i])
+                    continue
                 decoded.append(decode_image(data.images[i], config))
                 where.append(i)
             except SampleError:
@@ -220,6 +246,16 @@ def _embed_images(scorer, data: EvalSet, batch_size: int, cache=None):
         if row is not None:
             out[i] = row
     return out
+
+
+def _video_frames(data: bytes, count: int = 8) -> list[Any]:
+    """`count` frames at equal intervals of an encoded video (the eval's view of a video)."""
+    from capmill.media.sampling import SamplingConfig
+    from capmill.media.video import VideoConfig, decode_video
+    from capmill.sample import MediaRef
+
+    frames, _ = decode_video(MediaRef(data=data, kind="video"), VideoConfig(sampling=SamplingConfig(frames=count)))
+    return [f.image for f in frames]
 
 
 def _embed_texts(scorer, texts: list[str], batch_size: int):

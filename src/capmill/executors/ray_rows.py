@@ -6,8 +6,10 @@ Samples cross Ray as Arrow rows, one per sample plus one end row per shard:
     index    int64    position of the sample in its shard; on the end row, the shard's sample count
     end      bool     the shard's end row (it carries the count, the read time, or the read error)
     record   string   Sample.to_dict() as JSON, without image bytes
-    data     binary   the encoded image bytes as read (what the writers store)
-    pixels   binary   the decoded, normalised image once decoded (raw bytes; mode, width, height)
+    data     binary   the encoded image or video bytes as read (what the writers store)
+    pixels   binary   the decoded, normalised image once decoded (raw bytes; mode, width, height);
+                      for a video, its sampled frames one after another (all of one size; their
+                      timestamps are in the record's `frame_times`)
     seconds  string   JSON {step: seconds}: this row's share of read, decode and stage time
     trail    string   JSON [stage, ...]: the stages the sample entered (per-stage counts)
     partial  bool     on an end row: --limit cut the shard
@@ -17,6 +19,11 @@ The image bytes travel in their own binary column rather than base64 inside the 
 (Sample.to_dict(include_image_bytes=True)), which would add a third to every image and cost an
 encode and a decode per hop. Decoded pixels travel too, so every stage sees exactly the image
 the local executor's decode step makes, without decoding again in each actor.
+
+A video's sampled frames travel the same way rather than being decoded again in each stage
+actor: the frames are bounded (video.sampling.max_frames at video.max_side, a few MB), while
+seeking and decoding a video costs CPU time that would otherwise be spent once per stage, on the
+GPU actors' CPUs, while their GPUs wait.
 
 Rows of one shard are spread over many blocks and batches; `shard` and `index` let the driver
 put them back in order, and the end row tells it when the shard is complete.
@@ -32,7 +39,7 @@ from typing import Any
 from capmill.errors import CapmillError
 from capmill.media.decode import decode_batch
 from capmill.pipeline import CircuitBreaker, run_stages
-from capmill.sample import Sample
+from capmill.sample import VIDEO, Frame, Sample
 from capmill.stages.base import RunContext
 
 COLUMNS = ("shard", "index", "end", "record", "data", "pixels", "mode", "width", "height", "seconds", "trail",
@@ -59,12 +66,16 @@ def table_of(rows: list[dict[str, Any]]):
 
 def sample_row(sample: Sample, shard: int, index: int, seconds: dict[str, float], keep_pixels: bool,
                trail: list[str] | None = None) -> dict[str, Any]:
+    frames = sample.media.frames if keep_pixels else None
     image = sample.image.image if keep_pixels else None
+    if frames:
+        image = frames[0].image
+    pixels = b"".join(f.image.tobytes() for f in frames) if frames else (image.tobytes() if image is not None else None)
     return {
         "shard": shard, "index": index, "end": False,
         "record": json.dumps(sample.to_dict(), ensure_ascii=False),
         "data": sample.image.data,
-        "pixels": image.tobytes() if image is not None else None,
+        "pixels": pixels,
         "mode": image.mode if image is not None else None,
         "width": image.width if image is not None else None,
         "height": image.height if image is not None else None,
@@ -85,11 +96,19 @@ def row_trail(row: dict[str, Any]) -> list[str]:
 
 def row_sample(row: dict[str, Any], with_pixels: bool = True) -> Sample:
     sample = Sample.from_dict(json.loads(row["record"]))
-    sample.image.data = row["data"]
+    ref = sample.media
+    ref.data = row["data"]
     if with_pixels and row["pixels"] is not None:
         from PIL import Image
 
-        sample.image.image = Image.frombytes(row["mode"], (row["width"], row["height"]), row["pixels"])
+        size = (row["width"], row["height"])
+        if ref.kind == VIDEO:
+            step = len(row["pixels"]) // max(1, len(ref.frame_times or []))
+            ref.frames = [Frame(t, Image.frombytes(row["mode"], size, row["pixels"][i * step:(i + 1) * step]))
+                          for i, t in enumerate(ref.frame_times or [])]
+            ref.frame_times = None
+        else:
+            ref.image = Image.frombytes(row["mode"], size, row["pixels"])
     return sample
 
 

@@ -174,3 +174,12 @@ EXPORTERS: dict[str, type[Exporter]] = {
     "grounding": GroundingExporter,
 }
 
+
+
+def _video_exporter(config: ExportConfig, out: str) -> Exporter:
+    from capmill.export.video import VideoLlavaExporter
+
+    return VideoLlavaExporter(config, out)
+
+
+EXPORTERS["llava_video"] = _video_exporter  # type: ignore[assignment]

@@ -1,7 +1,9 @@
 """The decode step of every executor: read a sample's bytes, decode with hygiene, record failures.
 
-A sample whose bytes cannot be read becomes `read_error`, one whose bytes are not an acceptable
-image `decode_error`; either way it keeps its row and the batch goes on.
+A sample whose bytes cannot be read becomes `read_error`, one whose bytes are not acceptable
+media `decode_error`; either way it keeps its row and the batch goes on. Images are decoded to
+one RGB image (`ImageConfig`), videos to the frames their sampling asks for (`VideoConfig`, the
+run's `video:` section, which the run config attaches to the image config this step is given).
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ import time
 
 from capmill.errors import SampleError
 from capmill.media.image import ImageConfig, decode_image, prepare_image
-from capmill.sample import DECODE_ERROR, READ_ERROR, Sample
+from capmill.sample import DECODE_ERROR, READ_ERROR, VIDEO, Sample
 
 
 def decode_batch(batch: list[Sample], config: ImageConfig) -> float:
-    """Decode every image in place; failures become the sample's status. Returns seconds spent."""
+    """Decode every sample's media in place; failures become the sample's status. Returns seconds spent."""
     start = time.perf_counter()
-    if config.decode:
-        for sample in batch:
+    video = config.video
+    for sample in batch:
+        if sample.media.kind == VIDEO:
+            if video.decode:
+                decode_video_one(sample, video)
+        elif config.decode:
             decode_one(sample, config)
     return time.perf_counter() - start
 
@@ -49,3 +55,30 @@ def decode_one(sample: Sample, config: ImageConfig) -> None:
         sample.fail(e.status, e.reason)
     else:
         sample.meta.setdefault("decoded_size", list(ref.image.size))
+
+
+def decode_video_one(sample: Sample, config) -> None:
+    """Sample a video's frames into `sample.media.frames`; its header facts go to meta["video"]."""
+    from capmill.media.video import decode_video
+
+    if not sample.ok:
+        return
+    ref = sample.media
+    if ref.data is None and ref.path is None and ref.url is None:
+        sample.fail(DECODE_ERROR, "sample has no video")
+        return
+    try:
+        frames, info = decode_video(ref, config)
+    except SampleError as e:
+        sample.fail(e.status, e.reason)
+        return
+    except (OSError, ValueError) as e:  # reading a path or URL failed (file systems raise their own types)
+        sample.fail(READ_ERROR, f"could not read video {ref.path or ref.url}: {type(e).__name__}: {e}")
+        return
+    ref.frames = frames
+    # A clip's reader noted its source's facts (source_*); the header facts are the clip's own.
+    facts = {k: v for k, v in (sample.meta.get("video") or {}).items() if k.startswith("source_")}
+    facts.update(info.to_meta())
+    facts["sampled"] = len(frames)
+    facts["decoded_size"] = list(frames[0].image.size)
+    sample.meta["video"] = facts

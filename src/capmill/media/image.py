@@ -12,10 +12,11 @@ import io
 import math
 import warnings
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from capmill.components import Strict
 from capmill.errors import ImageDecodeError
+from capmill.media.video import VideoConfig
 
 _ORIENTATION = 0x0112
 ALLOWED_FORMATS = ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
@@ -31,6 +32,18 @@ class ImageConfig(Strict):
     max_side: int | None = Field(768, ge=16)
     # Decode images at all. Text-only pipelines (fusion, text scoring) can turn this off.
     decode: bool = True
+    # The run's `video:` section, attached by the run config so that the decode step, which is
+    # handed this object, decodes videos with it too (see `RunConfig`); defaults otherwise.
+    _video: VideoConfig | None = PrivateAttr(default=None)
+
+    @property
+    def video(self) -> VideoConfig:
+        return self._video if self._video is not None else VideoConfig()
+
+    def with_video(self, video: VideoConfig) -> ImageConfig:
+        """This config with `video` as the video settings the decode step uses."""
+        self._video = video
+        return self
 
 
 def to_rgb(img):
@@ -80,10 +93,7 @@ def decode_image(data: bytes, config: ImageConfig):
     if img.format not in config.formats:
         raise ImageDecodeError(f"format {img.format} not allowed (allowed: {', '.join(config.formats)})")
     width, height = img.size
-    if width * height > config.max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError(f"image has an empty size {width}x{height}")
+    check_size(width, height, config)
     try:
         if config.max_side and img.format == "JPEG" and max(width, height) > config.max_side:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result still covers the final
@@ -97,16 +107,21 @@ def decode_image(data: bytes, config: ImageConfig):
         raise ImageDecodeError(f"unreadable or truncated image: {type(e).__name__}: {e}") from None
 
 
+def check_size(width: int, height: int, config: ImageConfig) -> None:
+    """The pixel limit and a non-empty size, read from the header before any pixel is decoded."""
+    if width * height > config.max_pixels:
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image has an empty size {width}x{height}")
+
+
 def prepare_image(img, config: ImageConfig):
     """An image that is already a PIL object (handed over by the Python API) through the same
     checks and normalisation as decoded bytes: pixel limit, first frame, EXIF orientation, RGB,
     bounded size. The format list does not apply (the caller decoded it). The caller's image is
     never modified."""
     width, height = img.size
-    if width * height > config.max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, over the pixel limit of {config.max_pixels}")
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError(f"image has an empty size {width}x{height}")
+    check_size(width, height, config)
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)  # animated GIF/WebP: the first frame

@@ -3,6 +3,11 @@
 A template is filled with `str.format`-style slots. The slots a template may use are declared
 by the stage that fills it; a template naming any other slot is a config error at load time,
 not a KeyError in the middle of a run.
+
+One template serves several media: its top-level text is written for the media listed in
+`kinds` (images by default), and a `media:` block gives the text for another kind under the
+same name, e.g. the built-in `ssc` has an image prompt and a `media.video` prompt. `for_kind`
+picks the right one; its prompt id names the kind ("ssc@1:video").
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ from capmill.suggest import did_you_mean
 BUILTIN_DIR = Path(__file__).parent
 
 
+class MediaTemplate(Strict):
+    """The text of a template for one more media kind; `options` are merged over the template's."""
+
+    template: str
+    system: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class PromptTemplate(Strict):
     name: str
     version: int = Field(1, ge=1)
@@ -32,10 +45,31 @@ class PromptTemplate(Strict):
     template: str
     # Extra, kind-specific settings (a caption format's length target, a fusion's guards).
     options: dict[str, Any] = Field(default_factory=dict)
+    # Media the top-level template is written for.
+    kinds: list[str] = Field(default_factory=lambda: ["image"])
+    # The template for other media kinds ("video", "audio"), under the same name.
+    media: dict[str, MediaTemplate] = Field(default_factory=dict)
+    # Set on the template `for_kind` derives from a `media` block.
+    for_media: str | None = None
 
     @property
     def prompt_id(self) -> str:
-        return f"{self.name}@{self.version}"
+        return f"{self.name}@{self.version}" + (f":{self.for_media}" if self.for_media else "")
+
+    def for_kind(self, kind: str) -> PromptTemplate | None:
+        """The template for media of `kind`, or None when this one has no text for it."""
+        if kind in self.media:
+            block = self.media[kind]
+            return self.model_copy(update={"template": block.template, "system": block.system,
+                                           "options": {**self.options, **block.options}, "media": {},
+                                           "kinds": [kind], "for_media": kind})
+        if kind in self.kinds:
+            return self
+        return None
+
+    @property
+    def all_kinds(self) -> list[str]:
+        return [*self.kinds, *(k for k in self.media if k not in self.kinds)]
 
     def slots(self) -> set[str]:
         fields = set()

@@ -15,9 +15,11 @@ from capmill import keys
 from capmill.components import Strict
 from capmill.errors import ConfigError
 from capmill.keys import Key
-from capmill.sample import READ_ERROR, Sample
+from capmill.media.clips import ClipConfig
+from capmill.media.kinds import IMAGE_EXTS, READABLE_EXTS, VIDEO_EXTS
+from capmill.sample import READ_ERROR, VIDEO, Sample
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+__all__ = ["IMAGE_EXTS", "READABLE_EXTS", "VIDEO_EXTS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +39,14 @@ class InputConfig(Strict):
     key_prefix: Literal["none", "shard"] = "none"
     # fsspec options for remote paths (credentials, endpoints): passed to fsspec.open.
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    # Cut every video into clips, each its own sample (`SOURCE_clipNNNN`, with its window and
+    # source in `media.clip`); None keeps one sample per video. See capmill.media.clips.
+    clips: ClipConfig | None = None
 
     def provides(self) -> frozenset[Key]:
         """The record fields every sample of this input carries (`capmill.chain` starts from
-        them): the AltText and the image unless the config says the data has none."""
-        return frozenset({keys.ALT_TEXT, keys.IMAGE})
+        them): the AltText and the image (or video) unless the config says the data has none."""
+        return frozenset({keys.ALT_TEXT, keys.IMAGE, keys.VIDEO})
 
 
 class Reader(ABC):
@@ -66,13 +71,22 @@ class Reader(ABC):
     def read_shard(self, shard: Shard) -> Iterator[Sample]: ...
 
     def read(self, shard: Shard) -> Iterator[Sample]:
-        """Samples of `shard`, with the configured key prefix applied."""
+        """Samples of `shard`, with the configured key prefix applied; with `clips`, each video
+        yields its clips in its place."""
         prefix = f"{shard.name}_" if self.config.key_prefix == "shard" else ""
+        clips = self.config.clips
         for sample in self.read_shard(shard):
             if prefix:
                 sample.key = prefix + sample.key
             check_key(sample)
-            yield sample
+            if clips is not None and sample.ok and sample.media.kind == VIDEO:
+                from capmill.media.clips import expand
+
+                for clip in expand(sample, clips):
+                    check_key(clip)
+                    yield clip
+            else:
+                yield sample
 
 
 def check_key(sample: Sample) -> None:

@@ -1,4 +1,5 @@
-"""An image folder with sidecar captions (`cat.jpg` + `cat.txt`), the layout diffusion trainers use."""
+"""A folder of images or videos with sidecar captions (`cat.jpg` + `cat.txt`, `run.mp4` +
+`run.txt`), the layout diffusion trainers use. Videos are read where they lie, never whole."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pydantic import Field
 
 from capmill import keys
 from capmill.keys import Key
-from capmill.readers.base import IMAGE_EXTS, InputConfig, Reader, Shard, decode_text
+from capmill.media.kinds import kind_of
+from capmill.readers.base import READABLE_EXTS, InputConfig, Reader, Shard, decode_text
 from capmill.readers.locate import confined
 from capmill.sample import READ_ERROR, ImageRef, Sample
 
@@ -26,7 +28,7 @@ class FolderInput(InputConfig):
     allow_outside_root: bool = False
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
         if not self.caption_exts:
             fields.discard(keys.ALT_TEXT)
         return frozenset(fields)
@@ -44,7 +46,7 @@ class FolderReader(Reader):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
-                if name.rpartition(".")[2].lower() in IMAGE_EXTS and not name.startswith("."):
+                if name.rpartition(".")[2].lower() in READABLE_EXTS and not name.startswith("."):
                     found.append(os.path.relpath(os.path.join(dirpath, name), root))
         return found
 
@@ -85,4 +87,5 @@ class FolderReader(Reader):
                                         "(set allow_outside_root: true to read it)")
                 yield sample
                 continue
-            yield Sample(key=key, image=ImageRef(path=image_path, ext=ext.lower()), alt_text=alt_text, meta=meta)
+            yield Sample(key=key, image=ImageRef(path=image_path, ext=ext.lower(), kind=kind_of(ext)),
+                         alt_text=alt_text, meta=meta)

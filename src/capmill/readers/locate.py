@@ -29,7 +29,8 @@ from pydantic import Field
 from capmill.components import Strict
 from capmill.errors import InputRefused, SampleError
 from capmill.fetch import FetchConfig, fetch, is_url
-from capmill.sample import ImageRef, Sample
+from capmill.media.kinds import kind_of, sniff
+from capmill.sample import IMAGE, ImageRef, Sample
 
 
 class LocationConfig(Strict):
@@ -73,7 +74,13 @@ class Locator:
         return cls(f"{protocol}://{rest.rstrip('/')}", protocol, config.allow_outside_root)
 
     def locate(self, location: str) -> ImageRef:
-        """An ImageRef for `location`, or InputRefused naming the rule it breaks."""
+        """A media reference (an image, or a video by its extension) for `location`, or
+        InputRefused naming the rule it breaks."""
+        ref = self._locate(location)
+        ref.kind = kind_of(ref.ext) or IMAGE
+        return ref
+
+    def _locate(self, location: str) -> ImageRef:
         if "\0" in location:
             raise InputRefused("image location contains a NUL byte")
         ext = posixpath.splitext(location.split("?", 1)[0])[1].lstrip(".").lower() or None
@@ -155,11 +162,11 @@ def _settled(item: tuple[Sample, Future | None]) -> Sample:
 
 
 def _download(sample: Sample, config: FetchConfig) -> None:
-    from capmill.media.image import sniff_ext
-
     try:
         sample.image.data = fetch(sample.image.url, config)
-        sample.image.ext = sniff_ext(sample.image.data) or sample.image.ext
+        kind, ext = sniff(sample.image.data)
+        sample.image.ext = ext or sample.image.ext
+        sample.image.kind = kind or sample.image.kind
     except SampleError as e:
         sample.fail(e.status, e.reason)
     except Exception as e:  # anything else the network stack raises stays this sample's problem

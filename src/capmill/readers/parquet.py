@@ -12,7 +12,8 @@ from capmill.errors import ConfigError, InputRefused
 from capmill.keys import Key
 from capmill.readers.base import InputConfig, Reader, Shard, expand_paths, shard_stem, unique_shard_names
 from capmill.readers.locate import LocationConfig, Locator, with_downloads
-from capmill.sample import READ_ERROR, ImageRef, Sample
+from capmill.media.kinds import sniff
+from capmill.sample import IMAGE, READ_ERROR, VIDEO, ImageRef, Sample
 
 
 class ParquetInput(InputConfig, LocationConfig):
@@ -30,11 +31,11 @@ class ParquetInput(InputConfig, LocationConfig):
     row_groups_per_shard: int | None = Field(None, ge=1)
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
         if self.alt_text_column is None:
             fields.discard(keys.ALT_TEXT)
         if self.image_column is None and self.image_path_column is None:
-            fields.discard(keys.IMAGE)
+            fields -= {keys.IMAGE, keys.VIDEO}
         return frozenset(fields)
 
     def build(self) -> ParquetReader:
@@ -116,7 +117,8 @@ def image_value(sample: Sample, value: Any, locator: Locator) -> None:
     if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
-        sample.image = ImageRef(data=bytes(value))
+        kind, ext = sniff(bytes(value))
+        sample.image = ImageRef(data=bytes(value), ext=ext if kind == VIDEO else None, kind=kind or IMAGE)
     elif isinstance(value, str) and value:
         try:
             sample.image = locator.locate(value)

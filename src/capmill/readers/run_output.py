@@ -17,7 +17,7 @@ from capmill.errors import ConfigError
 from capmill.outputdir import OutputDir
 from capmill.readers.base import InputConfig, Reader, Shard
 from capmill.readers.webdataset import split_member
-from capmill.sample import ImageRef, Sample
+from capmill.sample import Sample
 
 
 class RunOutputInput(InputConfig):
@@ -80,8 +80,12 @@ def _record(members: dict[str, bytes]) -> Sample:
     sample = Sample.from_dict(json.loads(members.pop("json")))
     members.pop("txt", None)
     if members:
+        # The stored media member; the record's reference keeps its kind, clip window and
+        # sampled frame times.
         ext, data = next(iter(members.items()))
-        # The tar may store every image under one member name (output.image_ext); the record
-        # keeps the format the bytes really are.
-        sample.image = ImageRef(data=data, path=sample.image.path, url=sample.image.url, ext=sample.image.ext or ext)
+        # The stored media member. The tar may store every image under one member name
+        # (output.image_ext); the record keeps the format the bytes really are, and its
+        # reference keeps the kind, clip window and sampled frame times.
+        sample.image.data = data
+        sample.image.ext = sample.image.ext or ext
     return sample

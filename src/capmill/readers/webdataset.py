@@ -1,4 +1,8 @@
-"""Tar shards as img2dataset and OpenCLIP write them: `KEY.jpg` + `KEY.txt` and/or `KEY.json`."""
+"""Tar shards as img2dataset and OpenCLIP write them: `KEY.jpg` + `KEY.txt` and/or `KEY.json`.
+
+A sample's media is its image member, or its video member (`KEY.mp4|webm|mkv|mov`) when it has
+one; a sample holding both keeps the video (the image is then usually its thumbnail).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any, Literal
 from capmill import keys
 from capmill.errors import ConfigError, DuplicateKeyError
 from capmill.keys import Key
+from capmill.media.kinds import VIDEO_EXTS, kind_of
 from capmill.readers.base import (
     IMAGE_EXTS,
     InputConfig,
@@ -38,7 +43,7 @@ class WebDatasetInput(InputConfig):
     alt_text: str | None = "txt"
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
         if self.alt_text is None:
             fields.discard(keys.ALT_TEXT)
         return frozenset(fields)
@@ -199,10 +204,10 @@ class WebDatasetReader(Reader):
     def _sample(self, key: str, members: dict[str, bytes]) -> Sample:
         meta: dict[str, Any] = {}
         image = ImageRef()
-        for ext in members:
-            if ext in IMAGE_EXTS:
-                image = ImageRef(data=members[ext], ext=ext)
-                break
+        video = next((ext for ext in members if ext in VIDEO_EXTS), None)
+        chosen = video or next((ext for ext in members if ext in IMAGE_EXTS), None)
+        if chosen is not None:
+            image = ImageRef(data=members[chosen], ext=chosen, kind=kind_of(chosen))
         if "json" in members:
             try:
                 meta["json"] = json.loads(members["json"])

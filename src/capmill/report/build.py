@@ -28,7 +28,7 @@ from typing import Any
 from capmill.errors import ConfigError
 from capmill.eval import history
 from capmill.outputdir import REJECTS_DIR, OutputDir
-from capmill.sample import ImageRef, Sample
+from capmill.sample import VIDEO, ImageRef, Sample
 
 REPORT_FILE = "report.html"
 _HUB_CACHE = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/")
@@ -48,6 +48,37 @@ def thumbnail(data: bytes | None, size: int) -> str | None:
     image.thumbnail((size, size))
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def frame_strip(sample: Sample, size: int, most: int = 6) -> str | None:
+    """A video's sampled frames side by side (the times its record holds, at most `most` of
+    them, evenly chosen; uniform ones when none are recorded), as a JPEG data URI; None when the
+    video cannot be decoded."""
+    from PIL import Image
+
+    from capmill.errors import SampleError
+    from capmill.media.sampling import SamplingConfig, thin
+    from capmill.media.video import VideoConfig, decode_video, frames_at
+
+    ref = sample.media
+    if not ref.data:
+        return None
+    config = VideoConfig(max_side=size, sampling=SamplingConfig(frames=most))
+    try:
+        times = thin(ref.times, most)
+        frames = frames_at(ref, times, config) if times else decode_video(ref, config)[0]
+    except (SampleError, OSError, ValueError):
+        return None
+    height = max(16, size * 3 // 4)
+    tiles = [f.image.resize((max(1, round(f.image.width * height / f.image.height)), height)) for f in frames]
+    strip = Image.new("RGB", (sum(t.width for t in tiles) + 2 * (len(tiles) - 1), height), (255, 255, 255))
+    x = 0
+    for tile in tiles:
+        strip.paste(tile, (x, 0))
+        x += tile.width + 2
+    buf = io.BytesIO()
+    strip.save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -126,7 +157,10 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         statuses[sample.status] += 1
         fields.update(dict.fromkeys(sample.captions))
         if len(records) < max_samples:
-            records.append(_record(sample, thumbnail(sample.image.data, thumb_size)))
+            if sample.media.kind == VIDEO:  # a strip of the frames the run sampled
+                records.append({**_record(sample, frame_strip(sample, thumb_size)), "strip": True})
+            else:
+                records.append(_record(sample, thumbnail(sample.image.data, thumb_size)))
     drops: Counter = Counter()
     guards: Counter = Counter()
     for stats in out.all_stats():

@@ -162,7 +162,7 @@ function fieldScores(s, name) {
 function card(s, q) {
   const failed = s.status !== "ok" && s.status !== "dropped";
   const node = el("div", { class: `sample status-${s.status}` + (failed ? " failed" : ""), "data-key": s.key });
-  if (s.thumb) node.append(el("img", { src: s.thumb, alt: "" }));
+  if (s.thumb) node.append(el("img", { src: s.thumb, alt: "", class: s.strip ? "strip" : "" }));
   node.append(el("div", { class: "key" }, highlighted(s.key, q)));
   node.append(el("div", { class: "status" }, s.status + (s.error ? ": " + s.error : "")));
   for (const name of ["alt_text", ...Object.keys(s.captions)]) {

@@ -46,6 +46,7 @@ from capmill import keys
 from capmill.backends.base import Generation, GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.backends.common import check_guidance
 from capmill.components import BackendSpec, StageConfig, Strict
+from capmill.errors import ConfigError
 from capmill.guards import FLAGGED, GuardConfig, Guarded, GuardInput, OutputGuard, finish_reason, settle
 from capmill.guards.checks import TRUNCATED
 from capmill.guards.config import AUTO
@@ -54,7 +55,7 @@ from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
 from capmill.prompts.safety import source_text, without_untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Caption, Sample
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.stages.caption import FORMAT_SLOTS
 from capmill.text.length import FIRST_TRY, REGENERATED, TRIMMED, LengthTarget, counter_for, length_meta, length_settings, trim
@@ -178,7 +179,10 @@ class CandidatesStage(Stage):
         templates: dict[str, PromptTemplate] = {}
         for index, setting in enumerate(config.expanded()):
             if setting.format not in templates:
-                templates[setting.format] = load_template("formats", setting.format, config.prompt_dirs).check_slots(FORMAT_SLOTS)
+                template = load_template("formats", setting.format, config.prompt_dirs).for_kind(IMAGE)
+                if template is None:
+                    raise ConfigError(f"candidates: format {setting.format!r} has no prompt for images")
+                templates[setting.format] = template.check_slots(FORMAT_SLOTS)
             template = templates[setting.format]
             target, _ = length_settings(template.options, f"format {template.prompt_id}")
             language = config.guards.language

@@ -15,6 +15,11 @@ stored. Rejected captions are asked for again together (`guards.regenerate` roun
 call each); one still rejected then goes as `on_reject` says: replaced by the AltText when the
 AltText can stand in (the default; `meta["fallback"]` names the reason), kept but flagged, or
 its sample dropped with the reason. `meta["guards"]` keeps every rejected text with its reasons.
+
+Videos go through the same stage: a format's `media.video` prompt (same format name, prompt id
+"NAME@V:video") with the sample's sampled frames and their timestamps as the request's video.
+A format with no prompt for a sample's kind is skipped for that sample and named in its
+`meta["formats_without_prompt"]`; a sample none of the formats can caption fails with the reason.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
 from capmill.prompts.control import AlignControl, Controller
 from capmill.prompts.safety import clean_text, source_text, without_untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Caption, Sample
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, TRANSIENT_ERROR, VIDEO, Caption, Sample
 from capmill.sample import DROPPED as DROPPED_STATUS
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
@@ -65,6 +70,8 @@ from capmill.text.length import (
 )
 
 FORMAT_SLOTS = {"alt_text", "word_count", "control"}
+# Slots a video prompt may use besides those.
+VIDEO_SLOTS = {"seconds", "frames"}
 
 
 class CaptionStageConfig(StageConfig):
@@ -104,7 +111,13 @@ class CaptionStageConfig(StageConfig):
         return CaptionStage(self)
 
     def templates(self) -> list[PromptTemplate]:
-        return [load_template("formats", f, self.prompt_dirs).check_slots(FORMAT_SLOTS) for f in self.formats]
+        out = []
+        for name in self.formats:
+            template = load_template("formats", name, self.prompt_dirs)
+            for kind in template.all_kinds:
+                template.for_kind(kind).check_slots(FORMAT_SLOTS | (VIDEO_SLOTS if kind == VIDEO else set()))
+            out.append(template)
+        return out
 
     def caption_key(self, format_name: str) -> str:
         """The caption key of one format: `store_as` with `{format}` and `{model}` (the last part
@@ -127,8 +140,12 @@ class CaptionStageConfig(StageConfig):
 
     def io(self, available: frozenset[Key]) -> StageIO:
         # The AltText fills the formats' {alt_text} slot when there is one; without it the prompt
-        # still works, so it is not a required read.
-        reads = [keys.IMAGE]
+        # still works, so it is not a required read. Images when any format has an image prompt,
+        # else videos (formats written for videos only); whether a sample is one or the other is
+        # known only when it is read.
+        kinds = {kind for t in self.templates() for kind in t.all_kinds}
+        media = keys.IMAGE if IMAGE in kinds or VIDEO not in kinds else keys.VIDEO
+        reads = [media]
         if self.control is not None and self.control.level == "own":
             reads.append(keys.score(self.control.score))
         return StageIO(reads=reads, writes=[keys.caption(k) for k in self.caption_keys()])
@@ -139,7 +156,7 @@ class CaptionStageConfig(StageConfig):
 
 @dataclass
 class CaptionFormat:
-    """A format template with its parsed length target and miss policy."""
+    """A format's template for one media kind, with its parsed length target and miss policy."""
 
     template: PromptTemplate
     target: LengthTarget | None
@@ -172,22 +189,36 @@ class CaptionStage(Stage):
     def __init__(self, config: CaptionStageConfig):
         super().__init__(config)
         # Templates are checked when the stage is built, so a bad slot fails before any model loads.
+        # One CaptionFormat per (format, media kind); `formats` holds each format's main one (its
+        # top-level template), `by_kind` each kind's variants in the order of `formats` (None
+        # where a format has no prompt for that kind).
         self.formats = []
+        self.by_kind: dict[str, list[CaptionFormat | None]] = {}
         config.caption_keys()  # a store_as that makes formats collide fails here, before any model loads
-        for template in config.templates():
-            target, policy = length_settings(template.options, f"format {template.prompt_id}")
-            if config.retries is not None:
-                policy = policy.model_copy(update={"retries": config.retries})
-            language = config.guards.language
-            if language == AUTO:  # the language the format asks in (built-in formats: English)
-                language = detect(f"{template.system or ''} {template.template}")
-            self.formats.append(CaptionFormat(template, target, policy, language=language))
+        bases = config.templates()
+        kinds = {kind for base in bases for kind in base.all_kinds}
+        for base in bases:
+            for kind in sorted(kinds):
+                template = base.for_kind(kind)
+                self.by_kind.setdefault(kind, []).append(self._variant(template) if template is not None else None)
+            self.formats.append(next(v for v in (self.by_kind[k][-1] for k in base.all_kinds) if v is not None))
+        self.order = {fmt.name: i for i, fmt in enumerate(self.formats)}
         self.guard = OutputGuard(config.guards, stage="caption")
         self.control = Controller(config.control, config.prompt_dirs) if config.control is not None else None
 
+    def _variant(self, template: PromptTemplate) -> CaptionFormat:
+        config = self.config
+        target, policy = length_settings(template.options, f"format {template.prompt_id}")
+        if config.retries is not None:
+            policy = policy.model_copy(update={"retries": config.retries})
+        language = config.guards.language
+        if language == AUTO:  # the language the format asks in (built-in formats: English)
+            language = detect(f"{template.system or ''} {template.template}")
+        return CaptionFormat(template, target, policy, language=language)
+
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        for fmt in self.formats:
+        for fmt in (v for variants in self.by_kind.values() for v in variants if v is not None):
             fmt.count = counter_for(fmt.target) if fmt.target is not None else None
         self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the caption stage")
         check_guidance(self.backend, self.config.params, "caption")
@@ -199,14 +230,26 @@ class CaptionStage(Stage):
         cfg = self.config
         jobs: list[_Job] = []
         for sample in batch:
-            if sample.image.image is None:
-                sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
+            media = self._media(sample)
+            if media is None:
                 continue
+            images, video = media
+            kind = sample.media.kind
             alt = untrusted(sample.alt_text, "alt_text", cfg.alt_text_max_chars)
+            variants = self.by_kind.get(kind) or [None] * len(self.formats)
+            without = [f.name for f, v in zip(self.formats, variants, strict=True) if v is None]
+            if len(without) == len(self.formats):
+                sample.fail(STAGE_ERROR, f"none of the formats {', '.join(without)} has a prompt for {kind} samples "
+                                         f"(a format YAML gives one in its `media.{kind}` block)")
+                continue
+            if without:
+                sample.meta["formats_without_prompt"] = without
             level = self.control.config.bin_for(sample.scores) if self.control is not None else None
-            for fmt in self.formats:
+            for fmt in (v for v in variants if v is not None):
                 slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50,
                          "control": self.control.text(level[0]) if self.control is not None else ""}
+                if video is not None:
+                    slots.update(seconds=f"{video.seconds:.0f}", frames=len(video.frames))
                 prompt = fmt.template.render(**slots)
                 tag = f"{sample.key}:{fmt.name}"
                 if self.control is not None:
@@ -214,11 +257,12 @@ class CaptionStage(Stage):
                     tag += f"@bin{level[0]}"
                 request = VLMRequest(
                     prompt=prompt,
-                    images=[sample.image.image],  # the same object for every format of this sample
+                    images=images,  # the same objects for every format of this sample
                     n=cfg.n,
                     system=fmt.template.render_system(**slots),
                     params=cfg.params,
                     tag=tag,
+                    video=video,
                 )
                 # The AltText is an input of this caption only when the format shows it to the model;
                 # the guards read it raw (line breaks of fake turns intact) up to a bound that covers
@@ -235,7 +279,7 @@ class CaptionStage(Stage):
             return batch
         # Format-major order: a backend chunking the list gets prompts of one template together,
         # so padding within a chunk stays small.
-        jobs.sort(key=lambda j: self.formats.index(j.fmt))
+        jobs.sort(key=lambda j: (self.order[j.fmt.name], j.sample.media.kind))
         self._generate(jobs)
         live = [j for j in jobs if j.texts]
         for job in live:
@@ -247,6 +291,25 @@ class CaptionStage(Stage):
             if job.sample.status != TRANSIENT_ERROR:
                 self._store(job)
         return batch
+
+    @staticmethod
+    def _media(sample: Sample):
+        """(images, video) a request for `sample` carries, or None after failing the sample."""
+        from capmill.media.video import video_input
+
+        kind = sample.media.kind
+        if kind == IMAGE:
+            if sample.image.image is None:
+                sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
+                return None
+            return [sample.image.image], None
+        if kind == VIDEO:
+            if not sample.media.frames:
+                sample.fail(DECODE_ERROR, "caption needs the video's sampled frames (video.decode is off or decoding failed)")
+                return None
+            return [], video_input(sample)
+        sample.fail(STAGE_ERROR, f"caption cannot read {kind} samples yet")
+        return None
 
     def _generate(self, jobs: list[_Job]) -> None:
         generations = self.backend.generate([j.request for j in jobs])
@@ -271,7 +334,7 @@ class CaptionStage(Stage):
         for job, note in zip(jobs, notes, strict=True):
             base = job.request
             requests.append(VLMRequest(prompt=f"{base.prompt}\n\n{note}", images=base.images, n=base.n, system=base.system,
-                                       params=base.params, tag=f"{base.tag}#retry{job.attempts}"))
+                                       params=base.params, tag=f"{base.tag}#retry{job.attempts}", video=base.video))
         generations = self.backend.generate(requests)
         for job, gen in zip(jobs, generations, strict=True):
             job.attempts += 1

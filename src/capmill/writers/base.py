@@ -79,6 +79,30 @@ class ShardWriter(ABC):
     @abstractmethod
     def abort(self) -> None: ...
 
+    @staticmethod
+    def media_ext(sample: Sample) -> str:
+        """The extension the media is stored under: its own, else sniffed from its bytes."""
+        from capmill.media.kinds import sniff
+
+        ref = sample.media
+        return ref.ext or sniff(ref.data)[1] or "bin"
+
+    @staticmethod
+    def open_media(sample: Sample):
+        """(size, file object) of a media file that was never read whole (a video read from a
+        folder or manifest where it lies), to copy into the output in chunks; None when the
+        sample has its bytes in memory or no media."""
+        ref = sample.media
+        if ref.data is not None or ref.path is None or ref.kind == "image":
+            return None
+        import fsspec
+
+        f = fsspec.open(ref.path, "rb").open()
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(0)
+        return size, f
+
     def chosen_text(self, sample: Sample) -> str:
         """The training text: `output.text_field`, falling back to the AltText when missing."""
         text = sample.text(self.text_field)

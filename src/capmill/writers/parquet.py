@@ -10,7 +10,7 @@ import json
 import os
 
 from capmill.media.image import sniff_ext
-from capmill.sample import Sample
+from capmill.sample import VIDEO, Sample
 from capmill.writers.base import ShardWriter, row_fields, tmp_name, usable_image
 
 FIXED = ["key", "status", "error", "alt_text", "text"]
@@ -47,7 +47,7 @@ class ParquetWriter(ShardWriter):
         if sample.regions:
             row[REGIONS] = json.dumps(sample.regions, ensure_ascii=False)
         if self.images:
-            data = usable_image(sample)
+            data = usable_image(sample) if sample.media.kind != VIDEO else None  # an image column holds images
             ext = sample.image.ext or sniff_ext(data) or "bin"
             row[IMAGE] = None if data is None else {"bytes": data, "path": f"{sample.key}.{ext}"}
         self.rows.append(row)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 
-from capmill.media.image import sniff_ext
 from capmill.sample import Sample
 from capmill.writers.base import ShardWriter, tmp_name
 
@@ -22,13 +21,17 @@ class SidecarWriter(ShardWriter):
 
     def write(self, sample: Sample) -> None:
         data = sample.image.data
-        if data is None or not sample.ok:
+        source = self.open_media(sample) if data is None and sample.ok else None
+        if (data is None and source is None) or not sample.ok:
             return
-        ext = sample.image.ext or sniff_ext(data) or "bin"
-        image_path = os.path.join(self.tmp, f"{sample.key}.{ext}")
+        image_path = os.path.join(self.tmp, f"{sample.key}.{self.media_ext(sample)}")
         os.makedirs(os.path.dirname(image_path), exist_ok=True)  # keys may hold sub-folders ("dir/key")
         with open(image_path, "wb") as f:
-            f.write(data)
+            if data is not None:
+                f.write(data)
+            else:
+                with source[1] as media:
+                    shutil.copyfileobj(media, f)
         with open(os.path.join(self.tmp, f"{sample.key}.txt"), "w", encoding="utf-8") as f:
             f.write(self.chosen_text(sample))
 

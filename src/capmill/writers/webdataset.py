@@ -10,7 +10,10 @@ data_files=...)`) read them without help:
   the full record as the JSON string `record`;
 - samples that could not be read or decoded have no image member, and come after the others in
   their tar (in reader order), so a loader that infers the fields from the first samples sees
-  the image field.
+  the image field;
+- a video (or clip) keeps its own extension (`KEY.mp4`, `KEY.webm`, ...): `image_ext` names
+  image members only. A video read from a file where it lies is copied into the tar in chunks,
+  never held whole.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import os
 import tarfile
 
 from capmill.media.image import encode_image, sniff_ext
-from capmill.sample import Sample
-from capmill.writers.base import ShardWriter, row_fields, tmp_name, usable_image
+from capmill.sample import VIDEO, Sample
+from capmill.writers.base import _NO_IMAGE, ShardWriter, row_fields, tmp_name, usable_image
 
 _EXT_OF_FORMAT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 ORIGINAL = "original"
@@ -59,9 +62,32 @@ class WebDatasetWriter(ShardWriter):
             ext = sample.image.ext or sniff_ext(data) or "bin"
         return data, ext
 
+    def _video(self, sample: Sample, doc: bytes, text: str) -> bool:
+        """Write a video sample's members; False when it has no usable video (then it is imageless)."""
+        data = usable_image(sample)
+        source = self.open_media(sample) if data is None and sample.status not in _NO_IMAGE else None
+        if data is None and source is None:
+            return False
+        name = f"{sample.key}.{self.media_ext(sample)}"
+        if data is not None:
+            self._add(name, data)
+        else:
+            size, f = source
+            with f:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = size, 0o644
+                self.tar.addfile(info, f)
+        self._add(f"{sample.key}.json", doc)
+        self._add(f"{sample.key}.txt", text.encode("utf-8"))
+        return True
+
     def write(self, sample: Sample) -> None:
         text = self.chosen_text(sample)
         doc = json.dumps(row_fields(sample, text), ensure_ascii=False).encode("utf-8")
+        if sample.media.kind == VIDEO:
+            if not self._video(sample, doc, text):
+                self.imageless.append((sample.key, doc, text.encode("utf-8")))
+            return
         image = self._image(sample)
         if image is None:
             self.imageless.append((sample.key, doc, text.encode("utf-8")))
