@@ -123,7 +123,7 @@ class _Ask:
     prompt: str
     system: str | None
     what: tuple  # ("list", order) | ("pair", first, second) | ("grade", name)
-    second: bool = False  # the bias check's reverse order
+    reverse: bool = False  # the bias check's reverse order
     answer: str | None = None
     verdict: int | None = None
     retried: bool = False
@@ -156,15 +156,15 @@ class JudgeStage(Stage):
                      scale=cfg.scale, scale_low=1, **extra)
         return slots
 
-    def _ask(self, sample: Sample, what: tuple, second: bool = False, **extra: Any) -> _Ask:
+    def _ask(self, sample: Sample, what: tuple, reverse: bool = False, **extra: Any) -> _Ask:
         slots = self._slots(sample, **extra)
-        return _Ask(sample, self.template.render(**slots), self.template.render_system(**slots), what, second)
+        return _Ask(sample, self.template.render(**slots), self.template.render_system(**slots), what, reverse)
 
-    def _list_ask(self, sample: Sample, shown: list[tuple[str, str]], order: list[int], second: bool) -> _Ask:
+    def _list_ask(self, sample: Sample, shown: list[tuple[str, str]], order: list[int], reverse: bool) -> _Ask:
         blocks = "\n\n".join(f"Caption {p + 1}:\n{untrusted(text, 'caption', self.config.max_chars)}"
                              for p, (_, text) in enumerate(shown))
         count = len(shown)
-        return self._ask(sample, ("list", order), second, count=count, captions=blocks,
+        return self._ask(sample, ("list", order), reverse, count=count, captions=blocks,
                          choices=", ".join(str(i) for i in range(1, count + 1)))
 
     # --- the batch ------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ class JudgeStage(Stage):
         if cfg.mode == "list":
             order = permutation(cfg.seed, sample.key, len(eligible))
             orders = [order, order[::-1]] if both else [order]
-            return [self._list_ask(sample, [eligible[i] for i in o], o, second=k == 1) for k, o in enumerate(orders)]
+            return [self._list_ask(sample, [eligible[i] for i in o], o, reverse=k == 1) for k, o in enumerate(orders)]
         asks = []
         for first, second in pair_orders(cfg.seed, sample.key, len(eligible)):
             shown = [(first, second), (second, first)] if both else [(first, second)]
@@ -327,7 +327,7 @@ class JudgeStage(Stage):
             _, a, b = ask.what
             winner = None if ask.verdict is None else (None if ask.verdict == TIE else (a if ask.verdict == 1 else b))
             outcome = None if ask.verdict is None else (TIE if ask.verdict == TIE else winner)
-            if not ask.second:
+            if not ask.reverse:
                 judged[(min(a, b), max(a, b))] = outcome
                 if ask.verdict == TIE:
                     wins[a] += 0.5
@@ -343,8 +343,8 @@ class JudgeStage(Stage):
                 pairs.append({"shown": [eligible[a][0], eligible[b][0]], "bias_check": True, **self._record(ask)})
         ranking = sorted(range(len(eligible)), key=lambda i: (-wins[i], i))
         meta: dict[str, Any] = {"pairs": pairs, "wins": {eligible[i][0]: wins[i] for i in range(len(eligible))}}
-        if all(ask.verdict is None for ask in asks if not ask.second):
+        if all(ask.verdict is None for ask in asks if not ask.reverse):
             meta["fallback"] = NO_VERDICT
-        if any(ask.second for ask in asks):
+        if any(ask.reverse for ask in asks):
             meta["position_bias"] = {"compared": compared, "agree": agree}
         self._winner_caption(sample, eligible, ranking, meta)

@@ -10,8 +10,9 @@
 
 Delimiting and guards are those of `fuse` (CapsFusion): every input enters the prompt through
 `untrusted`, the output passes the generic checks plus the fusion checks (`capmill.guards.fuse`:
-a copy of one input in `merge` — in `improve` keeping the caption as it was is allowed —, the two
-pasted together, off topic, the AltText's names lost when it was shown), the rejected outputs of
+in `merge` a copy of one input, the two pasted together, off topic, most of the second caption's
+names and numbers lost; in `improve` the two pasted together and off topic — keeping the caption
+as it was is an answer, and the AltText is context, not facts to carry), the rejected outputs of
 a batch are asked for again together, and one still rejected falls back to the first input (the
 best candidate) with the reason in `meta["fallback"]` — the same loop, `capmill.guards.rewrite`.
 """
@@ -28,7 +29,7 @@ from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.guards import GuardInput, OutputGuard
 from capmill.guards.config import AUTO
-from capmill.guards.fuse import COPY, FUSE_CHECKS, FuseGuardConfig
+from capmill.guards.fuse import COPY, FUSE_CHECKS, LOST_ENTITIES, FuseGuardConfig
 from capmill.guards.language import code_for, detect
 from capmill.guards.rewrite import RewriteJob, clean_output, rewrite
 from capmill.keys import Key, StageIO
@@ -107,8 +108,11 @@ class RefineStage(Stage):
             self.language_rule = rules["caption"]
         else:
             self.language_rule = rules.get("named", "Write the result in {language}.").format(language=config.language)
-        # In improve, the caption kept as it was is an answer, not a failure: no copy check.
-        checks = {k: v for k, v in FUSE_CHECKS.items() if not (config.mode == "improve" and k == COPY)}
+        # In improve, the caption kept as it was is an answer, not a failure (no copy check), and
+        # the AltText is context that may be wrong, not facts the output must carry (no lost-names
+        # check); merge keeps every check, the second caption playing the AltText's part.
+        skipped = {COPY, LOST_ENTITIES} if config.mode == "improve" else set()
+        checks = {k: v for k, v in FUSE_CHECKS.items() if k not in skipped}
         self.guard = OutputGuard(config.guards, extra=checks, stage="refine")
 
     def setup(self, ctx: RunContext) -> None:
