@@ -108,6 +108,7 @@ def test_guidance_is_refused_at_setup_where_the_backend_cannot_run_it():
         stage.setup(RunContext())
 
 
+@pytest.mark.slow
 def test_k_candidates_cost_one_generate_call_per_setting(tiny_models, monkeypatch):
     """Four settings (greedy, beams 2 and 3, sampling n=2) over a batch of three images: four
     model.generate calls, whatever the batch size."""
