@@ -117,3 +117,33 @@ def test_export_keeps_only_chosen_alignment_bins(tmp_path, wds, capsys):
     manifest = json.loads((tmp_path / "top" / "_export.json").read_text())
     assert manifest["written"] == sum(b in keep for b in bins) > 0
     assert manifest["skipped"] == {"align_bin not in [2, 3]": sum(b not in keep for b in bins)}
+
+
+def test_a_detector_proposes_boxes_after_the_records():
+    detector = {"type": "fake", "labels": ["dog", "ball", "tree"]}
+    stage = _stage(detector=detector, phrases=["dog", "ball"], min_side=1)
+    sample = stage.process([_sample({"boxes": BOXES[:1]})])[0]
+    sources = [r["source"] for r in sample.regions]
+    assert sources == ["record", "detector", "detector"]
+    found = stage.detector.detect([sample.image.image], [["dog", "ball"]])[0].items
+    best_first = sorted(found, key=lambda d: -d.score)
+    width, height = sample.image.image.size
+    for region, detection in zip(sample.regions[1:], best_first, strict=True):
+        x0, y0, x1, y1 = detection.box
+        assert region["label"] == detection.label and region["score"] == detection.score
+        assert region["box"] == [round(v, 4) for v in (x0 / width, y0 / height, x1 / width, y1 / height)]
+        assert region["caption"]
+    # detections under min_score are left out; only the detector: boxes: null
+    few = _stage(detector=detector, boxes=None, min_score=0.99, min_side=1).process([_sample({"boxes": BOXES})])[0]
+    assert few.regions == []
+
+
+def test_a_detector_failure_is_that_samples_stage_error():
+    from capmill.sample import STAGE_ERROR
+
+    stage = _stage(detector={"type": "fake", "fail_below_px": 64}, min_side=1)
+    small, large = _sample({}, size=(32, 32)), _sample({}, size=(200, 100))
+    small.key, large.key = "small", "large"
+    stage.process([small, large])
+    assert small.status == STAGE_ERROR and small.error.startswith("regions: detector:")
+    assert large.ok and large.regions and all(r["source"] == "detector" for r in large.regions)

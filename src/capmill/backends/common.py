@@ -181,3 +181,18 @@ def check_guidance(backend: Any, params: GenerationParams | None, role: str) -> 
             raise ConfigError(f"{role}: params.guidance_scale needs a backend that runs classifier-free guidance "
                               f"(type: transformers); {type(backend).__name__} cannot, so remove guidance_scale or "
                               f"switch the backend")
+
+
+def yes_probability(top: dict[str, float]) -> float | None:
+    """P("yes") from the top log-probabilities of the first answer token (token text → log-prob),
+    as servers return them: the probability mass of the tokens that read "yes" (any case, any
+    surrounding space or punctuation) against that of those that read "no", renormalised over the two. None
+    when neither is among them."""
+    def word(token: str) -> str:
+        return token.strip().strip(".,!?:;*\"'").lower()
+
+    yes = sum(math.exp(lp) for token, lp in top.items() if word(token) == "yes")
+    no = sum(math.exp(lp) for token, lp in top.items() if word(token) == "no")
+    if yes + no == 0:
+        return None
+    return yes / (yes + no)

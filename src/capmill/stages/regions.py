@@ -5,7 +5,11 @@ FlexCap ("FlexCap: Generating Rich, Localized, and Flexible Captions in Images",
 it with any VLM: each box is cropped (with an optional margin of context) and captioned with a
 prompt that asks for about `words` words; a caption over the target is cut at a sentence or word
 boundary. Boxes come from the input record (`boxes`: a field of the record, or of a webdataset
-sample's KEY.json; see `capmill.regions.boxes` for the accepted shapes and units).
+sample's KEY.json; see `capmill.regions.boxes` for the accepted shapes and units) and from a
+`detector` (any `Detector`: a transformers zero-shot model looking for `phrases`, a closed-set
+one, OpenCV's HOG person detector; FlexCap proposes its boxes with OWL-ViT), the record's first,
+then the detections above `min_score`, best first. A detector that fails on an image makes that
+sample a `stage_error` with the reason; the batch goes on.
 
 Every region of the batch goes to the backend in one call; captions pass the output guards and
 the rejected ones are asked for again together. The record gets `regions` (a record field, key
@@ -13,8 +17,9 @@ the rejected ones are asked for again together. The record gets `regions` (a rec
 
     {"box": [x0, y0, x1, y1],   # normalised to the image's width and height
      "caption": "...",          # None when the region was skipped
-     "score": 0.93,             # the box's own score when the record gives one, else None
-     "label": "dog",            # when the record gives one
+     "score": 0.93,             # the box's own score (record or detector), else None
+     "label": "dog",            # when the record or the detector gives one
+     "source": "record",        # or "detector"
      "words": 8, "model": ..., "prompt_id": ...,
      "skipped": "crop 6x9 px is under min_side 16",      # only when skipped
      "flagged": "refusal", "guards": {...}}              # only when the guards still refuse it
@@ -31,7 +36,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import Generation, GenerationParams, VisionLanguageModel, VLMRequest
+from capmill.backends.base import Detector, Generation, GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.guards import GuardConfig, Guarded, GuardInput, OutputGuard, finish_reason, settle
 from capmill.guards.checks import TRUNCATED
@@ -40,7 +45,7 @@ from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
 from capmill.prompts.safety import without_untrusted
 from capmill.regions import Box, crop, parse_boxes
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Sample
+from capmill.sample import BACKEND_ERROR, DECODE_ERROR, STAGE_ERROR, TRANSIENT_ERROR, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import count_words, trim
 
@@ -52,8 +57,16 @@ def _params() -> GenerationParams:
 class RegionsStageConfig(StageConfig):
     type: Literal["regions"] = "regions"
     backend: BackendSpec
-    # The record field holding the boxes (the record's own key; for webdataset, KEY.json's).
-    boxes: str = "boxes"
+    # The record field holding the boxes (the record's own key; for webdataset, KEY.json's); None:
+    # boxes from the detector only.
+    boxes: str | None = "boxes"
+    # Proposes boxes in the decoded image (after the record's): any Detector. None: none.
+    detector: BackendSpec | None = None
+    # What a zero-shot detector looks for; None: the detector's own default (closed-set
+    # detectors report their own labels).
+    phrases: list[str] | None = None
+    # Detections scoring under this are left out.
+    min_score: float = Field(0.1, ge=0, le=1)
     # "normalised" (fractions of width and height) or "pixels" (of the record's width × height,
     # else of the decoded image).
     box_units: Literal["normalised", "pixels"] = "normalised"
@@ -77,7 +90,7 @@ class RegionsStageConfig(StageConfig):
         return StageIO(reads=[keys.IMAGE], writes=[keys.REGIONS])
 
     def backend_roles(self) -> dict[str, type]:
-        return {"backend": VisionLanguageModel}
+        return {"backend": VisionLanguageModel, "detector": Detector}
 
 
 def record_field(sample: Sample, name: str) -> Any:
@@ -106,17 +119,36 @@ class RegionsStage(Stage):
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
         self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the regions stage")
+        self.detector = (self.load_backend(self.config.detector, Detector, "the regions stage's detector")
+                         if self.config.detector is not None else None)
 
-    def boxes_of(self, sample: Sample) -> tuple[list[Box], list[str]]:
+    def record_boxes(self, sample: Sample) -> tuple[list[tuple[Box, str]], list[str]]:
         cfg = self.config
-        raw = record_field(sample, cfg.boxes)
+        raw = record_field(sample, cfg.boxes) if cfg.boxes else None
         if raw is None:
             return [], []
         width, height = record_size(sample) or sample.image.image.size
         boxes, problems = parse_boxes(raw, width, height, cfg.box_units)
-        if len(boxes) > cfg.max_regions:
-            problems.append(f"{len(boxes) - cfg.max_regions} box(es) over max_regions {cfg.max_regions} left out")
-        return boxes[:cfg.max_regions], problems
+        return [(box, "record") for box in boxes], problems
+
+    def detected_boxes(self, samples: list[Sample]) -> dict[int, list[tuple[Box, str]]]:
+        """The detector's boxes of every sample, in one call; a sample it fails on is a stage_error."""
+        if self.detector is None or not samples:
+            return {}
+        cfg = self.config
+        images = [s.image.image for s in samples]
+        phrases = [list(cfg.phrases) for _ in samples] if cfg.phrases else None
+        out: dict[int, list[tuple[Box, str]]] = {}
+        for sample, found in zip(samples, self.detector.detect(images, phrases), strict=True):
+            if found.error:
+                sample.fail(STAGE_ERROR, f"regions: detector: {found.error}")
+                continue
+            width, height = sample.image.image.size
+            kept = sorted((d for d in found.items if d.score >= cfg.min_score), key=lambda d: -d.score)
+            boxes, _ = parse_boxes([{"box": list(d.box), "score": d.score, "label": d.label} for d in kept],
+                                   width, height, "pixels")
+            out[id(sample)] = [(box, "detector") for box in boxes]
+        return out
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         cfg = self.config
@@ -125,16 +157,24 @@ class RegionsStage(Stage):
         given_prompt = without_untrusted(f"{system or ''}\n{prompt}")
         jobs: list[tuple[Sample, dict[str, Any], VLMRequest]] = []
         for sample in batch:
-            image = sample.image.image
-            if image is None:
+            if sample.image.image is None:
                 sample.fail(DECODE_ERROR, "regions needs a decoded image (image.decode is off or decoding failed)")
+        live = [s for s in batch if s.ok]
+        detected = self.detected_boxes(live)
+        for sample in live:
+            if not sample.ok:  # the detector failed on it
                 continue
-            boxes, problems = self.boxes_of(sample)
+            image = sample.image.image
+            boxes, problems = self.record_boxes(sample)
+            boxes += detected.get(id(sample), [])
+            if len(boxes) > cfg.max_regions:
+                problems.append(f"{len(boxes) - cfg.max_regions} box(es) over max_regions {cfg.max_regions} left out")
+                boxes = boxes[:cfg.max_regions]
             if problems:
                 sample.meta.setdefault("regions", {})["problems"] = problems
             sample.regions = []
-            for i, box in enumerate(boxes):
-                entry: dict[str, Any] = {"box": box.as_list(), "caption": None, "score": box.score}
+            for i, (box, source) in enumerate(boxes):
+                entry: dict[str, Any] = {"box": box.as_list(), "caption": None, "score": box.score, "source": source}
                 if box.label is not None:
                     entry["label"] = box.label
                 sample.regions.append(entry)
