@@ -44,9 +44,9 @@ from pydantic import Field, model_validator
 from capmill import keys
 from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
+from capmill.guards.guard import no_candidate
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
-from capmill.guards.guard import no_candidate
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Caption, Sample, candidate_texts
 from capmill.stages.base import RunContext, Stage
 from capmill.verdicts import TIE, checks_bias, pair_orders, parse_choice, parse_grade, parse_pair, permutation

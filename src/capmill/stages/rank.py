@@ -39,8 +39,8 @@ from pydantic import Field, model_validator
 from capmill import keys
 from capmill.backends.base import ImageTextMatcher, ImageTextScorer, RewardModel
 from capmill.components import BackendSpec, StageConfig
-from capmill.keys import Key, StageIO
 from capmill.guards.guard import no_candidate
+from capmill.keys import Key, StageIO
 from capmill.sample import DECODE_ERROR, Caption, Sample, candidate_texts
 from capmill.stages.base import RunContext, Stage
 
