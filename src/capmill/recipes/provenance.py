@@ -1,7 +1,8 @@
 """Where every parameter comes from: `capmill/data/provenance.yaml` read, matched to stages and exports, printed.
 
 A stage belongs to a method by its type (`caption` → Revisit, `tldr` → TL;DR, `align_bin` → NoC,
-`clip_score` → CLIPScore) and, for `fuse`, by its template (`fuse/capsfusion`, `fuse/veclip`); an
+`clip_score` → CLIPScore), for `fuse` by its template (`fuse/capsfusion`, `fuse/veclip`), for
+`judge` and `refine` by their mode (`judge/grade`, `refine/merge`); an
 export recipe belongs to the method of its name. A parameter's row is the method's, else the
 `common` (stages) or `export` (exports) one. Parameters are a config's fields; a nested section
 (`params`, `mix`) is listed field by field when the method has rows for its fields.
@@ -28,12 +29,22 @@ def load() -> dict[str, Any]:
     return yaml.safe_load(PROVENANCE_FILE.read_text(encoding="utf-8"))
 
 
+def selectors(stage: Any) -> list[str]:
+    """How a stage names its method, most specific first: `fuse/TEMPLATE`; `TYPE/MODE` for stages
+    with a mode (`judge/grade`, `refine/merge`); then its type."""
+    if stage.type == "fuse":
+        return [f"fuse/{stage.template}"]
+    mode = getattr(stage, "mode", None)
+    return ([f"{stage.type}/{mode}"] if isinstance(mode, str) else []) + [stage.type]
+
+
 def method_of_stage(stage: Any) -> str | None:
-    """The method a stage config implements, by its type (and template for fuse)."""
-    selector = f"{stage.type}/{stage.template}" if stage.type == "fuse" else stage.type
-    for name, entry in load().items():
-        if selector in (entry.get("stages") or []):
-            return name
+    """The method a stage config implements, by its type (and template for fuse, mode for judge
+    and refine)."""
+    for selector in selectors(stage):
+        for name, entry in load().items():
+            if selector in (entry.get("stages") or []):
+                return name
     return None
 
 
