@@ -160,8 +160,11 @@ class OutputDir:
         if not store.isdir(self.path):
             raise OutputConflictError(f"output path {self.path!r} exists and is not a directory")
         previous = self.read_run()
+        names = store.listdir(self.path) if previous is None else []
+        if RUN_FILE in names:  # written meanwhile, by a cooperating run claiming the output
+            previous = self.read_run()
         if previous is None:
-            visible = [n for n in store.listdir(self.path) if not n.startswith(".") and n not in OWN_ENTRIES]
+            visible = [n for n in names if not n.startswith(".") and n not in OWN_ENTRIES]
             if visible:
                 raise OutputConflictError(
                     f"output directory {self.path!r} is not empty and holds no {RUN_FILE}: it is not a "
