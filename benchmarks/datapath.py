@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make_shards(directory: str, samples: int, shards: int, size=(640, 480)) -> list[str]:
-    from capmill.testing.shards import encode, generated, write_tar, Item
+    from capmill.testing.shards import Item, encode, generated, write_tar
 
     os.makedirs(directory, exist_ok=True)
     per = samples // shards

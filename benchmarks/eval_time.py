@@ -218,10 +218,10 @@ def pieces_in_process(data: str, refs_path: str) -> dict:
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
-    from capmill.text.clip_bpe import clip_bpe
     from capmill.eval import load_references, load_set
     from capmill.eval.coco import CocoScorers
     from capmill.eval.text_stats import text_stats
+    from capmill.text.clip_bpe import clip_bpe
 
     clock = Clock()
     start = time.perf_counter()

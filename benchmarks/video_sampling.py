@@ -18,7 +18,6 @@ against video length, and the other decoders.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
+from ray_rows_v1 import StageWorker, decode_rows, read_shards, row_sample, row_trail
 
 from capmill.commit import KeyRegistry, ShardCommitter, ShardState, ShardStats, ShardTask
 from capmill.components import Strict
 from capmill.errors import CapmillError, CircuitOpenError, ConfigError, SetupError
-from ray_rows_v1 import StageWorker, decode_rows, read_shards, row_sample, row_trail
 from capmill.sample import Sample
 
 if TYPE_CHECKING:
