@@ -1,7 +1,8 @@
 """Where every parameter comes from: `capmill/data/provenance.yaml` read, matched to stages and exports, printed.
 
 A stage belongs to a method by its type (`caption` → Revisit, `tldr` → TL;DR, `align_bin` → NoC,
-`clip_score` → CLIPScore) and, for `fuse`, by its template (`fuse/capsfusion`, `fuse/veclip`); an
+`clip_score` → CLIPScore) and, for `fuse`, by its template (`fuse/capsfusion`, `fuse/veclip`),
+for `caption` by a format a method claims (`caption/autocap`); an
 export recipe belongs to the method of its name. A parameter's row is the method's, else the
 `common` (stages) or `export` (exports) one. Parameters are a config's fields; a nested section
 (`params`, `mix`) is listed field by field when the method has rows for its fields.
@@ -29,11 +30,18 @@ def load() -> dict[str, Any]:
 
 
 def method_of_stage(stage: Any) -> str | None:
-    """The method a stage config implements, by its type (and template for fuse)."""
-    selector = f"{stage.type}/{stage.template}" if stage.type == "fuse" else stage.type
-    for name, entry in load().items():
-        if selector in (entry.get("stages") or []):
-            return name
+    """The method a stage config implements, by its type (and template for fuse; a caption stage
+    belongs to a method that claims one of its formats, `caption/autocap`, else to Revisit)."""
+    if stage.type == "fuse":
+        selectors = [f"fuse/{stage.template}"]
+    elif stage.type == "caption":
+        selectors = [f"caption/{name}" for name in stage.formats] + ["caption"]
+    else:
+        selectors = [stage.type]
+    for selector in selectors:
+        for name, entry in load().items():
+            if selector in (entry.get("stages") or []):
+                return name
     return None
 
 

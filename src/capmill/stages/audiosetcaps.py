@@ -313,12 +313,12 @@ class AudioSetCapsStage(Stage):
                     item.reject()
                     clip = item.owner[0]
                     clip.guards.append(item.meta("dropped" if cfg.on_reject == "drop" else "flagged"))
-                    clip.tries.append({"text": item.text[:500], "rejected": item.verdict.reason})
-                    if cfg.on_reject == "keep" and clip.best is None:
-                        clip.best = item  # kept flagged unless a later try passes
+                    if cfg.on_reject == "drop":
+                        clip.tries.append({"text": item.text[:500], "rejected": item.verdict.reason})
                 elif item.meta() is not None:
                     item.owner[0].guards.append(item.meta())
-            self._check([i for i in items if id(i) not in failing])
+            # Flagged captions (on_reject: keep) are scored too, and kept only when no try passes.
+            self._check([i for i in items if id(i) not in failing or cfg.on_reject == "keep"])
             pending = [c for c in pending if c.sample.ok and not c.accepted]
             if not pending or self.scorer is None or cfg.check == "none":
                 break
@@ -339,9 +339,10 @@ class AudioSetCapsStage(Stage):
         if self.scorer is None:
             for item in items:
                 clip = item.owner[0]
-                if clip.best is None or clip.best.verdict.reasons:
-                    clip.best, clip.accepted = item, True
-                clip.tries.append({"text": item.text[:500]})
+                flagged = not item.verdict.ok
+                if clip.best is None or (clip.best.verdict.reasons and not flagged):
+                    clip.best, clip.accepted = item, not flagged
+                clip.tries.append({"text": item.text[:500], **({"flagged": item.verdict.reason} if flagged else {})})
             return
         texts: list[str] = []
         rows: list[tuple[int, int | None]] = []  # per item: its caption's row, its labels' row
@@ -359,15 +360,19 @@ class AudioSetCapsStage(Stage):
             clip = item.owner[0]
             score = float(np.dot(clip.embedding, emb[at]))
             labels_score = float(np.dot(clip.embedding, emb[labels_at])) if labels_at is not None else None
+            flagged = not item.verdict.ok  # kept by on_reject: keep; it never counts as accepted
             if cfg.check == "labels":
                 accepted = labels_score is None or score >= labels_score  # no labels: nothing to beat
             else:
                 accepted = cfg.check == "none" or score >= cfg.threshold
             clip.tries.append({"text": item.text[:500], "score": round(score, 6),
-                               **({"labels_score": round(labels_score, 6)} if labels_score is not None else {})})
-            if clip.best is None or clip.best.verdict.reasons or clip.best_score is None or score > clip.best_score:
+                               **({"labels_score": round(labels_score, 6)} if labels_score is not None else {}),
+                               **({"flagged": item.verdict.reason} if flagged else {})})
+            # Best: an unflagged caption over a flagged one, else the higher score.
+            rank = (not flagged, score)
+            if clip.best is None or clip.best_score is None or rank > (clip.best.verdict.ok, clip.best_score):
                 clip.best, clip.best_score, clip.labels_score = item, score, labels_score
-            clip.accepted = clip.accepted or accepted
+            clip.accepted = clip.accepted or (accepted and not flagged)
 
     def _store(self, clip: _Clip) -> None:
         cfg = self.config

@@ -20,7 +20,8 @@ Cost: all beam sizes of all the batch's clips go to the backend in one call (the
 backend groups requests by decoding setting, so that is one `generate` per beam size and
 `batch_size` chunk); the scorer embeds the batch's audio once and all candidates in one call.
 Candidates the output guards reject do not compete (no regeneration: another candidate is the
-alternative); identical texts from several beam sizes compete once. A candidate over its
+alternative), or with `on_reject: keep` compete flagged, after every unflagged one; identical
+texts from several beam sizes compete once. A candidate over its
 format's length target is cut at a sentence. A clip left with no candidate is dropped with the
 reason.
 """
@@ -67,6 +68,9 @@ class ClapRefineConfig(StageConfig):
     scorer_seconds: float | None = Field(10.0, gt=0)
     store_as: str = "clap_refine"
     guards: GuardConfig = Field(default_factory=GuardConfig)
+    # A candidate the guards reject: "omit" leaves it out of the ranking; "keep" keeps it flagged
+    # (`flagged` in its ranking entry), ranked after every unflagged candidate.
+    on_reject: Literal["omit", "keep"] = "omit"
 
     def build(self) -> ClapRefineStage:
         return ClapRefineStage(self)
@@ -158,13 +162,15 @@ class ClapRefineStage(Stage):
             verdict = self.guard.review(text, given, frozenset({"truncated"}) if over else frozenset())
             if not verdict.ok:
                 rejected.append({"beams": beams, "text": text[:500], **verdict.to_meta()})
-                continue
+                if self.config.on_reject == "omit":
+                    continue
             if over:
                 text = trim(text, self.target.max, self.count)
             if text in found:
                 found[text]["beams"].append(beams)
             else:
-                found[text] = {"name": f"beam{beams}", "beams": [beams], "text": text}
+                found[text] = {"name": f"beam{beams}", "beams": [beams], "text": text,
+                               **({"flagged": verdict.reason} if not verdict.ok else {})}
         if rejected:
             sample.meta.setdefault("guards", {})[self.config.store_as] = rejected
         if not found:
@@ -205,12 +211,16 @@ class ClapRefineStage(Stage):
         for row, (sample, cands) in enumerate(ranked):
             scores = [float(v) for v in emb[at:at + len(cands)] @ audio[row]]
             at += len(cands)
-            order, kept = rank_candidates(scores, cfg.rank)
+            # Flagged candidates (on_reject: keep) rank after every unflagged one.
+            order, kept = rank_candidates([s if "flagged" not in c else s - 1e9 for s, c in zip(scores, cands, strict=True)],
+                                          cfg.rank)
             ranking = [{**cands[j], "score": round(scores[j], 6), "rank": r + 1} for r, j in enumerate(order)]
             chosen = cands[kept]
             meta = {"chosen": chosen["name"], "beams": chosen["beams"], "ranking": ranking,
                     "candidates": [cands[j]["text"] for j in order if j != kept], "scorer": self.scorer.model_id,
                     "rank": cfg.rank}
+            if "flagged" in chosen:
+                meta["flagged"] = chosen["flagged"]
             sample.captions[cfg.store_as] = Caption(text=chosen["text"], source=cfg.store_as, model=self.backend.model_id,
                                                     prompt_id=self.template.prompt_id, meta=meta)
             sample.scores[cfg.store_as] = scores[kept] if not np.isnan(scores[kept]) else float("nan")

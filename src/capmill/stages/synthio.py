@@ -20,8 +20,9 @@ rewrite replaces its prompt only when it scores higher.
 Stored: the prompts as captions `STORE_AS.0` … `STORE_AS.{n-1}`, best first, each with its
 score, the bar, whether it clears it, and its rounds of revision in `meta`. A clip without a
 label, or whose LLM reply holds no usable prompt, is dropped with the reason. Every prompt
-passes the output guards; a rejected one is rewritten with the others and left out when it is
-still rejected.
+passes the output guards: a rejected first draft is left out (`on_reject: omit`) or kept flagged
+(`keep`); a rejected rewrite is asked for again with the guards' note, and the prompt keeps its
+earlier text when it is still rejected.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class SynthioConfig(StageConfig):
     params: GenerationParams | None = None
     store_as: str = Field("synthio", pattern=r"^[A-Za-z0-9_\-]+$")
     guards: GuardConfig = Field(default_factory=GuardConfig)
+    # A prompt the guards reject: "omit" leaves it out; "keep" keeps it flagged (`meta["flagged"]`),
+    # ranked after every unflagged prompt and not revised.
+    on_reject: Literal["omit", "keep"] = "omit"
 
     def build(self) -> SynthioStage:
         return SynthioStage(self)
@@ -105,6 +109,7 @@ class _Prompt:
     score: float = float("nan")
     rounds: int = 0
     history: list[dict] = field(default_factory=list)
+    flagged: str | None = None  # the guard's reason, for a rejected prompt kept
 
 
 @dataclass
@@ -186,6 +191,8 @@ class SynthioStage(Stage):
                     clip.prompts.append(_Prompt(text))
                 else:
                     rejected.append({"text": text[:500], **verdict.to_meta()})
+                    if cfg.on_reject == "keep":
+                        clip.prompts.append(_Prompt(text, flagged=verdict.reason))
             if rejected:
                 clip.sample.meta.setdefault("guards", {})[cfg.store_as] = rejected
             if not clip.prompts:
@@ -229,7 +236,7 @@ class SynthioStage(Stage):
 
         cfg = self.config
         for round_ in range(1, cfg.rounds + 1):
-            low = [(c, p) for c in clips for p in c.prompts if not p.score >= c.bar]
+            low = [(c, p) for c in clips for p in c.prompts if not p.score >= c.bar and p.flagged is None]
             if not low:
                 return
             requests = [self._chat(self.rewrite, {"label": untrusted(c.label, "alt_text", 300),
@@ -258,13 +265,15 @@ class SynthioStage(Stage):
 
     def _store(self, clip: _Clip) -> None:
         cfg = self.config
-        ordered = sorted(clip.prompts, key=lambda p: -p.score if p.score == p.score else float("inf"))
+        ordered = sorted(clip.prompts, key=lambda p: (p.flagged is not None, -p.score if p.score == p.score else float("inf")))
         for i, prompt in enumerate(ordered):
             key = f"{cfg.store_as}.{i}"
             meta = {"score": round(prompt.score, 6), "bar": round(clip.bar, 6), "clears": prompt.score >= clip.bar,
                     "rounds": prompt.rounds, "label": clip.label, "llm": self.llm.model_id, "scorer": self.scorer.model_id}
             if prompt.history:
                 meta["history"] = prompt.history
+            if prompt.flagged:
+                meta["flagged"] = prompt.flagged
             clip.sample.captions[key] = Caption(text=prompt.text, source=key, model=self.llm.model_id,
                                                 prompt_id=(self.rewrite if prompt.rounds else self.generate).prompt_id,
                                                 meta=meta)

@@ -452,7 +452,13 @@ def build_qwen2_audio(out: Path) -> None:
     )
     processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer,
                                     chat_template=_CHATML_AUDIO)
-    _save(Qwen2AudioForConditionalGeneration(config), processor, out)
+    model = Qwen2AudioForConditionalGeneration(config)
+    # Random weights may end a reply at once or write only markup tokens; a few words of text
+    # make every reply one the stages can parse, guard and score.
+    model.generation_config.min_new_tokens = 4
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+    model.generation_config.suppress_tokens = sorted({*blank, *(ids(t) for t in special)} - {ids("<|im_end|>")})
+    _save(model, processor, out)
 
 
 def build_clap(out: Path) -> None:
