@@ -16,7 +16,9 @@ def test_every_family_is_saved_with_its_processor(tiny_models):
         folder = tiny_models / family
         assert (folder / "config.json").is_file(), family
         assert (folder / "model.safetensors").is_file(), family
-        assert (folder / "tokenizer_config.json").is_file(), family
+        # DETR reads no text: its folder holds an image processor instead of a tokenizer
+        processor = "preprocessor_config.json" if family == "detr" else "tokenizer_config.json"
+        assert (folder / processor).is_file(), family
         config = json.loads((folder / "config.json").read_text())
         assert config.get("hidden_size", config.get("text_config", {}).get("hidden_size", 0)) <= 128, family
 
@@ -49,6 +51,28 @@ def test_clip_tokenizer_is_the_real_clip_bpe(tiny_models):
     assert tokenizer("a photo of a dog").input_ids == [49406, 320, 1125, 539, 320, 1929, 49407]
 
 
+@pytest.mark.parametrize("family, phrases", [("owlv2", [["a dog", "a cat"], ["a tree"]]), ("detr", None)])
+def test_tiny_detectors_detect_in_pixels_of_each_image(tiny_models, family, phrases):
+    from PIL import Image
+
+    from capmill.backends.detectors import HFDetectorConfig
+
+    backend = HFDetectorConfig(model=str(tiny_models / family), threshold=0.0, device="cpu").build()
+    backend.load()
+    images = [Image.new("RGB", (90, 60), "red"), Image.new("RGB", (40, 70), "blue")]
+    found = backend.detect(images, phrases)
+    assert [d.error for d in found] == [None, None]
+    for image, detections, wanted in zip(images, found, phrases or [None, None]):
+        assert detections.items
+        labels = wanted or ["person", "dog", "car"]
+        for d in detections.items:
+            assert d.label in labels and 0.0 <= d.score <= 1.0
+            x0, y0, x1, y1 = d.box
+            assert 0 <= x0 <= x1 <= image.width and 0 <= y0 <= y1 <= image.height
+    assert backend.detect(images[:1], [[]])[0].items  # no phrases: the config's own list
+    backend.close()
+
+
 def test_cli_writes_every_family(tmp_path):
     from capmill.testing import tiny_models
 
@@ -78,6 +102,12 @@ def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
         base.ImageTextScorer: lambda b: b.embed_texts(["a dog"]),
         base.AudioTextScorer: lambda b: b.embed_audio([Waveform(np.zeros(48000, np.float32), 48000)]),
         base.TextEmbedder: lambda b: b.embed(["a dog"]),
+        base.AskingVisionLanguageModel: lambda b: b.ask([base.AskRequest(Image.new("RGB", (32, 32)), "Is it red?")]),
+        base.ContrastiveVisionLanguageModel: lambda b: b.forced_logits([base.ForcedRequest(Image.new("RGB", (32, 32)),
+                                                                                          "Describe.", "a dog")]),
+        base.Detector: lambda b: b.detect([Image.new("RGB", (48, 32))], [["a dog"]]),
+        base.TextRecognizer: lambda b: b.read([Image.new("RGB", (48, 32), "white")]),
+        base.TextAnalyzer: lambda b: b.analyze(["A dog runs."]),
     }
     for role, call in calls.items():
         config = TypeAdapter(BackendSpec).validate_python(tiny_backend(role, str(tiny_models)))

@@ -30,6 +30,23 @@ EXAMPLES = {
     "filter": [CAPTION, {"type": "filter", "rules": [{"length": "dsc", "min": 1}]}],
     "dedup": [CAPTION, {"type": "dedup", "exact": ["image", "dsc"], "near": ["image"], "backend": FAKE}],
     "tldr": [{"type": "tldr", "scorer": FAKE, "clusters": 2, "stride": 2}],
+    # The verifying stages' LLMs answer in the formats asked for, so their examples keep captions
+    # of their own (a run where every caption falls back is degenerate and fails).
+    "scalecap": [CAPTION, {"type": "scalecap", "caption": "dsc", "vlm": FAKE, "analyzer": FAKE,
+                           "llm": {"type": "fake", "script": [{"when": "List the concrete", "answer": "dog"},
+                                                              {"when": "Write one detailed", "answer": "{text}"}]},
+                           "guards": {"min_caption_overlap": 0}}],
+    "patch_matters": [CAPTION, {"type": "patch_matters", "caption": "dsc", "vlm": FAKE, "detector": FAKE,
+                                "min_region_px": 8, "guards": {"min_caption_overlap": 0},
+                                "llm": {"type": "fake", "script": [
+                                    {"when": "List the things", "answer": "dog"},
+                                    {"when": "Sort what they say", "answer": "AGREE:\n- A dog.\nCONFLICT: NONE\nUNIQUE: NONE"},
+                                    {"when": "Rewrite the caption", "answer": "{text}"}]}}],
+    "vfc": [CAPTION, {"type": "vfc", "proposals": ["ssc", "dsc"], "detector": FAKE, "vqa": FAKE,
+                      "llm": {"type": "fake", "script": [{"when": "List what they claim",
+                                                          "answer": "OBJECTS:\n- person\nCLAIMS:\n- A person stands."}]}}],
+    "fusecap": [CAPTION, {"type": "fusecap", "caption": "dsc", "llm": FAKE, "detector": FAKE, "attributes": FAKE,
+                          "ocr": FAKE, "guards": {"min_caption_overlap": 0}}],
     # Video stages: their examples run on shards of test videos with tones (VIDEO_DATA).
     "asr": [{"type": "asr", "backend": FAKE}],
     "differential_caption": [{"type": "differential_caption", "backend": FAKE}],

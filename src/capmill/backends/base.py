@@ -1,16 +1,26 @@
 """The backend protocols every model integration implements.
 
-| protocol              | does                                               |
-|-----------------------|----------------------------------------------------|
-| VisionLanguageModel   | image(s) or a video + prompt → n texts; logits     |
-| AudioLanguageModel    | audio + prompt → n texts                           |
-| LanguageModel         | chat messages → n texts                            |
-| MediaTextScorer       | L2-normalised text embeddings, and media's in the  |
-|   ImageTextScorer     |   same space: images (CLIP, SigLIP), or            |
-|   AudioTextScorer     |   audio (CLAP)                                     |
-| ImageTextMatcher      | probability that a text matches an image (ITM)     |
-| TextEmbedder          | L2-normalised text embeddings                      |
-| SpeechRecognizer      | mono waveform → timestamped transcript segments    |
+| protocol                        | does                                                          |
+|---------------------------------|---------------------------------------------------------------|
+| VisionLanguageModel             | image(s) or a video + prompt → n texts                        |
+| AskingVisionLanguageModel       | … + `ask`: yes/no questions → P(yes) from the answer's logits |
+| ContrastiveVisionLanguageModel  | … + `forced_logits`: a text's token logits with/without image |
+| AudioLanguageModel              | audio + prompt → n texts                                      |
+| LanguageModel                   | chat messages → n texts                                       |
+| MediaTextScorer                 | L2-normalised text embeddings, and media's in the same space: |
+|   ImageTextScorer               |   images (CLIP, SigLIP; videos as the mean of their frames)   |
+|   AudioTextScorer               |   audio (CLAP)                                                |
+| ImageTextMatcher                | probability that a text matches an image (ITM)                |
+| TextEmbedder                    | L2-normalised text embeddings                                 |
+| Detector                        | image (+ phrases) → boxes, labels, scores                     |
+| TextRecognizer                  | image → text lines with boxes and confidences (OCR)           |
+| TextAnalyzer                    | text → sentences, clauses, words with part of speech, noun phrases |
+| SpeechRecognizer                | mono waveform → timestamped transcript segments               |
+
+`ask` and `forced_logits` are methods of a VisionLanguageModel backend that can read its own
+logits (transformers, vLLM, OpenAI-compatible servers that return `logprobs`, the fake); the two
+sub-protocols name them so that a stage needing them says so at setup, while a third-party
+backend with `generate` alone still captions.
 
 Vision- and audio-language models share one request type (`VLMRequest`, with images, a video or
 audio) and one `generate`, so a stage asks either the same way and one backend may serve both;
@@ -142,12 +152,117 @@ class Generation:
 
 @dataclass(slots=True)
 class TokenLogits:
-    """Per-token logits of a forced continuation, with and without the image (ScaleCap)."""
+    """Per-token logits of a forced continuation, with and without the image (ScaleCap).
+    `error` is set (and the lists empty) when the backend could not score this request."""
 
     tokens: list[str]
     token_ids: list[int]
     with_image: list[float]
     without_image: list[float]
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ForcedRequest:
+    """Score `continuation` as the model's answer to `prompt` about `image`, token by token."""
+
+    image: Image.Image | None
+    prompt: str
+    continuation: str
+    tag: str = ""
+
+
+@dataclass(slots=True)
+class AskRequest:
+    """A yes/no question about one image."""
+
+    image: Image.Image
+    question: str
+    tag: str = ""
+
+
+@dataclass(slots=True)
+class Answer:
+    """P("yes") for one `AskRequest`: the softmax over the model's "yes" and "no" answer tokens at
+    the first answer position. `source` says where it came from: "logits" (the model's own),
+    "logprobs" (a server's top log-probabilities) or "text" (a server without logprobs: the
+    generated word, so 1.0 or 0.0). `error` is set, and `p_yes` None, when there is no answer."""
+
+    p_yes: float | None
+    source: str = "logits"
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False  # as Generation.transient: asking again later may succeed
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.p_yes is not None
+
+
+@dataclass(slots=True)
+class Detection:
+    """One detected object. `box` is (x0, y0, x1, y1) in pixels of the image handed over."""
+
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+
+
+@dataclass(slots=True)
+class Detections:
+    """What a detector found in one image; `error` set (and `items` empty) when it failed on it."""
+
+    items: list[Detection] = field(default_factory=list)
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TextLine:
+    """One line (or word group) of text read from an image; `box` as in `Detection`."""
+
+    text: str
+    box: tuple[float, float, float, float]
+    confidence: float
+
+
+@dataclass(slots=True)
+class RecognizedText:
+    """What OCR read in one image, in reading order; `error` set when it failed on it."""
+
+    lines: list[TextLine] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+@dataclass(slots=True)
+class Span:
+    """A piece of an analysed text: character offsets into it and the text itself."""
+
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(slots=True)
+class Word(Span):
+    """A word with its universal part-of-speech tag (ADJ, NOUN, VERB, …) and lemma."""
+
+    pos: str = "X"
+    lemma: str = ""
+
+
+@dataclass(slots=True)
+class TextAnalysis:
+    """Sentences, clauses (sentences cut at commas and semicolons), words and noun phrases."""
+
+    sentences: list[Span] = field(default_factory=list)
+    clauses: list[Span] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
+    noun_phrases: list[Span] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -193,6 +308,22 @@ class VisionLanguageModel(Protocol):
     def generate(self, requests: list[VLMRequest]) -> list[Generation]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class AskingVisionLanguageModel(VisionLanguageModel, Protocol):
+    """A VisionLanguageModel that answers yes/no questions with a probability: one batched
+    forward pass per call, no sampling."""
+
+    def ask(self, requests: list[AskRequest]) -> list[Answer]: ...
+
+
+@runtime_checkable
+class ContrastiveVisionLanguageModel(VisionLanguageModel, Protocol):
+    """A VisionLanguageModel that scores a given continuation token by token, with the image and
+    without it (teacher forcing)."""
+
+    def forced_logits(self, requests: list[ForcedRequest]) -> list[TokenLogits]: ...
 
 
 @runtime_checkable
@@ -282,6 +413,47 @@ class SpeechRecognizer(Protocol):
     def load(self) -> None: ...
 
     def transcribe(self, requests: list[SpeechRequest]) -> list[Transcript]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Objects in images. Zero-shot detectors look for `phrases` (one list per image; None or an
+    empty list: the detector's own vocabulary, where it has one); closed-set detectors report their
+    own labels and ignore phrases. One `Detections` per image, in order."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def detect(self, images: list[Image.Image], phrases: list[list[str]] | None = None) -> list[Detections]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TextRecognizer(Protocol):
+    """OCR: the text lines of each image, with boxes and confidences."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def read(self, images: list[Image.Image]) -> list[RecognizedText]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TextAnalyzer(Protocol):
+    """Sentences, clauses, words with part of speech and noun phrases of each text."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def analyze(self, texts: list[str]) -> list[TextAnalysis]: ...
 
     def close(self) -> None: ...
 

@@ -168,3 +168,18 @@ def import_torch_stack(extra: str = "transformers") -> None:
         import transformers  # noqa: F401
     except ImportError as e:
         raise SetupError(f"this backend needs {e.name}: install it with `pip install 'capmill[{extra}]'`") from e
+
+
+def yes_probability(top: dict[str, float]) -> float | None:
+    """P("yes") from the top log-probabilities of the first answer token (token text → log-prob),
+    as servers return them: the probability mass of the tokens that read "yes" (any case, any
+    surrounding space or punctuation) against that of those that read "no", renormalised over the two. None
+    when neither is among them."""
+    def word(token: str) -> str:
+        return token.strip().strip(".,!?:;*\"'").lower()
+
+    yes = sum(math.exp(lp) for token, lp in top.items() if word(token) == "yes")
+    no = sum(math.exp(lp) for token, lp in top.items() if word(token) == "no")
+    if yes + no == 0:
+        return None
+    return yes / (yes + no)

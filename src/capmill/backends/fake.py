@@ -59,6 +59,19 @@ class FakeBackendConfig(BackendConfig):
     dim: int = Field(32, ge=2)
     # Seconds of audio per transcript segment (the speech-recognizer role).
     segment_seconds: float = Field(5.0, gt=0)
+    # Verification roles (see capmill.backends.fake_verify): `ask` answers 0.9 to questions
+    # containing a `yes_if` string, 0.1 to those containing a `no_if` one, a hashed value otherwise.
+    yes_if: list[str] = Field(default_factory=list)
+    no_if: list[str] = Field(default_factory=list)
+    # `forced_logits`: words the image does not support (their logit drops with the image).
+    unseen_words: list[str] = Field(default_factory=list)
+    # `detect`: labels found without phrases; words no phrase containing them is found for.
+    labels: list[str] = Field(default_factory=lambda: ["person", "dog"])
+    absent: list[str] = Field(default_factory=list)
+    # `read`: the text lines the OCR reads in every image.
+    ocr_lines: list[str] = Field(default_factory=list)
+    # `detect` and `read` fail on images whose smaller side is below this (0: never).
+    fail_below_px: int = Field(0, ge=0)
 
     def build(self) -> FakeBackend:
         return FakeBackend(self)
@@ -96,10 +109,11 @@ class WordPromptTokenizer:
 
 
 class FakeBackend:
-    """Implements VisionLanguageModel, AudioLanguageModel, LanguageModel, ImageTextScorer,
-    AudioTextScorer, ImageTextMatcher, TextEmbedder and SpeechRecognizer (one segment per
-    `segment_seconds` of audio, words hashed from the tag, the segment's position and the seconds
-    received)."""
+    """Implements every protocol of capmill.backends.base: VisionLanguageModel (with `ask` and
+    `forced_logits`), AudioLanguageModel, LanguageModel, ImageTextScorer, AudioTextScorer,
+    ImageTextMatcher, TextEmbedder, Detector, TextRecognizer, TextAnalyzer and SpeechRecognizer
+    (one segment per `segment_seconds` of audio, words hashed from the tag, the segment's position
+    and the seconds received)."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -208,3 +222,40 @@ class FakeBackend:
         """ImageTextMatcher: a probability derived from a hash of the pixels and the text."""
         return np.array([int.from_bytes(hashlib.sha256(img.tobytes() + t.encode("utf-8", "replace")).digest()[:4],
                                         "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)
+
+    # --- verification protocols (capmill.backends.fake_verify) -------------------------------
+
+    def _count(self, n: int) -> None:
+        self._sleep()
+        with self._lock:
+            self.batch_sizes.append(n)
+
+    def ask(self, requests):
+        from capmill.backends import fake_verify
+
+        self._count(len(requests))
+        return fake_verify.ask(self.config, requests)
+
+    def forced_logits(self, requests):
+        from capmill.backends import fake_verify
+
+        self._count(len(requests))
+        return fake_verify.forced_logits(self.config, requests)
+
+    def detect(self, images, phrases=None):
+        from capmill.backends import fake_verify
+
+        self._count(len(images))
+        return fake_verify.detect(self.config, images, phrases)
+
+    def read(self, images):
+        from capmill.backends import fake_verify
+
+        self._count(len(images))
+        return fake_verify.read(self.config, images)
+
+    def analyze(self, texts):
+        from capmill.backends import fake_verify
+
+        self._count(len(texts))
+        return fake_verify.analyze(texts)

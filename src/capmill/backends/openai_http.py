@@ -42,6 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
 from capmill.backends.common import fit_pixel_budget, frames_as_images, neutralise_for, per_image_once
+from capmill.backends.openai_ask import AskMixin, first_token_logprobs
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 from capmill.media.image import to_rgb
@@ -115,6 +116,11 @@ class OpenAIBackendConfig(BackendConfig):
     # AltText would otherwise reach the server's tokenizer as the real token (one `<|image_pad|>`
     # too many crashes a Qwen2.5-VL worker in vLLM).
     special_tokens: list[str] = Field(default_factory=list)
+    # `ask` (yes/no questions) reads the first answer token's `top_logprobs` (this many). A server
+    # that returns no log-probabilities is answered from the generated word ("text": P(yes) is 1.0
+    # or 0.0, marked `source: text`) or each such question fails ("error").
+    top_logprobs: int = Field(20, ge=1, le=20)
+    ask_without_logprobs: Literal["text", "error"] = "text"
     # Check at load that the server answers and serves `model` (GET /models).
     probe: bool = True
     probe_timeout_s: float = Field(10.0, gt=0)
@@ -156,6 +162,8 @@ class _Answer:
     transient: bool = False
     attempts: int = 0
     usage: dict[str, int] = field(default_factory=dict)
+    # The first token's top log-probabilities of each choice (token → log-prob), when returned.
+    logprobs: list[dict[str, float] | None] = field(default_factory=list)
 
 
 # Answers not worth an immediate retry that still say nothing about the request itself.
@@ -308,8 +316,8 @@ class _LoopThread:
         self.loop.close()
 
 
-class OpenAIChatBackend:
-    """Implements VisionLanguageModel and LanguageModel over /chat/completions."""
+class OpenAIChatBackend(AskMixin):
+    """Implements VisionLanguageModel (with `ask`) and LanguageModel over /chat/completions."""
 
     def __init__(self, config: OpenAIBackendConfig):
         self.config = config
@@ -526,7 +534,8 @@ class OpenAIChatBackend:
                 answer.attempts += 1
                 self.stats["attempts"] += 1
                 try:
-                    answer.texts, answer.finish_reasons, answer.usage = await self._attempt(body, min(cfg.attempt_timeout_s, remaining))
+                    answer.texts, answer.finish_reasons, answer.usage, answer.logprobs = await self._attempt(
+                        body, min(cfg.attempt_timeout_s, remaining))
                     return answer
                 except _FinalError as e:
                     answer.error = self._scrub(str(e))
@@ -553,7 +562,7 @@ class OpenAIChatBackend:
             log.debug("retrying %s in %.2fs after: %s", tag, delay, last)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int]]:
+    async def _attempt(self, body: dict[str, Any], timeout: float) -> tuple[list[str], list[str | None], dict[str, int], list]:
         import aiohttp
 
         try:
@@ -577,7 +586,7 @@ class OpenAIChatBackend:
             payload = json.loads(text)
         except ValueError as e:
             raise _MalformedError(f"malformed response (not JSON: {e})") from None
-        return parse_completion(payload)
+        return (*parse_completion(payload), first_token_logprobs(payload))
 
     def _scrub(self, text: str) -> str:
         """Error texts may quote server answers; a server echoing the key must not leak it."""

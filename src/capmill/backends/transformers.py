@@ -3,7 +3,8 @@
 One backend type, `transformers`, serves both roles; which one a model plays is read from its
 config when it loads. A model registered for image-text-to-text (LLaVA, Qwen2-VL/2.5-VL,
 Idefics3/SmolVLM, BLIP, …) loads with `AutoModelForImageTextToText` + `AutoProcessor` and answers
-`generate` (captions), `chat` (text only) and `token_logits`; any other model loads with
+`generate` (captions), `chat` (text only), `forced_logits` (a given text's token logits with and
+without the image) and `ask` (yes/no questions → P(yes)); any other model loads with
 `AutoModelForCausalLM` + `AutoTokenizer` and answers `chat`.
 
     backend: {type: transformers, model: HuggingFaceTB/SmolVLM-256M-Instruct}
@@ -40,7 +41,7 @@ from pydantic import Field
 
 from capmill.backends import hf_audio
 from capmill.backends.availability import resolve_model
-from capmill.backends.base import ChatRequest, Generation, GenerationParams, TokenLogits, VLMRequest
+from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
 from capmill.backends.common import (
     fit_pixel_budget,
     frames_as_images,
@@ -52,6 +53,8 @@ from capmill.backends.common import (
     pick_device,
     pick_dtype,
 )
+from capmill.backends.transformers_scoring import SHARED_IMAGES as _SHARED
+from capmill.backends.transformers_scoring import ScoringMixin
 from capmill.components import BackendConfig
 from capmill.errors import ConfigError, SetupError, is_transient_exception
 from capmill.media.image import to_rgb
@@ -124,7 +127,7 @@ def processor_pixel_budget(image_processor: Any) -> int | None:
 
 
 # Key under which `_vlm_inputs` hands the batch's SharedImages to `_generate`.
-SHARED_IMAGES = "capmill_shared_images"
+SHARED_IMAGES = _SHARED
 
 
 class OncePerImage:
@@ -247,7 +250,7 @@ def video_kwargs(videos: list[Any]) -> dict[str, Any]:
     return {"videos": frames, "video_metadata": metadata, "do_sample_frames": False}
 
 
-class TransformersBackend:
+class TransformersBackend(ScoringMixin):
     """VisionLanguageModel and LanguageModel through transformers (see the module docstring)."""
 
     def __init__(self, config: TransformersConfig):
@@ -578,43 +581,3 @@ class TransformersBackend:
                 value = value.to(self.device, dtype=self.dtype) if value.is_floating_point() else value.to(self.device)
             moved[key] = value
         return moved
-
-    # --- forced-continuation logits -----------------------------------------------------------
-
-    def token_logits(self, image: Image.Image | None, prompt: str, continuation: str) -> TokenLogits:
-        """Raw logit of each token of `continuation` after `prompt`, with the image and without it
-        (ScaleCap, Xing et al. 2025: a token whose logit barely drops without the image is a
-        language-prior guess rather than something seen). Without an image both lists are the
-        text-only logits."""
-        self._require_loaded()
-        if not self.vision or self.chat_template is None:
-            raise ConfigError(f"token_logits needs a chat vision-language model; {self.model_id!r} is not one")
-        ids = self.tokenizer(self.neutralise(continuation), add_special_tokens=False)["input_ids"]
-        if not ids:
-            return TokenLogits(tokens=[], token_ids=[], with_image=[], without_image=[])
-        without = self._forced(VLMRequest(prompt=prompt), ids)
-        with_image = self._forced(VLMRequest(prompt=prompt, images=[image]), ids) if image is not None else without
-        return TokenLogits(tokens=[self.tokenizer.decode([t]) for t in ids], token_ids=list(ids),
-                           with_image=with_image, without_image=without)
-
-    def _forced(self, request: VLMRequest, continuation_ids: list[int]) -> list[float]:
-        import torch
-
-        inputs = dict(self._vlm_inputs([request]))
-        inputs.pop(SHARED_IMAGES, None)
-        length, k = inputs["input_ids"].shape[1], len(continuation_ids)
-        tail = torch.tensor([continuation_ids], dtype=inputs["input_ids"].dtype)
-        # Append the continuation to every per-token tensor: its ids, attention ones, zeros for
-        # token-type masks (text, not image).
-        for key, value in list(inputs.items()):
-            if isinstance(value, torch.Tensor) and value.dim() == 2 and tuple(value.shape) == (1, length):
-                fill = tail if key == "input_ids" else (torch.ones_like(tail) if key == "attention_mask"
-                                                        else torch.zeros_like(tail))
-                inputs[key] = torch.cat([value, fill.to(value.dtype)], dim=1)
-        inputs = self._to_device(inputs)
-        with torch.inference_mode():
-            logits = self.model(**inputs).logits[0]
-        # The logit at position t scores the token at t + 1.
-        rows = logits[length - 1:length - 1 + k].float()
-        picked = rows.gather(1, torch.tensor(continuation_ids, device=rows.device)[:, None])[:, 0]
-        return picked.cpu().tolist()

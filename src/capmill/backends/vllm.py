@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once
+from capmill.backends.base import Answer, AskRequest, ChatRequest, Generation, GenerationParams, VLMRequest
+from capmill.backends.common import (fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once,
+                                     yes_probability)
 from capmill.components import BackendConfig
 from capmill.errors import SetupError, is_transient_exception
 
@@ -289,6 +290,23 @@ class VLLMBackend:
     def chat_conversations(self, requests: list[ChatRequest]) -> list[list[dict[str, Any]]]:
         return [[{"role": m["role"], "content": self.neutralise(m["content"])} for m in r.messages] for r in requests]
 
+    def ask(self, requests: list[AskRequest]) -> list[Answer]:
+        """P("yes") for each yes/no question: one `LLM.chat` call for the batch, one greedy token
+        per question with the top 20 log-probabilities, read as `yes_probability` does."""
+        if self.llm is None:
+            raise SetupError("the vllm backend is not loaded: call load() first")
+        if not requests:
+            return []
+        from vllm import SamplingParams
+
+        conversations = self.vlm_conversations([VLMRequest(prompt=r.question, images=[r.image], tag=r.tag)
+                                                for r in requests])
+        kwargs: dict[str, Any] = {"use_tqdm": False}
+        if self.config.chat_template:
+            kwargs["chat_template"] = self.config.chat_template
+        results = self.llm.chat(conversations, SamplingParams(max_tokens=1, temperature=0.0, logprobs=20), **kwargs)
+        return [answer_from_logprobs(r.outputs[0].logprobs) for r in results]
+
     def _run(self, conversations: list[list[dict[str, Any]]], settings: list[tuple[int, GenerationParams]]) -> list[Generation]:
         if self.llm is None:
             raise SetupError("the vllm backend is not loaded: call load() first")
@@ -358,3 +376,19 @@ class VLLMBackend:
         if not any(t.strip() for t in texts):
             return Generation(texts=texts, error="empty output", meta=meta)
         return Generation(texts=texts, meta=meta)
+
+
+def answer_from_logprobs(logprobs: Any) -> Answer:
+    """An `Answer` from vLLM's per-position log-probabilities (a list whose first entry maps token
+    ids to objects with `logprob` and `decoded_token`)."""
+    if not logprobs or not logprobs[0]:
+        return Answer(p_yes=None, error="vLLM returned no log-probabilities")
+    top = {}
+    for entry in logprobs[0].values():
+        token = getattr(entry, "decoded_token", None)
+        if isinstance(token, str):
+            top.setdefault(token, float(entry.logprob))
+    p = yes_probability(top)
+    if p is None:
+        return Answer(p_yes=None, error="neither yes nor no among the answer's 20 most likely first tokens")
+    return Answer(p_yes=p, source="logprobs", meta={"backend": "vllm"})

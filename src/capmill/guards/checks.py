@@ -43,6 +43,7 @@ from capmill.guards.patterns import (
     REFUSAL_ANYWHERE,
     SHOUTED_ORDER,
     SOURCE_INSTRUCTIONS,
+    SPACELESS_INSTRUCTIONS,
     TERMINAL,
     URL,
 )
@@ -58,6 +59,7 @@ EMPTY, REFUSAL, LOOP, RUNAWAY, INJECTION, URL_REASON, MARKUP_REASON, CODE_REASON
 _WORD = re.compile(r"[^\W_][\w'’.-]*", re.UNICODE)
 _QUOTED = re.compile(r"[\"“«„「『]([^\"”»“」』]{2,80})[\"”»“」』]")
 _SHOUTED = re.compile(r"\b[A-ZА-ЯЁ]{4,}\b")
+_NOT_LETTERS = re.compile(r"[\W\d_]+", re.UNICODE)
 _SPACELESS = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\u0e00-\u0e7f]")  # CJK, kana, hangul, Thai
 
 
@@ -141,6 +143,10 @@ def instruction_signal(text: str) -> str | None:
         if m:
             return m.group(0).strip()[:80]
     m = PLACEHOLDERS.search(text) or DELIMITER_ECHO.search(text)
+    if m:
+        return m.group(0)[:80]
+    spaceless = _NOT_LETTERS.sub("", text.translate(CONFUSABLES))
+    m = SPACELESS_INSTRUCTIONS.search(spaceless)
     return m.group(0)[:80] if m else forged_delimiter(text)
 
 

@@ -52,6 +52,18 @@ _STRONG = [
     r"\bignore[zr]?\b.{0,40}\binstructions\b|\bignora\w*\b.{0,40}\b(?:instrucciones|istruzioni|instruções)\b",
 ]
 
+# The strong signs once every space and punctuation mark is gone: OCR engines often read a
+# printed line without its spaces ("IGNOREALLPREVIOUSINSTRUCTIONS"), which no word-bounded
+# pattern matches. Only phrases long and odd enough never to occur inside ordinary words.
+SPACELESS_INSTRUCTIONS = re.compile(
+    r"(?:ignore|disregard|forget|override)(?:all|any|the|your|these|those)*"
+    r"(?:previous|prior|above|earlier|preceding|original|system)"
+    r"(?:instructions?|prompts?|rules|directions|guidelines|directives|commands?|orders|task)"
+    r"|(?:ignore|disregard|forget)(?:all|any|the|your)*(?:instructions|prompts)"
+    r"|systemprompt|developermode|promptinjection|youarenow(?:dan|free|unrestricted|nolonger)",
+    I,
+)
+
 # Chat markers that carry a role.
 _MARKERS = [
     r"(?:<|‹)\|?(?:im_start|start_header_id|system|assistant|user)\|?(?:>|›)",

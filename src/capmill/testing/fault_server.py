@@ -93,10 +93,26 @@ def answer_text(prompt: str, index: int, images: int) -> str:
     return f"A test answer {digest} about {images} image{'s' if images != 1 else ''}."
 
 
+def add_logprobs(payload: dict[str, Any]) -> None:
+    """First-token log-probabilities for each choice, as chat-completions returns them: the
+    answer's first word at -0.1; for a yes or no answer the opposite word follows at -2.4 (so a
+    "Yes" answer reads P(yes) ≈ 0.91)."""
+    for choice in payload["choices"]:
+        words = (choice["message"].get("content") or "").split()
+        if not words:
+            continue
+        first = words[0]
+        top = [{"token": first, "logprob": -0.1}]
+        plain = first.strip(".,!").lower()
+        if plain in ("yes", "no"):
+            top.append({"token": "No" if plain == "yes" else "Yes", "logprob": -2.4})
+        choice["logprobs"] = {"content": [{"token": first, "logprob": -0.1, "top_logprobs": top}]}
+
+
 class FaultServer:
     def __init__(self, faults: Faults | None = None, *, latency_s: float = 0.0, model: str = "fault-model",
                  api_key: str | None = None, honour_n: bool = True, seed: int = 0, leak_auth: bool = False,
-                 port: int = 0):
+                 port: int = 0, logprobs: bool = True):
         self.faults = faults or Faults()
         self.latency_s = latency_s
         self.model = model
@@ -107,6 +123,8 @@ class FaultServer:
         # True emulates a careless proxy that quotes the request's Authorization header in its
         # error bodies, so a test can check the client scrubs the key from what it reports.
         self.leak_auth = leak_auth
+        # False emulates servers that ignore `logprobs` (no log-probabilities in their answers).
+        self.logprobs = logprobs
         self.counts: Counter[str] = Counter()
         self.events: list[Event] = []
         # 0: an ephemeral port. A fixed one lets a test kill the server and start it again at the
@@ -212,6 +230,14 @@ class FaultServer:
         if outcome == "slow":
             await asyncio.sleep(self.faults.slow_s)
         payload = self._completion(prompt, n, len(images), refused=outcome == "refusal")
+        if body.get("max_tokens") == 1 or body.get("max_completion_tokens") == 1:
+            for choice in payload["choices"]:  # one token asked for: the answer's first word
+                content = choice["message"].get("content")
+                if content:
+                    choice["message"]["content"] = content.split()[0]
+                    choice["finish_reason"] = "length"
+        if body.get("logprobs") and self.logprobs:
+            add_logprobs(payload)
         text = json.dumps(payload)
         if outcome == "truncated":
             text = text[: len(text) // 2]

