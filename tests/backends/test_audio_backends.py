@@ -152,3 +152,11 @@ def test_openai_sends_audio_as_input_audio_wav():
         backend.close()
     assert gens[0].ok and not gens[1].ok and "max_audio_bytes" in gens[1].error
     assert io.BytesIO(wav).read(4) == b"RIFF"
+
+
+def test_the_in_process_vllm_backend_refuses_audio_rather_than_caption_the_prompt():
+    from capmill.backends.vllm import VLLMBackendConfig
+
+    backend = VLLMBackendConfig(model="Qwen/Qwen2-Audio-7B-Instruct").build()  # never loaded: refused first
+    with pytest.raises(ConfigError, match="takes no audio.*type: openai"):
+        backend.generate([VLMRequest(prompt="x", audio=_audio())])
