@@ -158,15 +158,23 @@ class _Mono:
     def add(self, block: np.ndarray, last: bool = False) -> None:
         """`block`: (frames, channels) or (frames,) float32 at the source rate."""
         self.deadline.check()
-        mono = block.mean(axis=1, dtype=np.float32) if block.ndim == 2 else block.astype(np.float32, copy=False)
-        bad = ~np.isfinite(mono)
-        if bad.any():
-            self.info.non_finite += int(bad.sum())
-            mono = np.where(bad, np.float32(0.0), mono)
-        over = np.abs(mono) > 1.0
-        if over.any():
-            self.info.clipped += int(over.sum())
-            mono = np.clip(mono, -1.0, 1.0)
+        if block.ndim == 2 and block.shape[1] > 1:
+            # The mean of the channels as a matrix-vector product: BLAS reads the interleaved rows
+            # at memory speed, where a reduction along the short axis crawls.
+            mono = block @ np.full(block.shape[1], 1.0 / block.shape[1], np.float32)
+        else:
+            mono = block.reshape(-1).astype(np.float32, copy=False)
+        # One pass each for the extremes; NaN fails both comparisons, so the common clean block
+        # costs two reductions and the rare dirty one is cleaned and counted.
+        if len(mono) and not (mono.min() >= -1.0 and mono.max() <= 1.0):
+            bad = ~np.isfinite(mono)
+            if bad.any():
+                self.info.non_finite += int(bad.sum())
+                mono = np.where(bad, np.float32(0.0), mono)
+            over = np.abs(mono) > 1.0
+            if over.any():
+                self.info.clipped += int(over.sum())
+                mono = np.clip(mono, -1.0, 1.0)
         self.raw += len(mono)
         if self.stream is not None:
             mono = self.stream.resample_chunk(mono, last=last)
@@ -288,10 +296,13 @@ class _PyavSource(AudioSource):
 
         stream, tb, rate = self.stream, self.tb, self.info.rate
         origin = (stream.start_time or 0) * tb if tb else 0.0
-        # Planar float at the source's own rate and layout (the caller mixes down or re-encodes).
+        # Planar float at the source's own rate and layout (the caller mixes down or re-encodes);
+        # most decoders (AAC, MP3, Opus, Vorbis) give it as it is, the others are converted.
         converter = av.AudioResampler(format="fltp")
         position: float | None = None
         started = False
+        pending: list[np.ndarray] = []  # frames gathered into blocks of about BLOCK
+        held = 0
         try:
             if start > 0 and tb:
                 self.container.seek(int(start / tb) + (stream.start_time or 0), stream=stream, backward=True,
@@ -300,8 +311,9 @@ class _PyavSource(AudioSource):
                 if i % 32 == 0:
                     deadline.check()
                 t = frame.time - origin if frame.time is not None else position
-                for out in converter.resample(frame):
-                    block = out.to_ndarray().T.astype(np.float32, copy=False)  # (frames, channels)
+                outs = [frame] if frame.format.name == "fltp" else converter.resample(frame)
+                for out in outs:
+                    block = out.to_ndarray().T  # (frames, channels)
                     t0 = t if t is not None else (position or 0.0)
                     position = t0 + len(block) / rate
                     t = position
@@ -310,16 +322,22 @@ class _PyavSource(AudioSource):
                     if t0 < start:  # the block straddles the window's start
                         block = block[int(round((start - t0) * rate)):]
                     elif not started and t0 - start > 0.5 / rate:
-                        yield np.zeros((int(round((t0 - start) * rate)), block.shape[1]), np.float32)
+                        pending.append(np.zeros((int(round((t0 - start) * rate)), block.shape[1]), np.float32))
                     started = True
                     if end is not None and position > end:
                         block = block[: max(0, int(round((end - max(t0, start)) * rate)))]
                         self.more = True
                     if len(block):
-                        yield block
+                        pending.append(block)
+                        held += len(block)
+                    if held >= BLOCK:
+                        yield np.concatenate(pending).astype(np.float32, copy=False)
+                        pending, held = [], 0
                 if end is not None and position is not None and position >= end:
                     self.more = self.more or position > end
-                    return
+                    break
+            if pending:
+                yield np.concatenate(pending).astype(np.float32, copy=False)
         except av.error.FFmpegError as e:
             raise AudioDecodeError(f"corrupt audio data: {getattr(e, 'strerror', None) or e}") from None
         except ValueError as e:  # a stream whose layout or rate changes midway
