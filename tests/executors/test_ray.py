@@ -336,3 +336,25 @@ def test_videos_and_clips_give_the_records_of_a_local_run(tmp_path, ray_cluster)
     assert len(clips) == 4 * 3 and all(r["key"].split("_clip")[1].isdigit() for r in clips)
     assert all(json.loads(r["record"])["media"]["frame_times"] for r in clips)
     assert {r["status"] for r in rows if r["key"].startswith("bad_")} == {"decode_error"}
+
+
+@pytest.mark.slow
+def test_audio_and_audio_clips_give_the_records_of_a_local_run(tmp_path, ray_cluster):
+    """Decoded waveforms travel in the rows: a scorer on Ray embeds the audio a local run embeds."""
+    from capmill.testing.audio import write_audio_webdataset
+
+    write_audio_webdataset(tmp_path / "data", shards=2, per_shard=2, hostile=True, seconds=3.0)
+    stages = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"], "media": "audio"},
+              {"type": "clip_score", "name": "clap", "backend": {"type": "fake"}}]
+    for executor in ("local", "ray"):
+        cfg = config(tmp_path / "data", tmp_path / executor, stages, executor)
+        cfg["input"]["clips"] = {"seconds": 1.5, "min_seconds": 0.5}
+        # 4 recordings of 3 s → 2 clips each; the hostile FLAC claiming 5 hours is measured (half
+        # a second: one clip); the other hostile files keep their rows with the reason.
+        assert run(parse_config(cfg), progress=False).by_status.get("ok") == 4 * 2 + 1
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
+    rows = [json.loads(r["record"]) for p in sorted((tmp_path / "ray").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["media"]["kind"] == "audio" and "clap:ssc" in r["scores"] for r in ok)
+    bad = {r["key"]: r["status"] for r in rows if r["key"].startswith("bad_")}
+    assert bad.pop("bad_hours_claimed_clip0000") == "ok" and set(bad.values()) == {"decode_error"}

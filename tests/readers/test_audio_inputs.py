@@ -187,3 +187,24 @@ def test_outputs_keep_the_audio_file_and_its_extension(tmp_path):
     assert schema["info"]["features"]["audio"] == {"_type": "Audio"}
     sound = io.BytesIO(by_key["snd0000"]["audio"]["bytes"])
     assert sound.read(4) == b"fLaC"
+
+
+def test_a_header_claiming_hours_is_measured_before_it_is_cut(tmp_path):
+    """5 hours claimed over half a second of data: one clip, not ten thousand empty ones."""
+    from capmill.testing.audio import flac_claiming
+
+    write_tar(tmp_path / "00000.tar", [Item("liar", flac_claiming(5 * 3600.0), "flac", "x", {})])
+    clips = read_all(WebDatasetInput(path=str(tmp_path / "00000.tar"), clips={"seconds": 1.5, "min_seconds": 0.2}))
+    assert [c.key for c in clips] == ["liar_clip0000"]
+    assert clips[0].meta["audio"] == {"source_duration": 0.5, "source_clips": 1, "source_duration_claimed": 18000.0}
+    decode_batch(clips, ImageConfig())
+    assert clips[0].ok and clips[0].media.audio.seconds == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_window_of_nothing_but_nan_is_refused_not_cut_into_silence(tmp_path):
+    from capmill.testing.audio import nan_wav
+
+    write_tar(tmp_path / "00000.tar", [Item("nan", nan_wav(3.0, share=0.5), "wav", "x", {})])
+    first, second = read_all(WebDatasetInput(path=str(tmp_path / "00000.tar"), clips={"seconds": 1.5, "min_seconds": 0.2}))
+    assert first.status == "decode_error" and "NaN or infinite" in first.error
+    assert second.ok and second.key == "nan_clip0001"

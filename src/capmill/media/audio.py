@@ -265,7 +265,11 @@ class _SoundfileSource(AudioSource):
                 left -= len(block)
                 yield block
         except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioDecodeError(f"corrupt audio data: {e}") from None
+            raise _SoundfileReadError(f"corrupt audio data: {e}") from None
+
+
+class _SoundfileReadError(AudioDecodeError):
+    """libsndfile failed while reading (see `with_fallback`)."""
 
 
 class _PyavSource(AudioSource):
@@ -380,12 +384,27 @@ def open_audio(ref: MediaRef, decoder: str = "auto") -> Iterator[AudioSource]:
         raise
 
 
+def with_fallback(ref: MediaRef, decoder: str, work: Any) -> Any:
+    """`work(source)` on `ref` opened by `open_audio`; with `decoder: auto`, a read that
+    libsndfile fails midway (its FLAC reader errs past the data when the header claims more) is
+    done again by PyAV, which reads what is there."""
+    try:
+        with open_audio(ref, decoder) as source:
+            return work(source)
+    except _SoundfileReadError as e:
+        if decoder != "auto":
+            raise AudioDecodeError(e.reason) from None
+    with open_audio(ref, "pyav") as source:
+        return work(source)
+
+
 def decode_audio(ref: MediaRef, config: AudioConfig) -> tuple[Waveform, AudioInfo]:
     """The mono waveform of `ref`'s window at `config.rate`, with hygiene; AudioDecodeError
     (with the reason) when the audio is refused, corrupt, or holds no samples."""
     deadline = _Deadline(config.timeout_s)
     window = window_of(ref)
-    with open_audio(ref, config.decoder) as source:
+
+    def work(source: AudioSource) -> tuple[np.ndarray, AudioInfo]:
         info = source.info
         check_header(info, config, window)
         start, end = window
@@ -404,7 +423,9 @@ def decode_audio(ref: MediaRef, config: AudioConfig) -> tuple[Waveform, AudioInf
             if config.too_long == "refuse":
                 raise too_long(config.max_seconds, config)
             info.truncated = True
-        samples = mono.finish()
+        return mono.finish(), info
+
+    samples, info = with_fallback(ref, config.decoder, work)
     if not len(samples):
         raise AudioDecodeError("no audio samples in this window (empty or truncated stream)")
     return Waveform(samples=samples, rate=config.rate), info

@@ -79,7 +79,8 @@ def expand(sample: Sample, config: ClipConfig) -> Iterator[Sample]:
     source_path = sample.media.path or sample.media.url
     for index, (start, end) in enumerate(windows):
         meta = dict(sample.meta)
-        meta[facts_key] = {f"source_{k}": v for k, v in info.items() if k in ("duration", "clips", "clips_left_out")}
+        meta[facts_key] = {f"source_{k}": v for k, v in info.items()
+                           if k in ("duration", "clips", "clips_left_out", "duration_claimed")}
         try:
             if audio:
                 data, ext = audio_clips.cut(sample.media, start, end, config.timeout_s)
