@@ -24,14 +24,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from capmill.components import Strict
 from capmill.errors import AudioDecodeError, NoAudioStream
 from capmill.sample import AUDIO, MediaRef, Waveform
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Frames per block read (and mixed down) at a time: 64k frames of 8 channels is 2 MB of float32.
 BLOCK = 65536
@@ -157,6 +159,8 @@ class _Mono:
 
     def add(self, block: np.ndarray, last: bool = False) -> None:
         """`block`: (frames, channels) or (frames,) float32 at the source rate."""
+        import numpy as np
+
         self.deadline.check()
         if block.ndim == 2 and block.shape[1] > 1:
             # The mean of the channels as a matrix-vector product: BLAS reads the interleaved rows
@@ -183,11 +187,15 @@ class _Mono:
     def silence(self, seconds: float) -> None:
         """Zeros for a gap before the first decoded block (a stream that starts after the window
         does), so the waveform starts where the window starts."""
+        import numpy as np
+
         frames = int(round(seconds * self.rate))
         if frames > 0:
             self.add(np.zeros(frames, np.float32))
 
     def finish(self) -> np.ndarray:
+        import numpy as np
+
         if self.stream is not None:
             self.chunks.append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
         if self.raw and self.info.non_finite >= self.raw:
@@ -296,6 +304,8 @@ class _PyavSource(AudioSource):
     def blocks(self, start: float, end: float | None, deadline: _Deadline) -> Iterator[np.ndarray]:
         """The window's samples, from the frame that straddles `start` (trimmed) to `end`; a
         stream starting after `start` is preceded by zeros, so block time 0 is `start`."""
+        import numpy as np
+
         import av
 
         stream, tb, rate = self.stream, self.tb, self.info.rate
@@ -447,6 +457,8 @@ def decode_soundtrack(ref: MediaRef, rate: int = 16000, max_seconds: float = 4 *
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     """`samples` from `rate` to `target` Hz with soxr's band-limited resampler (linear
     interpolation when soxr is not installed, which aliases when it lowers the rate)."""
+    import numpy as np
+
     samples = np.asarray(samples, dtype=np.float32)
     if rate == target or len(samples) == 0:
         return samples
@@ -491,6 +503,8 @@ def audio_input(sample: Any) -> Any:
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
     """A mono waveform as a 16-bit PCM WAV file (what OpenAI-compatible servers take as
     `input_audio`)."""
+    import numpy as np
+
     import wave
 
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
