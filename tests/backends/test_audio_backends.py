@@ -160,3 +160,25 @@ def test_the_in_process_vllm_backend_refuses_audio_rather_than_caption_the_promp
     backend = VLLMBackendConfig(model="Qwen/Qwen2-Audio-7B-Instruct").build()  # never loaded: refused first
     with pytest.raises(ConfigError, match="takes no audio.*type: openai"):
         backend.generate([VLMRequest(prompt="x", audio=_audio())])
+
+
+@pytest.mark.gpu
+def test_audio_backends_on_a_gpu(tiny_models):
+    """Qwen2-Audio in half precision and CLAP on CUDA give what the CPU gives (tiny models)."""
+    from tests.conftest import cuda_available
+
+    if not cuda_available():
+        pytest.skip("needs a CUDA GPU")
+    import torch
+
+    gpu = _backend(tiny_models, "qwen2_audio", device="cuda")
+    assert gpu.dtype in (torch.bfloat16, torch.float16)
+    requests = [VLMRequest(prompt="Describe the sound.", audio=_audio(hz, 2.0), tag=str(hz)) for hz in (440, 880)]
+    assert all(g.ok and g.texts[0] for g in gpu.generate(requests))
+    on_gpu = ClapScorerConfig(model=str(tiny_models / "clap"), device="cuda").build()
+    on_cpu = ClapScorerConfig(model=str(tiny_models / "clap"), device="cpu").build()
+    on_gpu.load()
+    on_cpu.load()
+    waves = [Waveform(render([Sound(12.0, tone_hz=hz, noise=True)], 48000), 48000) for hz in (220, 660)]
+    np.testing.assert_allclose(on_gpu.embed_audio(waves), on_cpu.embed_audio(waves), atol=2e-3)
+    np.testing.assert_allclose(on_gpu.embed_texts(["a dog barks"]), on_cpu.embed_texts(["a dog barks"]), atol=2e-3)

@@ -67,3 +67,22 @@ def test_eval_cli_on_an_audio_run(audio_run, capsys):
     assert main(["eval", str(audio_run), "--fields", "ssc,clap_refine", "--scorer", "{type: fake}"]) == 0
     out = capsys.readouterr().out
     assert "CLAPScore" in out and "R@1" in out
+
+
+def test_the_report_shows_audio_as_a_spectrogram(audio_run, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from capmill.readers.run_output import RunOutputInput
+    from capmill.report.build import spectrogram
+
+    reader = RunOutputInput(path=str(audio_run)).build()
+    sample = next(s for shard in reader.shards() for s in reader.read(shard) if s.ok)  # 220 Hz over noise, then alone
+    uri = spectrogram(sample, 64)
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("L"), np.float32)
+    second_half = image[:, image.shape[1] * 3 // 4:]  # the tone alone: one bright line near the bottom
+    rows = second_half.mean(axis=1)
+    assert int(np.argmax(rows)) > image.shape[0] * 0.9 and rows.max() > 4 * np.median(rows)
+    assert spectrogram(type(sample)(key="x"), 64) is None
