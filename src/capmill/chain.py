@@ -113,6 +113,8 @@ def check_chain(config: RunConfig) -> Chain:
         raise ConfigError(f"output.text_field {config.output.text_field!r} names {field}, which no stage writes "
                           f"and the input does not provide. " + _available_hint(field, available, config))
     held = {k for k in available if k.kind != keys.FIELD}
+    if keys.REGIONS in available:  # a record field a stage writes (region captions)
+        held.add(keys.REGIONS)
     if keys.ALT_TEXT in provided.keys:
         held.add(keys.ALT_TEXT)
     # `image` in what a run wrote names the stored media member, an image, a video or audio.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -37,6 +37,18 @@ class Strict(BaseModel):
     section's own settings blocks (`max_new_tokens` → `params:`, `gpus` → `resources:`)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # Optional fields added after outputs were made with this section: left out of its dump while
+    # they are None, so a config that does not use them keeps the hash (and resume) it had.
+    omit_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if isinstance(out, dict):
+            for name in self.omit_when_none:
+                if name in out and out[name] is None:
+                    del out[name]
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -122,6 +134,10 @@ class StageConfig(Strict):
     model of a recipe for the tiny model of the same role.
     """
 
+    # An unset name is left out of the dump, so configs without names keep the hash (and resume)
+    # they had before stages could be named.
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"name"})
+
     type: str
     # Display name (timings, drop reasons, progress); default: the type. Scoring stages also use
     # it as the default prefix of their score keys, so two stages of one type stay apart.
@@ -130,15 +146,6 @@ class StageConfig(Strict):
     # Set by the run config when an unnamed stage repeats a type ("filter", "filter_2"), so
     # timings stay apart without changing what the config says or hashes.
     _position_name: str | None = PrivateAttr(None)
-
-    @model_serializer(mode="wrap")
-    def _without_default_name(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # An unset name is left out, so configs without names keep the hash (and resume) they had
-        # before stages could be named.
-        out = handler(self)
-        if isinstance(out, dict) and out.get("name") is None:
-            out.pop("name", None)
-        return out
 
     @property
     def display_name(self) -> str:
@@ -166,12 +173,15 @@ class StageConfig(Strict):
         return {}
 
     def backends(self) -> list[BackendConfig]:
-        """Backends this stage uses (default: every BackendConfig field)."""
+        """Backends this stage uses (default: every BackendConfig field, and every backend of a
+        field that holds a list of them)."""
         found = []
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, BackendConfig):
                 found.append(value)
+            elif isinstance(value, list):
+                found.extend(v for v in value if isinstance(v, BackendConfig))
         return found
 
 
@@ -198,7 +208,8 @@ def default_backend(type_name: str, **fields: Any):
 
 
 def backend_fields(config: StageConfig) -> list[str]:
-    """Names of the fields of a stage config that hold a backend."""
+    """Names of the fields of a stage config that hold a backend (or a list of backends, all
+    playing the field's role)."""
     return [name for name, info in type(config).model_fields.items() if _holds_backend(info.annotation)]
 
 

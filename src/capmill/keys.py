@@ -1,8 +1,8 @@
 """The names a stage reads and writes in a `Sample`, as typed keys.
 
 Three kinds, after the record's own layout: a caption (`captions["dsc"]`), a score
-(`scores["clip:dsc"]`), and a record field the input provides (`alt_text`, `image`, `video`,
-`audio`; later `regions`). A stage declares its reads and writes with these
+(`scores["clip:dsc"]`), and a record field (`alt_text`, `image`, `video` and `audio` from the input,
+`regions` from a region stage). A stage declares its reads and writes with these
 (`StageConfig.io`), and `capmill.chain` checks that every read is written by an earlier stage or
 provided by the input before a run starts.
 """
@@ -45,6 +45,8 @@ def score(name: str) -> Key:
 # is an audio sample's decoded waveform, provided the same way when `audio.decode` is on.
 ALT_TEXT = Key(FIELD, "alt_text")
 IMAGE = Key(FIELD, "image")
+# Region captions of the image (`Sample.regions`: box, caption, score), written by `regions`.
+REGIONS = Key(FIELD, "regions")
 VIDEO = Key(FIELD, "video")
 AUDIO = Key(FIELD, "audio")
 # The decoded media of each kind, by the kind's name.
@@ -54,6 +56,17 @@ MEDIA = {"image": IMAGE, "video": VIDEO, "audio": AUDIO}
 def text(name: str) -> Key:
     """The key of a text field as configs name it: `alt_text` is the AltText, anything else a caption."""
     return ALT_TEXT if name == ALT_TEXT.name else caption(name)
+
+
+def numbered(prefix: str, available: Iterable[Key]) -> list[Key]:
+    """The captions `PREFIX.0`, `PREFIX.1`, … among `available`, in index order: the candidates a
+    `candidates` stage wrote under `store_as: PREFIX`."""
+    found = []
+    for key in available:
+        head, dot, index = key.name.rpartition(".")
+        if key.kind == CAPTION and dot and head == prefix and index.isdigit():
+            found.append((int(index), key))
+    return [key for _, key in sorted(found)]
 
 
 def names(keys: Iterable[Key], kind: str) -> list[str]:
@@ -95,3 +108,19 @@ class StageIO:
     def __init__(self, reads: Iterable[Key] = (), writes: Iterable[Key] = ()):
         object.__setattr__(self, "reads", frozenset(reads))
         object.__setattr__(self, "writes", frozenset(writes))
+
+
+def candidate_keys(spec: str | list[str], available: Iterable[Key], stage: str) -> list[Key]:
+    """The texts a ranking stage orders, as its config names them: a prefix (`cand`: the
+    captions `cand.0`, `cand.1`, … a `candidates` stage wrote) or a list of text names (captions
+    of several stages, `alt_text`). A prefix nothing wrote is a config error naming what exists."""
+    if isinstance(spec, list):
+        return [text(name) for name in spec]
+    found = numbered(spec, available)
+    if not found:
+        from capmill.errors import ConfigError
+
+        captions = ", ".join(names(available, CAPTION)) or "none"
+        raise ConfigError(f"{stage}: no captions {spec}.0, {spec}.1, … are written before this stage (a candidates "
+                          f"stage with store_as: {spec} writes them); captions available: {captions}")
+    return found

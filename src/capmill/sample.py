@@ -213,6 +213,10 @@ class Sample:
     status: str = OK
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Region captions (`regions` stage, FlexCap-style): one dict per box, {"box": [x0, y0, x1, y1]
+    # normalised to the image's width and height, "caption": str | None, "score": float | None,
+    # ...}; left out of the record while empty.
+    regions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -245,7 +249,7 @@ class Sample:
         return caption.text if caption is not None else None
 
     def to_dict(self, include_image_bytes: bool = False) -> dict[str, Any]:
-        return {
+        out = {
             "key": self.key,
             "alt_text": self.alt_text,
             "captions": {name: c.to_dict() for name, c in self.captions.items()},
@@ -256,6 +260,9 @@ class Sample:
             # Images keep the historical "image" key; videos and audio are written as "media".
             ("image" if self.image.kind == IMAGE else "media"): self.image.to_dict(include_bytes=include_image_bytes),
         }
+        if self.regions:
+            out["regions"] = self.regions
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sample:
@@ -272,6 +279,7 @@ class Sample:
             status=d.get("status", OK),
             error=d.get("error"),
             meta=dict(d.get("meta") or {}),
+            regions=list(d.get("regions") or []),
         )
 
     def to_json(self, include_image_bytes: bool = False) -> str:
@@ -293,4 +301,31 @@ def field_texts(sample: Sample, fields: list[str] | None) -> dict[str, str]:
         text = sample.text(name)
         if text is not None and text.strip():
             out[name] = text
+    return out
+
+
+def numbered_captions(sample: Sample, prefix: str) -> list[str]:
+    """The caption names `PREFIX.0`, `PREFIX.1`, … the sample holds, in index order."""
+    found = []
+    for name in sample.captions:
+        head, dot, index = name.rpartition(".")
+        if dot and head == prefix and index.isdigit():
+            found.append((int(index), name))
+    return [name for _, name in sorted(found)]
+
+
+def candidate_texts(sample: Sample, spec: str | list[str]) -> list[tuple[str, str]]:
+    """(name, text) of the candidates that can compete, in order: the captions `PREFIX.i` when
+    `spec` is a prefix, else the named texts (`alt_text` is the AltText); each present, non-empty
+    and not flagged by the output guards (`meta["flagged"]`)."""
+    names = numbered_captions(sample, spec) if isinstance(spec, str) else list(spec)
+    out = []
+    for name in names:
+        if name == "alt_text":
+            text = (sample.alt_text or "").strip()
+        else:
+            caption = sample.captions.get(name)
+            text = caption.text.strip() if caption is not None and not caption.meta.get("flagged") else ""
+        if text:
+            out.append((name, text))
     return out

@@ -1,7 +1,6 @@
 """Videos to OpenAI-compatible servers: as timestamped frames, or as the file itself."""
 
 import base64
-import json
 
 import pytest
 

@@ -108,6 +108,7 @@ def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
         base.Detector: lambda b: b.detect([Image.new("RGB", (48, 32))], [["a dog"]]),
         base.TextRecognizer: lambda b: b.read([Image.new("RGB", (48, 32), "white")]),
         base.TextAnalyzer: lambda b: b.analyze(["A dog runs."]),
+        base.RewardModel: lambda b: b.score(["a dog"], [Image.new("RGB", (32, 32))]),
     }
     for role, call in calls.items():
         config = TypeAdapter(BackendSpec).validate_python(tiny_backend(role, str(tiny_models)))

@@ -2,8 +2,8 @@
 seeking instead of decoding everything, and hygiene for every kind of bad file."""
 
 import io
-import subprocess
 import shutil
+import subprocess
 
 import pytest
 

@@ -2,8 +2,6 @@
 rows that carry them."""
 
 import json
-import os
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -114,8 +114,10 @@ def test_models_dir_replaces_every_model_by_its_role(tmp_path, capsys):
         config = parse_config(tree)
         for stage in config.stages:
             for field, role in stage.backend_roles().items():
-                backend = getattr(stage, field)
-                if backend is not None:
+                value = getattr(stage, field)
+                for backend in value if isinstance(value, list) else [value]:
+                    if backend is None:
+                        continue
                     entry = ROLES[role.__name__]
                     if "family" in entry:
                         assert backend.model_ids() == [str(models / entry["family"])], recipe.name
@@ -151,7 +153,8 @@ def test_every_recipe_runs_end_to_end_on_tiny_models(name, tiny_models, tmp_path
     records = [json.loads(r) for r in _records(out)]
     stats = [json.loads(p.read_text()) for p in (out / "_stats").glob("*.json")]
     assert sum(s["samples"] for s in stats) == 8 and all(r["status"] == "ok" for r in records)
-    assert len(records) == 8 or name == "tldr"  # TL;DR keeps a share of each cluster by design
+    # TL;DR keeps a share of each cluster, Compress & Align the best-rated 12%, by design
+    assert len(records) == 8 or name in ("tldr", "compress_align")
     for record in records:
         assert set(record["captions"]) == set(written["captions"])
         assert {c["model"] for c in record["captions"].values()} <= {None, *(str(tiny_models / f) for f in ("idefics3", "qwen2_lm"))}

@@ -19,6 +19,10 @@ from tests.conftest import make_config
 
 FAKE = {"type": "fake"}
 CAPTION = {"type": "caption", "backend": FAKE, "formats": ["ssc", "dsc"]}
+CANDIDATES = {"type": "candidates", "captioners": [FAKE, {"type": "fake", "model": "other"}],
+              "settings": [{"format": "ssc"}, {"captioner": 1, "format": "dsc", "n": 2, "params": {"temperature": 0.7}}]}
+# A judge that answers with a number, as the strict parser wants.
+JUDGE = {"type": "fake", "script": [{"when": "Reply with its number", "answer": "2"}]}
 
 # type → a pipeline whose last stage is that type, runnable on the `wds` shards with fake backends.
 EXAMPLES = {
@@ -30,6 +34,12 @@ EXAMPLES = {
     "filter": [CAPTION, {"type": "filter", "rules": [{"length": "dsc", "min": 1}]}],
     "dedup": [CAPTION, {"type": "dedup", "exact": ["image", "dsc"], "near": ["image"], "backend": FAKE}],
     "tldr": [{"type": "tldr", "scorer": FAKE, "clusters": 2, "stride": 2}],
+    "candidates": [CANDIDATES],
+    "rank": [CANDIDATES, {"type": "rank", "scorer": FAKE, "reward": FAKE, "top_k": 2}],
+    "judge": [CANDIDATES, {"type": "judge", "backend": JUDGE, "bias_check": 0.5}],
+    "refine": [CANDIDATES, {"type": "rank", "scorer": FAKE, "top_k": 2}, {"type": "refine", "backend": FAKE}],
+    "reward_score": [CAPTION, {"type": "reward_score", "backend": FAKE, "fields": ["alt_text", "ssc"]}],
+    "regions": [{"type": "regions", "backend": FAKE, "detector": FAKE}],
     # The verifying stages' LLMs answer in the formats asked for, so their examples keep captions
     # of their own (a run where every caption falls back is degenerate and fails).
     "scalecap": [CAPTION, {"type": "scalecap", "caption": "dsc", "vlm": FAKE, "analyzer": FAKE,
@@ -96,6 +106,10 @@ def test_declared_writes_are_what_the_records_hold(name, tmp_path, wds):
 
         data = tmp_path / "videos"
         write_video_webdataset(data, shards=1, per_shard=2, tones=True, scene_seconds=2.0)
+    if name == "regions":  # the same shards, with region boxes in every KEY.json
+        from capmill.testing import write_webdataset
+
+        write_webdataset(data, shards=3, per_shard=8, boxes=True)
     if name in AUDIO_DATA:
         from capmill.testing.audio import write_audio_webdataset
 
@@ -113,6 +127,9 @@ def test_declared_writes_are_what_the_records_hold(name, tmp_path, wds):
     # what the records hold is exactly what the chain says was written
     written = chain.written
     assert held == {("caption", k) for k in written["captions"]} | {("score", k) for k in written["scores"]}
+    # record fields a stage writes (region captions) are in the records too
+    held |= {("field", "regions") for r in ok if r.get("regions")}
+    assert ("regions" in written["fields"]) == any(r.get("regions") for r in ok)
     assert {(k.kind, k.name) for k in declared} <= held
     assert json.loads((tmp_path / "out" / "_run.json").read_text())["written"] == written
 

@@ -11,6 +11,7 @@
 |   ImageTextScorer               |   images (CLIP, SigLIP; videos as the mean of their frames)   |
 |   AudioTextScorer               |   audio (CLAP)                                                |
 | ImageTextMatcher                | probability that a text matches an image (ITM)                |
+| RewardModel                     | one quality score per text (optionally per image)             |
 | TextEmbedder                    | L2-normalised text embeddings                                 |
 | Detector                        | image (+ phrases) → boxes, labels, scores                     |
 | TextRecognizer                  | image → text lines with boxes and confidences (OCR)           |
@@ -46,9 +47,9 @@ from `load()`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from capmill.components import Strict
 
@@ -70,6 +71,19 @@ class GenerationParams(Strict):
     num_beams: int = Field(1, ge=1)
     repetition_penalty: float | None = Field(None, gt=0)
     seed: int | None = 0
+    # Classifier-free guidance (Kornblith et al., ICCV 2023): each step decodes from
+    # uncond + γ·(cond − uncond) of the log-probabilities with and without the image. None: off.
+    # Backends that cannot run the image-free pass refuse it at setup (transformers only).
+    guidance_scale: float | None = Field(None, ge=0)
+
+    # Unset guidance stays out of the dump: configs without it keep their hash.
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"guidance_scale"})
+
+    @model_validator(mode="after")
+    def _guidance_without_beams(self) -> GenerationParams:
+        if self.guidance_scale is not None and self.num_beams > 1:
+            raise ValueError("guidance_scale guides greedy or sampled decoding, not beam search: set num_beams: 1")
+        return self
 
 
 @dataclass(slots=True)
@@ -391,6 +405,21 @@ class ImageTextMatcher(Protocol):
     def load(self) -> None: ...
 
     def match(self, images: list[Image.Image], texts: list[str]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """A learned quality score for each text, optionally read with its image (a sequence-
+    classification reward model, Compress & Align): higher is better. `images[i]` is the image of
+    `texts[i]` or None; a text-only model ignores them, an image-text one needs them."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def score(self, texts: list[str], images: list[Image.Image | None] | None = None) -> np.ndarray: ...
 
     def close(self) -> None: ...
 

@@ -170,6 +170,19 @@ def import_torch_stack(extra: str = "transformers") -> None:
         raise SetupError(f"this backend needs {e.name}: install it with `pip install 'capmill[{extra}]'`") from e
 
 
+def check_guidance(backend: Any, params: GenerationParams | None, role: str) -> None:
+    """Refuse classifier-free guidance at setup where the backend cannot run its image-free
+    branch (only backends with `supports_guidance` can): ignoring it would change the captions'
+    meaning without a word."""
+    from capmill.errors import ConfigError
+
+    for p in (params, getattr(getattr(backend, "config", None), "params", None)):
+        if p is not None and p.guidance_scale is not None and not getattr(backend, "supports_guidance", False):
+            raise ConfigError(f"{role}: params.guidance_scale needs a backend that runs classifier-free guidance "
+                              f"(type: transformers); {type(backend).__name__} cannot, so remove guidance_scale or "
+                              f"switch the backend")
+
+
 def yes_probability(top: dict[str, float]) -> float | None:
     """P("yes") from the top log-probabilities of the first answer token (token text → log-prob),
     as servers return them: the probability mass of the tokens that read "yes" (any case, any

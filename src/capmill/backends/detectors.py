@@ -95,8 +95,13 @@ class HFDetector:
         if self.model is not None:
             return
         import_torch_stack()
-        from transformers import (AutoConfig, AutoImageProcessor, AutoModelForObjectDetection,
-                                  AutoModelForZeroShotObjectDetection, AutoProcessor)
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModelForObjectDetection,
+            AutoModelForZeroShotObjectDetection,
+            AutoProcessor,
+        )
 
         cfg = self.config
         path = resolve_model(cfg.model, cfg.revision)

@@ -111,9 +111,9 @@ class WordPromptTokenizer:
 class FakeBackend:
     """Implements every protocol of capmill.backends.base: VisionLanguageModel (with `ask` and
     `forced_logits`), AudioLanguageModel, LanguageModel, ImageTextScorer, AudioTextScorer,
-    ImageTextMatcher, TextEmbedder, Detector, TextRecognizer, TextAnalyzer and SpeechRecognizer
-    (one segment per `segment_seconds` of audio, words hashed from the tag, the segment's position
-    and the seconds received)."""
+    ImageTextMatcher, RewardModel, TextEmbedder, Detector, TextRecognizer, TextAnalyzer and
+    SpeechRecognizer (one segment per `segment_seconds` of audio, words hashed from the tag, the
+    segment's position and the seconds received)."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -222,6 +222,12 @@ class FakeBackend:
         """ImageTextMatcher: a probability derived from a hash of the pixels and the text."""
         return np.array([int.from_bytes(hashlib.sha256(img.tobytes() + t.encode("utf-8", "replace")).digest()[:4],
                                         "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)
+
+    def score(self, texts: list[str], images=None) -> np.ndarray:
+        """RewardModel: a value in [0, 1) derived from a hash of the text (and the image's pixels)."""
+        images = images if images is not None else [None] * len(texts)
+        return np.array([int.from_bytes(hashlib.sha256((img.tobytes() if img is not None else b"") + t.encode(
+            "utf-8", "replace")).digest()[:4], "little") / 2**32 for img, t in zip(images, texts, strict=True)], np.float32)
 
     # --- verification protocols (capmill.backends.fake_verify) -------------------------------
 

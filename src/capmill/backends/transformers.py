@@ -21,6 +21,9 @@ Videos: a model whose processor has a video processor and whose chat template pl
 the model's temporal positions match the real timing, and the processor told not to sample
 again. Other models get the frames as images, in order, with their timestamps stated before the
 prompt (`video_as` forces either way).
+`params.guidance_scale` turns on classifier-free guidance for captions (a logits processor with
+an image-free branch, `capmill.backends.guidance`; approximate for models not trained with image
+dropout). Each distinct image of a call is preprocessed once (`capmill.backends.shared_images`).
 
 Audio: an audio-language model (Qwen2-Audio and the others transformers registers for
 `AutoModelForMultimodalLM`, see `capmill.backends.hf_audio`) loads with its processor and answers
@@ -34,8 +37,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -53,7 +55,7 @@ from capmill.backends.common import (
     pick_device,
     pick_dtype,
 )
-from capmill.backends.transformers_scoring import SHARED_IMAGES as _SHARED
+from capmill.backends.shared_images import SHARED_IMAGES, OncePerImage, SharedImages, concat_features
 from capmill.backends.transformers_scoring import ScoringMixin
 from capmill.components import BackendConfig
 from capmill.errors import ConfigError, SetupError, is_transient_exception
@@ -90,6 +92,14 @@ class TransformersConfig(BackendConfig):
     # How a video reaches the model: "video" through its video processor, "frames" as images
     # with their timestamps in the text; "auto" uses the video processor where the model has one.
     video_as: Literal["auto", "video", "frames"] = "auto"
+    # The unconditional branch of classifier-free guidance (`params.guidance_scale`): "no_image"
+    # (the default) renders the prompt without its image, "blank_image" shows a grey image of the
+    # same size instead (models without a chat template, BLIP, need it). See
+    # capmill.backends.guidance.
+    guidance_null: Literal["no_image", "blank_image"] | None = None
+
+    # Unset options added later stay out of the dump: configs without them keep their hash.
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"guidance_null"})
 
     def build(self) -> TransformersBackend:
         return TransformersBackend(self)
@@ -126,118 +136,6 @@ def processor_pixel_budget(image_processor: Any) -> int | None:
     return (4 * max(sides)) ** 2
 
 
-# Key under which `_vlm_inputs` hands the batch's SharedImages to `_generate`.
-SHARED_IMAGES = _SHARED
-
-
-class OncePerImage:
-    """The model's image processor, preprocessing each distinct image of a call once.
-
-    The caption stage asks for several formats of one image in one batch, every request carrying
-    the same image object. The processor would resize, normalise and patchify that image once per
-    request; this wrapper runs it once per distinct image and assembles the batch output from the
-    per-image results, which is exact wherever each output is per-image along its first axis
-    (pixel values, patch grids, tile counts). Processors that pad across the batch (Idefics3 pads
-    every image's tiles to the batch's largest count with zeros) get the per-image outputs padded
-    with zeros too, once this has been checked equal to the processor's own batch output on the
-    first batch that needs it; where it is not equal, such batches go to the processor whole, as
-    do batches with several images per request. Everything else is the wrapped processor's own.
-
-    After a call that shared images, `shared` holds the per-distinct-image outputs and which of
-    them each image of the batch is, so the backend can run the vision tower once per distinct
-    image too (`TransformersBackend._encode_shared_images`); otherwise it is None.
-    """
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-        self.shared: SharedImages | None = None
-        # Whether zero-padding per-image outputs reproduces this processor's batches: None until
-        # the first batch whose per-image outputs differ in shape tells.
-        self.pads_with_zeros: bool | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __call__(self, images: Any, *args: Any, **kwargs: Any) -> Any:
-        from PIL import Image as PILImage
-
-        self.shared = None
-        # Processors pass a flat list, or one list per request ("nested"); share only where each
-        # request has one PIL image and some image repeats.
-        nested = isinstance(images, list) and all(isinstance(x, list) for x in images)
-        one_each = isinstance(images, list) and not (nested and any(len(x) != 1 for x in images))
-        flat = [x[0] if nested else x for x in images] if one_each else []
-        if (not flat or not all(isinstance(im, PILImage.Image) for im in flat)
-                or len({id(im) for im in flat}) == len(flat)):
-            return self.inner(images, *args, **kwargs)
-        done: dict[int, Any] = {}
-        for im in flat:
-            if id(im) not in done:
-                done[id(im)] = self.inner([[im]] if nested else [im], *args, **kwargs)
-        parts = [done[id(im)] for im in flat]
-        try:
-            joined = _concat_features(parts, pad=bool(self.pads_with_zeros))
-        except (TypeError, ValueError, RuntimeError):  # not per-image along axis 0, or shapes differ
-            if self.pads_with_zeros is not None:
-                return self.inner(images, *args, **kwargs)
-            whole = self.inner(images, *args, **kwargs)
-            try:
-                self.pads_with_zeros = _same_features(_concat_features(parts, pad=True), whole)
-            except (TypeError, ValueError, RuntimeError):
-                self.pads_with_zeros = False
-            return whole
-        slot = {key: i for i, key in enumerate(done)}
-        self.shared = SharedImages(list(done.values()), [slot[id(im)] for im in flat])
-        return joined
-
-
-@dataclass
-class SharedImages:
-    """A batch's distinct images: their processor outputs, and for each image of the batch (in
-    order) the index of its distinct image."""
-
-    parts: list[Any]
-    index: list[int]
-
-
-def _concat_features(parts: list[Any], pad: bool = False) -> Any:
-    """Per-image processor outputs joined along the first axis, as one call over all would give;
-    with `pad`, tensors whose other axes differ are first zero-padded at the end to the largest."""
-    import torch
-    from transformers import BatchFeature
-
-    first = parts[0]
-    if set(first.keys()) != set().union(*(p.keys() for p in parts)):
-        raise ValueError("per-image outputs differ in their keys")
-    joined: dict[str, Any] = {}
-    for key, value in first.items():
-        values = [p[key] for p in parts]
-        if isinstance(value, torch.Tensor):
-            if pad and len({v.shape[1:] for v in values}) > 1:
-                values = [_zero_pad(v, [max(sizes) for sizes in zip(*(w.shape[1:] for w in values))]) for v in values]
-            joined[key] = torch.cat(values, dim=0)
-        elif isinstance(value, list):
-            joined[key] = [x for v in values for x in v]
-        else:
-            raise TypeError(f"cannot join {type(value).__name__} outputs of {key!r}")
-    return BatchFeature(joined, tensor_type=None)
-
-
-def _zero_pad(tensor: Any, sizes: list[int]) -> Any:
-    """`tensor` zero-padded at the end of every axis but the first to `sizes`."""
-    import torch.nn.functional as F
-
-    widths = [w for have, want in zip(reversed(tensor.shape[1:]), reversed(sizes)) for w in (0, want - have)]
-    return F.pad(tensor, widths)
-
-
-def _same_features(a: Any, b: Any) -> bool:
-    import torch
-
-    return set(a.keys()) == set(b.keys()) and all(
-        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
-
-
 def video_kwargs(videos: list[Any]) -> dict[str, Any]:
     """Processor keywords for already sampled videos: the frames, their rate as metadata (so
     models that place frames in time, Qwen2.5-VL and later, see the real timing), and no second
@@ -252,6 +150,9 @@ def video_kwargs(videos: list[Any]) -> dict[str, Any]:
 
 class TransformersBackend(ScoringMixin):
     """VisionLanguageModel and LanguageModel through transformers (see the module docstring)."""
+
+    # Runs classifier-free guidance (`params.guidance_scale`; see capmill.backends.common.check_guidance).
+    supports_guidance = True
 
     def __init__(self, config: TransformersConfig):
         self.config = config
@@ -492,7 +393,8 @@ class TransformersBackend(ScoringMixin):
 
     def _run_chunk(self, reqs, indices, results, make_inputs, params, n) -> None:
         try:
-            for i, gen in zip(indices, self._generate(make_inputs(reqs), params, n), strict=True):
+            guidance = self._guidance_inputs(reqs, params, n) if params.guidance_scale is not None else None
+            for i, gen in zip(indices, self._generate(make_inputs(reqs), params, n, guidance), strict=True):
                 results[i] = gen
         except (ValueError, RuntimeError, TypeError, IndexError) as e:
             # RuntimeError includes out-of-memory; ValueError/TypeError come from processors that
@@ -507,7 +409,30 @@ class TransformersBackend(ScoringMixin):
                 results[indices[0]] = Generation(error=f"{type(e).__name__}: {e}", meta={"backend": "transformers"},
                                                  transient=is_transient_exception(e))
 
-    def _generate(self, inputs: Any, params: GenerationParams, n: int) -> list[Generation]:
+    def _guidance_inputs(self, reqs: list, params: GenerationParams, n: int) -> dict[str, Any]:
+        """The unconditional prompts of a guided chunk, as model inputs on the device."""
+        from capmill.backends.guidance import BLANK_IMAGE, blank_like
+
+        if not all(isinstance(r, VLMRequest) for r in reqs):
+            raise ValueError("guidance_scale guides captioning: a chat request has no image to guide by")
+        if n > 1 and params.temperature == 0:
+            raise ValueError("guidance_scale with n > 1 needs sampling (temperature > 0): greedy n > 1 is beam "
+                             "search, which is not guided")
+        null = self.config.guidance_null or "no_image"
+        if null == BLANK_IMAGE:
+            blanks: dict[int, Any] = {}
+            uncond = [VLMRequest(prompt=r.prompt, system=r.system, n=r.n, params=r.params, tag=r.tag,
+                                 images=[blanks.setdefault(id(im), blank_like(im)) for im in r.images]) for r in reqs]
+        elif self.chat_template is None:
+            raise ValueError(f"model {self.model_id!r} has no chat template and cannot caption without an image: "
+                             "set guidance_null: blank_image on the backend")
+        else:
+            uncond = [VLMRequest(prompt=r.prompt, system=r.system, n=r.n, params=r.params, tag=r.tag) for r in reqs]
+        inputs = dict(self._vlm_inputs(uncond))
+        inputs.pop(SHARED_IMAGES, None)
+        return self._to_device(inputs)
+
+    def _generate(self, inputs: Any, params: GenerationParams, n: int, guidance: dict | None = None) -> list[Generation]:
         import torch
 
         shared = inputs.pop(SHARED_IMAGES, None)
@@ -515,6 +440,17 @@ class TransformersBackend(ScoringMixin):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         kwargs = hf_generate_kwargs(params, n)
+        if guidance is not None:
+            from capmill.backends.guidance import guidance_processor, sampling_processors
+
+            processors = [guidance_processor(self.model, params.guidance_scale, guidance)]
+            if kwargs["do_sample"]:
+                # Temperature and top-p act on the guided distribution: they run after guidance.
+                processors += sampling_processors(params.temperature, params.top_p)
+                kwargs.update(temperature=1.0, top_p=1.0)
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         if self.chat_template is not None:  # BLIP's generate sets its own pad id
             kwargs["pad_token_id"] = self.tokenizer.pad_token_id
         with torch.inference_mode():
@@ -562,7 +498,7 @@ class TransformersBackend(ScoringMixin):
         keys = [k for k in inspect.signature(encoder).parameters if k != "kwargs" and k in inputs]
         if "pixel_values" not in keys or any(k not in shared.parts[0] for k in keys):
             return None
-        unique = self._to_device(_concat_features(shared.parts, pad=True))
+        unique = self._to_device(concat_features(shared.parts, pad=True))
         encoded = encoder(**{k: unique[k] for k in keys}, return_dict=True)
         features = encoded.pooler_output
         if not isinstance(features, (list, tuple)) or len(features) != len(shared.parts):

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from capmill.backends.base import Answer, AskRequest, ForcedRequest, TokenLogits, VLMRequest
+from capmill.backends.shared_images import SHARED_IMAGES
 from capmill.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("capmill.backends.transformers")
 
-# Key under which `_vlm_inputs` hands the batch's SharedImages to `_generate`.
-SHARED_IMAGES = "capmill_shared_images"
 
 
 class ScoringMixin:

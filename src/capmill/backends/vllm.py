@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from capmill.backends.base import Answer, AskRequest, ChatRequest, Generation, GenerationParams, VLMRequest
-from capmill.backends.common import (fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once,
-                                     yes_probability)
+from capmill.backends.common import fit_pixel_budget, model_special_tokens, neutralise_for, per_image_once, yes_probability
 from capmill.components import BackendConfig
 from capmill.errors import SetupError, is_transient_exception
 

@@ -3,7 +3,7 @@ export recipes (`recipes/export/NAME.yaml`) that fix them for a published method
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -13,12 +13,15 @@ from capmill.config import apply_overrides, format_validation_error
 from capmill.errors import ConfigError
 from capmill.export.mix import TARGET_MIX, MixConfig
 
-Target = Literal["clip", "mllm", "diffusion", "dreamlip", "llava_video", "clap"]
+Target = Literal["clip", "mllm", "diffusion", "dreamlip", "llava_video", "grounding", "clap"]
 # In mix.synthetic: the caption the run wrote as its training text (its `output.text_field`).
 CHOSEN = "@chosen"
 
 
 class ExportConfig(Strict):
+    # Options added later stay out of the dump while unset: exports without them keep their hash.
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"bins", "bin_score"})
+
     target: Target
     # Seed of every draw (mix, instruction turns); draws are per sample key.
     seed: int = 0
@@ -31,6 +34,13 @@ class ExportConfig(Strict):
     repeats: int | None = Field(None, ge=1)
     # diffusion sidecar: the folder name of each shard; must contain {shard}.
     folder: str = "{shard}"
+    # Keep only samples whose alignment bin (NoC, `align_bin`) is one of these, e.g. [7] for the
+    # best-aligned of 8 bins; None keeps every bin. NoC trains on all bins (conditioned on them)
+    # and decodes at the top one; a plain captioner trained on the top bins alone is its filtering
+    # counterpart.
+    bins: list[int] | None = None
+    # The score holding the bin; None: "align_bin".
+    bin_score: str | None = None
 
     @model_validator(mode="after")
     def _folder_per_shard(self) -> ExportConfig:
@@ -59,7 +69,8 @@ def export_config(target: str | None, seed: int = 0, overrides: list[str] | None
     recipe = dict(recipe or {})
     target = target or recipe.get("target")
     if target is None:
-        raise ConfigError("export needs a target: --target clip|mllm|diffusion|dreamlip|llava_video|clap, or an export --recipe")
+        raise ConfigError("export needs a target: --target clip|mllm|diffusion|dreamlip|llava_video|grounding|clap, "
+                          "or an export --recipe")
     if target not in TARGET_MIX:
         raise ConfigError(f"unknown export target {target!r}; choose one of {', '.join(TARGET_MIX)}")
     if recipe.get("target", target) != target:

@@ -63,6 +63,9 @@ TARGET_MIX: dict[str, MixConfig] = {
     "mllm": MixConfig(p_synthetic=1.0, synthetic=["dsc_plus"]),
     "diffusion": MixConfig(p_synthetic=0.5, synthetic=["dsc", "dsc_plus"]),
     "dreamlip": MixConfig(p_synthetic=1.0, synthetic=["dsc_plus", "dsc"]),
+    # Grounding data: the region captions are the point; the image-level text is the AltText
+    # unless the mix asks for a caption.
+    "grounding": MixConfig(p_synthetic=0.0, synthetic=["dsc"]),
     # Video LLMs: detailed video captions (see capmill.export.video).
     "llava_video": MixConfig(p_synthetic=1.0, synthetic=["sharegpt4video", "long_caption", "vdc_detailed",
                                                           "howtocaption", "dsc_plus"]),

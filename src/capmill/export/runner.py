@@ -14,7 +14,7 @@ from capmill.errors import ConfigError
 from capmill.export.config import CHOSEN, ExportConfig
 from capmill.export.mix import ALT_TEXT, DROP, TARGET_MIX
 from capmill.export.outdir import ExportDir
-from capmill.export.targets import EXPORTERS
+from capmill.export.targets import EXPORTERS, REGIONS_ONLY
 from capmill.outputdir import OutputDir, config_hash
 from capmill.readers.run_output import RunOutputInput
 
@@ -154,6 +154,14 @@ def export_run(run_out: str, config: ExportConfig, out: str, force: bool = False
     run_record = OutputDir(run_out).read_run()
     if run_record is None:
         raise ConfigError(f"{run_out!r} is not a capmill output directory (no _run.json)")
+    written = run_record.get("written")
+    if config.target == "grounding" and isinstance(written, dict) and "regions" not in written.get("fields", []):
+        raise ConfigError(f"--target grounding exports region captions, and the run in {run_out!r} wrote none; add a "
+                          f"regions stage to its pipeline (boxes from the record or a detector)")
+    if config.bins is not None and isinstance(written, dict) and (config.bin_score or ALIGN_BIN) not in written.get("scores", []):
+        raise ConfigError(f"bins keeps samples by scores[{config.bin_score or ALIGN_BIN!r}], which the run in {run_out!r} "
+                          f"did not write (its scores: {', '.join(written.get('scores', [])) or 'none'}); run align_bin "
+                          f"first, or name the score with bin_score")
     config, notes = resolve_mix(config, run_record, known_captions(run_out))
     reader = RunOutputInput(path=run_out).build()
     shards = reader.shards()
@@ -182,6 +190,15 @@ def export_run(run_out: str, config: ExportConfig, out: str, force: bool = False
     return report
 
 
+ALIGN_BIN = "align_bin"
+
+
+def in_bins(sample: Any, config: ExportConfig) -> bool:
+    """Whether the sample's alignment bin is one the export keeps (a sample without one is not)."""
+    value = sample.scores.get(config.bin_score or ALIGN_BIN)
+    return value is not None and value == value and int(value) in config.bins
+
+
 def _export_shard(exporter: Any, reader: Any, shard: Any, config: ExportConfig) -> dict[str, Any]:
     """Write one shard and return its commit record (written by the caller, after the outputs)."""
     counts: dict[str, Any] = {"samples": 0, "written": 0, "synthetic": 0, "skipped": Counter(), "text_source": Counter()}
@@ -191,6 +208,9 @@ def _export_shard(exporter: Any, reader: Any, shard: Any, config: ExportConfig) 
             counts["samples"] += 1
             if config.only_ok and not sample.ok:
                 counts["skipped"][f"status:{sample.status}"] += 1
+                continue
+            if config.bins is not None and not in_bins(sample, config):
+                counts["skipped"][f"{config.bin_score or ALIGN_BIN} not in {sorted(config.bins)}"] += 1
                 continue
             try:
                 image = sample.image.read_bytes()
@@ -205,7 +225,7 @@ def _export_shard(exporter: Any, reader: Any, shard: Any, config: ExportConfig) 
             else:
                 counts["written"] += 1
                 counts["text_source"][draw.label] += 1
-                counts["synthetic"] += draw.source != ALT_TEXT
+                counts["synthetic"] += draw.source not in (ALT_TEXT, REGIONS_ONLY)
         outputs = writer.commit()
     except BaseException:
         writer.abort()

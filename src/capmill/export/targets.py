@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from capmill.export.dreamlip import DEFAULT_K, sentence_pool
 from capmill.export.mix import ALT_TEXT, Draw, MixSampler, sample_rng, texts_of
+
+# The source a grounding sample without an image-level text is counted under.
+REGIONS_ONLY = "regions"
 from capmill.export.writers import DiffusionParquetShard, LlavaShard, SidecarShard, TarShard, assemble_llava
 
 if TYPE_CHECKING:
@@ -137,11 +140,38 @@ class DreamlipExporter(Exporter):
         return Draw(source, alt, source if sources else f"{ALT_TEXT} (no sentences)", mix_fallback=not sources)
 
 
+class GroundingExporter(Exporter):
+    """Grounding-style training data from region captions (FlexCap-style `regions`): webdataset
+    shards of KEY.EXT, KEY.txt (the image-level text of the mix, often the AltText) and KEY.json
+    with `regions`: [{"bbox": [x0, y0, x1, y1] normalised to the image's width and height,
+    "caption", "score", "label"}] — the captioned regions only (skipped and guard-flagged ones are
+    left out). A sample without a captioned region is not written."""
+
+    def open(self, shard: str) -> TarShard:
+        return TarShard(self.out, shard)
+
+    def write(self, writer: TarShard, sample: Sample, image: bytes, ext: str) -> Draw:
+        regions = [{"bbox": r["box"], "caption": r["caption"], "score": r.get("score"),
+                    **({"label": r["label"]} if r.get("label") is not None else {})}
+                   for r in sample.regions if r.get("caption") and not r.get("flagged") and not r.get("skipped")]
+        if not regions:
+            return Draw("", "", "no captioned region", dropped=True)
+        draw = self.sampler.draw(sample)
+        writer.add(f"{sample.key}.{ext}", image)
+        writer.add(f"{sample.key}.txt", draw.text.encode("utf-8"))
+        writer.add_json(f"{sample.key}.json", {"key": sample.key, "text_source": draw.source or None,
+                                               "regions": regions})
+        if draw.source:
+            return draw
+        return Draw(REGIONS_ONLY, "", f"{REGIONS_ONLY} (no image-level text)")
+
+
 EXPORTERS: dict[str, type[Exporter]] = {
     "clip": ClipExporter,
     "mllm": MllmExporter,
     "diffusion": DiffusionExporter,
     "dreamlip": DreamlipExporter,
+    "grounding": GroundingExporter,
 }
 
 

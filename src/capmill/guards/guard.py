@@ -224,3 +224,34 @@ def settle(guard: OutputGuard, items: Sequence[Guarded],
                     continue
         still.append(item)
     return still
+
+
+def alt_text_stand_in(alt_text: str | None, max_chars: int = 1000) -> tuple[str | None, str | None]:
+    """(the AltText cleaned to stand in for a missing output, None) or (None, why it cannot):
+    it must have words and hold no instruction, loop, markup or code, checked with the default
+    guards. The rule a stage follows when none of its model outputs survived."""
+    from capmill.prompts.safety import clean_text, source_text
+
+    problem = OutputGuard(GuardConfig()).stand_in_problem(source_text(alt_text, max_chars))
+    if problem is not None:
+        return None, problem
+    return clean_text(alt_text or "", max_chars), None
+
+
+NO_CANDIDATE = "no_candidate"
+
+
+def no_candidate(sample: Any, key: str, stage: str) -> None:
+    """A ranking or judging stage found no candidate that can compete (all missing, empty or
+    flagged by the guards): the AltText stands in for the chosen caption when it can, with
+    `meta["fallback"] = "no_candidate"` (counted by the run's stats and the export mix), else the
+    sample is dropped saying why."""
+    from capmill.sample import DROPPED as DROPPED_STATUS
+    from capmill.sample import Caption
+
+    text, problem = alt_text_stand_in(sample.alt_text)
+    if text:
+        sample.captions[key] = Caption(text=text, source=key, model=None,
+                                       meta={"fallback": NO_CANDIDATE, "chosen": "alt_text", "top": [], "candidates": []})
+        return
+    sample.status, sample.error = DROPPED_STATUS, f"{stage}: no candidate (all missing, empty or flagged) and the AltText cannot stand in"

@@ -105,8 +105,16 @@ def _ext(ref: MediaRef) -> str:
 
 def plan(ref: MediaRef, config: ClipConfig) -> tuple[list[tuple[float, float]], dict[str, Any]]:
     """The clip windows of the video `ref`, and its header facts for the clips' meta."""
-    from capmill.media.video import (Deadline, StreamClock, VideoConfig, check_header, keyframe_times,
-                                     open_container, stream_end, stream_info)
+    from capmill.media.video import (
+        Deadline,
+        StreamClock,
+        VideoConfig,
+        check_header,
+        keyframe_times,
+        open_container,
+        stream_end,
+        stream_info,
+    )
 
     deadline = Deadline(config.timeout_s)
     limits = VideoConfig(max_seconds=config.max_source_seconds, max_frames=10**9)

@@ -10,9 +10,9 @@ from pydantic import Field
 from capmill import keys
 from capmill.errors import ConfigError, InputRefused
 from capmill.keys import Key
+from capmill.media.kinds import sniff
 from capmill.readers.base import InputConfig, Reader, Shard, expand_paths, shard_stem, unique_shard_names
 from capmill.readers.locate import LocationConfig, Locator, with_downloads
-from capmill.media.kinds import sniff
 from capmill.sample import IMAGE, READ_ERROR, ImageRef, Sample
 
 

@@ -1,8 +1,9 @@
 """Where every parameter comes from: `capmill/data/provenance.yaml` read, matched to stages and exports, printed.
 
 A stage belongs to a method by its type (`caption` → Revisit, `tldr` → TL;DR, `align_bin` → NoC,
-`clip_score` → CLIPScore) and, for `fuse`, by its template (`fuse/capsfusion`, `fuse/veclip`),
-for `caption` by a format a method claims (`caption/autocap`); an
+`clip_score` → CLIPScore), for `fuse` by its template (`fuse/capsfusion`, `fuse/veclip`), for
+`judge` and `refine` by their mode (`judge/grade`, `refine/merge`), for `caption` by a format a
+method claims (`caption/autocap`); an
 export recipe belongs to the method of its name. A parameter's row is the method's, else the
 `common` (stages) or `export` (exports) one. Parameters are a config's fields; a nested section
 (`params`, `mix`) is listed field by field when the method has rows for its fields.
@@ -29,16 +30,22 @@ def load() -> dict[str, Any]:
     return yaml.safe_load(PROVENANCE_FILE.read_text(encoding="utf-8"))
 
 
-def method_of_stage(stage: Any) -> str | None:
-    """The method a stage config implements, by its type (and template for fuse; a caption stage
-    belongs to a method that claims one of its formats, `caption/autocap`, else to Revisit)."""
+def selectors(stage: Any) -> list[str]:
+    """How a stage names its method, most specific first: `fuse/TEMPLATE`; `caption/FORMAT` for a
+    format a method claims; `TYPE/MODE` for stages with a mode (`judge/grade`, `refine/merge`);
+    then its type."""
     if stage.type == "fuse":
-        selectors = [f"fuse/{stage.template}"]
-    elif stage.type == "caption":
-        selectors = [f"caption/{name}" for name in stage.formats] + ["caption"]
-    else:
-        selectors = [stage.type]
-    for selector in selectors:
+        return [f"fuse/{stage.template}"]
+    if stage.type == "caption":  # a method may claim one of its formats (autocap)
+        return [f"caption/{name}" for name in stage.formats] + ["caption"]
+    mode = getattr(stage, "mode", None)
+    return ([f"{stage.type}/{mode}"] if isinstance(mode, str) else []) + [stage.type]
+
+
+def method_of_stage(stage: Any) -> str | None:
+    """The method a stage config implements, by its type (and template for fuse, mode for judge
+    and refine)."""
+    for selector in selectors(stage):
         for name, entry in load().items():
             if selector in (entry.get("stages") or []):
                 return name

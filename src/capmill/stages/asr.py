@@ -17,11 +17,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from capmill.backends.base import SpeechRecognizer, SpeechRequest
 from capmill import keys
+from capmill.backends.base import SpeechRecognizer, SpeechRequest
 from capmill.components import BackendSpec, StageConfig
-from capmill.keys import Key, StageIO
 from capmill.errors import NoAudioStream, SampleError
+from capmill.keys import Key, StageIO
 from capmill.sample import AUDIO, BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 

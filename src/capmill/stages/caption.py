@@ -32,12 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from capmill import keys
 from capmill.backends.base import AudioLanguageModel, Generation, GenerationParams, VisionLanguageModel, VLMRequest
+from capmill.backends.common import check_guidance
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.guards import (
@@ -57,6 +58,7 @@ from capmill.guards.guard import REJECTED_CHARS
 from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
+from capmill.prompts.control import AlignControl, Controller
 from capmill.prompts.safety import clean_text, source_text, without_untrusted
 from capmill.sample import AUDIO, BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, TRANSIENT_ERROR, VIDEO, Caption, Sample
 from capmill.sample import DROPPED as DROPPED_STATUS
@@ -73,7 +75,7 @@ from capmill.text.length import (
     trim,
 )
 
-FORMAT_SLOTS = {"alt_text", "word_count"}
+FORMAT_SLOTS = {"alt_text", "word_count", "control"}
 # Slots a video prompt may use besides those.
 VIDEO_SLOTS = {"seconds", "frames"}
 # Slots an audio prompt may use besides those.
@@ -82,6 +84,8 @@ KIND_SLOTS = {VIDEO: VIDEO_SLOTS, AUDIO: AUDIO_SLOTS}
 
 
 class CaptionStageConfig(StageConfig):
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"name", "control"})
+
     type: Literal["caption"] = "caption"
     backend: BackendSpec
     # Format names (built-in: see `prompts/formats/`) or paths to your own format YAML files.
@@ -108,6 +112,9 @@ class CaptionStageConfig(StageConfig):
     # (`meta["flagged"]`); "drop" drops the sample. Dropped samples keep the rejected caption
     # and go to `_rejects/` with `output.rejects`.
     on_reject: Literal["alt_text", "keep", "drop"] = "alt_text"
+    # NoC alignment-level control (capmill.prompts.control): a control token or a prompt variant
+    # by the sample's `align_bin`, or the top bin for every sample. None: off.
+    control: AlignControl | None = None
     # The media this stage captions: "any" (every kind its formats have a prompt for), or one
     # kind; samples of another kind then fail with the reason. "audio" makes the backend an
     # audio-language model (what `--models` swaps in, and what the chain check expects decoded).
@@ -167,7 +174,10 @@ class CaptionStageConfig(StageConfig):
             media = keys.MEDIA[self.media]
         else:
             media = keys.IMAGE if IMAGE in kinds or not kinds - {IMAGE} else keys.MEDIA[sorted(kinds - {IMAGE})[0]]
-        return StageIO(reads=[media], writes=[keys.caption(k) for k in self.caption_keys()])
+        reads = [media]
+        if self.control is not None and self.control.level == "own":
+            reads.append(keys.score(self.control.score))
+        return StageIO(reads=reads, writes=[keys.caption(k) for k in self.caption_keys()])
 
     def backend_roles(self) -> dict[str, type]:
         return {"backend": AudioLanguageModel if self.media == AUDIO else VisionLanguageModel}
@@ -223,6 +233,7 @@ class CaptionStage(Stage):
             self.formats.append(next(v for v in (self.by_kind[k][-1] for k in base.all_kinds) if v is not None))
         self.order = {fmt.name: i for i, fmt in enumerate(self.formats)}
         self.guard = OutputGuard(config.guards, stage="caption")
+        self.control = Controller(config.control, config.prompt_dirs) if config.control is not None else None
 
     def _variant(self, template: PromptTemplate) -> CaptionFormat:
         config = self.config
@@ -240,6 +251,7 @@ class CaptionStage(Stage):
             fmt.count = counter_for(fmt.target) if fmt.target is not None else None
         role = AudioLanguageModel if self.config.media == AUDIO else VisionLanguageModel
         self.backend = self.load_backend(self.config.backend, role, "the caption stage")
+        check_guidance(self.backend, self.config.params, "caption")
 
     def key_for(self, fmt: CaptionFormat) -> str:
         return self.config.caption_key(fmt.name)
@@ -263,20 +275,27 @@ class CaptionStage(Stage):
                 continue
             if without:
                 sample.meta["formats_without_prompt"] = without
+            level = self.control.config.bin_for(sample.scores) if self.control is not None else None
             for fmt in (v for v in variants if v is not None):
-                slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50}
+                slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50,
+                         "control": self.control.text(level[0]) if self.control is not None else ""}
                 slots.update({slot: untrusted(value, "metadata", cfg.metadata_max_chars) for slot, value in record.items()})
                 if video is not None:
                     slots.update(seconds=f"{video.seconds:.0f}", frames=len(video.frames))
                 if audio is not None:
                     slots.update(seconds=f"{audio.seconds:.0f}")
+                prompt = fmt.template.render(**slots)
+                tag = f"{sample.key}:{fmt.name}"
+                if self.control is not None:
+                    prompt = self.control.apply(prompt, level[0], "control" in fmt.template.slots())
+                    tag += f"@bin{level[0]}"
                 request = VLMRequest(
-                    prompt=fmt.template.render(**slots),
+                    prompt=prompt,
                     images=images,  # the same objects for every format of this sample
                     n=cfg.n,
                     system=fmt.template.render_system(**slots),
                     params=cfg.params,
-                    tag=f"{sample.key}:{fmt.name}",
+                    tag=tag,
                     video=video,
                     audio=audio,
                 )
@@ -289,7 +308,10 @@ class CaptionStage(Stage):
                                 if slot in used})
                 given = GuardInput(sources=sources, prompt=without_untrusted(f"{request.system or ''}\n{request.prompt}"),
                                    language=fmt.language)
-                jobs.append(_Job(sample, fmt, request, given))
+                job = _Job(sample, fmt, request, given)
+                if self.control is not None:
+                    job.meta["control"] = self.control.meta(*level)
+                jobs.append(job)
         if not jobs:
             return batch
         # Format-major order: a backend chunking the list gets prompts of one template together,

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer, LanguageModel, VisionLanguageModel, VLMRequest
 from capmill import keys
+from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer, LanguageModel, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig, Strict
 from capmill.guards import DROPPED, FLAGGED, GuardConfig, Guarded, GuardInput, OutputGuard, finish_reason, settle
 from capmill.guards.config import AUTO

@@ -23,17 +23,18 @@ from typing import Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import ChatRequest, Generation, GenerationParams, LanguageModel
+from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
-from capmill.guards import FALLBACK, Guarded, GuardInput, OutputGuard, finish_reason, settle
+from capmill.guards import GuardInput, OutputGuard
 from capmill.guards.config import AUTO
 from capmill.guards.fuse import FUSE_CHECKS, FuseGuardConfig
 from capmill.guards.language import code_for, detect
+from capmill.guards.rewrite import RewriteJob, clean_output, rewrite
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template
 from capmill.prompts.safety import safe_alt_text, source_text, untrusted, without_untrusted
-from capmill.sample import BACKEND_ERROR, TRANSIENT_ERROR, Caption, Sample
+from capmill.sample import Caption, Sample
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import length_meta, token_counter
 from capmill.text.prompt_budget import fit_inputs, fit_prompt, load_prompt_tokenizer
@@ -166,8 +167,7 @@ class FuseStage(Stage):
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         cfg = self.config
-        requests: list[ChatRequest] = []
-        owners: list[tuple[Sample, str, str, bool]] = []
+        jobs: list[RewriteJob] = []
         for sample in batch:
             caption = sample.captions.get(cfg.caption)
             cap_text = caption.text.strip() if caption else ""
@@ -180,42 +180,18 @@ class FuseStage(Stage):
                 self._store(sample, cap_text, fallback=EMPTY_ALT_TEXT)
                 continue
             alt_in, cap_in, cut = self.fit_budget(alt, cap_text)
-            requests.append(ChatRequest(messages=self.messages(alt_in, cap_in), params=cfg.params,
-                                        tag=f"{sample.key}:{self.key}"))
-            owners.append((sample, alt, cap_text, cut))
-        if not requests:
-            return batch
-        items: list[Guarded] = []
-        for request, (sample, alt, cap_text, cut), gen in zip(requests, owners, self.backend.chat(requests), strict=True):
-            inputs = {"caption": cfg.caption, "alt_text_truncated": cut}
-            if not gen.ok and gen.transient:
-                # The server was down or timed out: no fallback is stored as if it were the
-                # result; the sample is retryable.
-                sample.fail(TRANSIENT_ERROR, f"{self.key}: {gen.error}")
-                continue
-            if not gen.ok:
-                self._store(sample, self._better(alt, cap_text), fallback=BACKEND_ERROR, inputs=inputs,
-                            error=gen.error or "no text")
-                continue
+            request = ChatRequest(messages=self.messages(alt_in, cap_in), params=cfg.params, tag=f"{sample.key}:{self.key}")
             prompt = without_untrusted("\n".join(m["content"] for m in request.messages))
             sources = {"alt_text": source_text(sample.alt_text, cfg.max_chars), "caption": cap_text}
-            given = GuardInput(sources=sources, prompt=prompt, finish=finish_reason(gen.meta),
-                               language=self.expected_language(alt, cap_text), grounded=True)
-            items.append(Guarded(clean_output(gen.texts[0]), given,
-                                 owner={"sample": sample, "alt": alt, "caption": cap_text, "inputs": inputs,
-                                        "request": request, "meta": gen.meta}))
-        # Rejected fusions of the whole batch go back together, one backend call per round.
-        settle(self.guard, items, self._regenerate, clean=clean_output)
-        for item in items:
-            o = item.owner
-            if o["sample"].status == TRANSIENT_ERROR:
-                continue
-            if item.ok:
-                self._store(o["sample"], item.text, inputs=o["inputs"], backend_meta=o["meta"], guards=item.meta())
-            else:
-                item.reject()
-                self._store(o["sample"], self._better(o["alt"], o["caption"]), fallback=item.verdict.reason,
-                            inputs=o["inputs"], rejected=item.text, guards=item.meta(FALLBACK))
+            given = GuardInput(sources=sources, prompt=prompt, language=self.expected_language(alt, cap_text),
+                               grounded=True)
+            jobs.append(RewriteJob(sample, request, given, fallback=self._better(alt, cap_text),
+                                   info={"caption": cfg.caption, "alt_text_truncated": cut}))
+        # Every output passes the guards; the rejected ones of the batch are asked for again
+        # together, and what is still rejected keeps the better input, saying why.
+        for done in rewrite(self.backend, self.guard, jobs, self.key, clean=clean_output):
+            self._store(done.job.sample, done.text, fallback=done.fallback, inputs=done.job.info,
+                        rejected=done.rejected, error=done.error, backend_meta=done.backend_meta, guards=done.guards)
         return batch
 
     def _better(self, alt: str, caption: str) -> str:
@@ -224,23 +200,6 @@ class FuseStage(Stage):
         if self.config.prefer == "alt_text" and self.guard.stand_in_problem(alt) is None:
             return alt
         return caption
-
-    def _regenerate(self, items: list[Guarded]) -> list[Generation]:
-        requests = []
-        for item in items:
-            base: ChatRequest = item.owner["request"]
-            note = self.guard.retry_note(item.verdict, item.given.language)
-            messages = [dict(m) for m in base.messages]
-            messages[-1]["content"] = f"{messages[-1]['content']}\n\n{note}"
-            requests.append(ChatRequest(messages=messages, n=base.n, params=base.params,
-                                        tag=f"{base.tag}#retry{item.regenerated + 1}"))
-        generations = self.backend.chat(requests)
-        for item, gen in zip(items, generations, strict=True):
-            if gen.ok:
-                item.owner["meta"] = gen.meta
-            elif gen.transient:  # not a verdict on the fusion: the sample is redone as a whole
-                item.owner["sample"].fail(TRANSIENT_ERROR, f"{self.key}: {gen.error}")
-        return generations
 
     def _store(self, sample: Sample, text: str, fallback: str | None = None, inputs: dict | None = None,
                rejected: str | None = None, error: str | None = None, backend_meta: dict | None = None,
@@ -260,13 +219,3 @@ class FuseStage(Stage):
             prompt_id=self.template.prompt_id, meta=meta,
         )
 
-
-def clean_output(text: str) -> str:
-    """The caption without surrounding whitespace, quotes, or a leading label the LLM added."""
-    text = text.strip()
-    for label in ("caption:", "fused caption:", "new caption:", "rewritten caption:"):
-        if text.lower().startswith(label):
-            text = text[len(label):].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
-        text = text[1:-1].strip()
-    return text

@@ -28,13 +28,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer, LanguageModel
 from capmill import keys
+from capmill.backends.base import ChatRequest, GenerationParams, ImageTextScorer, LanguageModel
 from capmill.components import BackendSpec, StageConfig
-from capmill.keys import Key, StageIO
 from capmill.guards import GuardConfig, Guarded, OutputGuard, settle
 from capmill.guards.config import AUTO
 from capmill.guards.language import detect
+from capmill.keys import Key, StageIO
 from capmill.prompts import load_template, untrusted
 from capmill.prompts.safety import source_text
 from capmill.sample import BACKEND_ERROR, DROPPED, STAGE_ERROR, VIDEO, Caption, Sample

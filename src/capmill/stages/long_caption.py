@@ -26,20 +26,20 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel, VisionLanguageModel, VLMRequest
 from capmill import keys
+from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel, VisionLanguageModel, VLMRequest
 from capmill.components import BackendSpec, StageConfig
-from capmill.keys import Key, StageIO
 from capmill.guards import DROPPED, FLAGGED, GuardConfig, Guarded, OutputGuard, settle
 from capmill.guards.checks import TRUNCATED
 from capmill.guards.config import AUTO
 from capmill.guards.language import detect
+from capmill.keys import Key, StageIO
 from capmill.prompts import load_template, untrusted
 from capmill.prompts.safety import source_text
 from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Frame, Sample
 from capmill.sample import DROPPED as DROPPED_STATUS
-from capmill.stages.differential_caption import guard_input, with_note
 from capmill.stages.base import RunContext, Stage
+from capmill.stages.differential_caption import guard_input, with_note
 from capmill.text.length import FIRST_TRY, REGENERATED, TRIMMED, LengthTarget, MissPolicy, count_words, length_meta, trim
 
 

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from capmill import keys
 from capmill.backends.base import Detector, GenerationParams, LanguageModel, VisionLanguageModel, VLMRequest
-from capmill.components import BackendSpec, Strict, StageConfig
+from capmill.components import BackendSpec, StageConfig, Strict
 from capmill.errors import ConfigError
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
@@ -45,9 +45,8 @@ from capmill.stages.base import RunContext, Stage
 from capmill.verify import regions as geo
 from capmill.verify.parse import parse_items, parse_sections
 from capmill.verify.steps import (
-    VerifyGuardConfig,
-    verify_guard,
     FinalJob,
+    VerifyGuardConfig,
     bullet_block,
     chat_parsed,
     chat_request,
@@ -56,6 +55,7 @@ from capmill.verify.steps import (
     failure_status,
     review,
     settle_captions,
+    verify_guard,
 )
 
 MERGE_SECTIONS = ("agree", "conflict", "unique")

@@ -37,7 +37,7 @@ from capmill.backends.base import (
     VisionLanguageModel,
     VLMRequest,
 )
-from capmill.components import BackendSpec, Strict, StageConfig, default_backend
+from capmill.components import BackendSpec, StageConfig, Strict, default_backend
 from capmill.errors import ConfigError
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
@@ -47,9 +47,8 @@ from capmill.stages.base import RunContext, Stage
 from capmill.verify.golden import GoldenResult, content_mask, golden_sentences, masked_gaps
 from capmill.verify.parse import parse_items
 from capmill.verify.steps import (
-    VerifyGuardConfig,
-    verify_guard,
     FinalJob,
+    VerifyGuardConfig,
     bullet_block,
     chat_parsed,
     chat_request,
@@ -58,6 +57,7 @@ from capmill.verify.steps import (
     failure_status,
     review,
     settle_captions,
+    verify_guard,
 )
 
 

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from capmill import keys
 from capmill.backends.base import AskingVisionLanguageModel, AskRequest, Detector, GenerationParams, LanguageModel
-from capmill.components import BackendSpec, Strict, StageConfig
+from capmill.components import BackendSpec, StageConfig, Strict
 from capmill.errors import ConfigError
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template
@@ -39,15 +39,15 @@ from capmill.stages.base import RunContext, Stage
 from capmill.verify.parse import parse_sections
 from capmill.verify.regions import matches
 from capmill.verify.steps import (
-    VerifyGuardConfig,
-    verify_guard,
     FinalJob,
+    VerifyGuardConfig,
     bullet_block,
     chat_parsed,
     chat_request,
     clean_caption,
     expected_language,
     settle_captions,
+    verify_guard,
 )
 
 

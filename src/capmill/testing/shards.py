@@ -134,8 +134,16 @@ def _animated_gif() -> bytes:
     return buf.getvalue()
 
 
-def items(n: int, start: int = 0, photos: bool = True, size: tuple[int, int] = (96, 72), prefix: str = "") -> Iterator[Item]:
-    """n samples: real photos first (when asked), then generated images, keys `{prefix}{i:06d}`."""
+# Region boxes a record may carry (normalised [x0, y0, x1, y1], bare or with a score and a label),
+# for the region-caption stage; the last is too small to caption at the test images' size.
+BOXES = [[0.05, 0.1, 0.6, 0.8], {"box": [0.4, 0.3, 0.95, 0.9], "score": 0.8, "label": "shape"},
+         {"bbox": [0.0, 0.0, 0.05, 0.05], "score": 0.1}]
+
+
+def items(n: int, start: int = 0, photos: bool = True, size: tuple[int, int] = (96, 72), prefix: str = "",
+          boxes: bool = False) -> Iterator[Item]:
+    """n samples: real photos first (when asked), then generated images, keys `{prefix}{i:06d}`;
+    with `boxes`, each KEY.json also holds `boxes` (BOXES)."""
     names = list(PHOTOS) if photos else []
     for i in range(start, start + n):
         if i < len(names):
@@ -147,6 +155,8 @@ def items(n: int, start: int = 0, photos: bool = True, size: tuple[int, int] = (
             data, ext, alt = encode(generated(i, size), "JPEG", quality=85), "jpg", f"image number {i} with shapes"
             meta = {"source": "generated"}
         key = f"{prefix}{i:06d}"
+        if boxes:
+            meta["boxes"] = BOXES
         yield Item(key, data, ext, alt, {**meta, "key": key, "url": f"https://example.com/{key}.{ext}"})
 
 
@@ -185,13 +195,13 @@ def write_tar(path: str | os.PathLike, samples: Iterable[Item], extra_members: d
 
 
 def write_webdataset(directory: str | os.PathLike, shards: int = 3, per_shard: int = 8, corrupt: bool = False,
-                     photos: bool = True, size: tuple[int, int] = (96, 72)) -> list[str]:
+                     photos: bool = True, size: tuple[int, int] = (96, 72), boxes: bool = False) -> list[str]:
     """`shards` tar files `00000.tar` … in `directory`; with `corrupt`, the last shard also holds
-    every hostile image and AltText."""
+    every hostile image and AltText; with `boxes`, every KEY.json holds region boxes."""
     directory = os.fspath(directory)
     paths = []
     for s in range(shards):
-        samples = list(items(per_shard, start=s * per_shard, photos=photos, size=size))
+        samples = list(items(per_shard, start=s * per_shard, photos=photos, size=size, boxes=boxes))
         if corrupt and s == shards - 1:
             samples += list(corrupt_items())
         paths.append(write_tar(os.path.join(directory, f"{s:05d}.tar"), samples))

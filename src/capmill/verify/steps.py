@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import Field
 
 from capmill.backends.base import ChatRequest, Generation
-from capmill.guards import FALLBACK, GuardConfig, GuardInput, Guarded, OutputGuard, finish_reason, settle
+from capmill.guards import FALLBACK, GuardConfig, Guarded, GuardInput, OutputGuard, finish_reason, settle
 from capmill.guards.fuse import OFF_TOPIC, check_off_topic
 from capmill.guards.language import detect
 from capmill.prompts.safety import without_untrusted

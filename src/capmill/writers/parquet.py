@@ -16,12 +16,14 @@ from capmill.writers.base import ShardWriter, row_fields, tmp_name, usable_image
 
 FIXED = ["key", "status", "error", "alt_text", "text"]
 IMAGE = "image"
+REGIONS = "regions"
 AUDIO_COLUMN = "audio"
 
 
 class ParquetWriter(ShardWriter):
     """Columns: key, status, error, alt_text, text (the chosen caption), `caption.NAME` and
-    `score.NAME` for each caption and score present in the shard, `image` when `images` is on
+    `score.NAME` for each caption and score present in the shard, `regions` (the region captions
+    as a JSON list) when a sample of the shard has them, `image` when `images` is on
     (Hugging Face's image struct: `bytes` and `path`, null for a sample without a usable image),
     and `record` (the full record as JSON, so nothing is lost when the flat columns do not fit a
     consumer). `error` and `alt_text` are null when absent, as the record has them.
@@ -44,6 +46,8 @@ class ParquetWriter(ShardWriter):
             row[f"caption.{name}"] = caption.text
         for name, value in sample.scores.items():
             row[f"score.{name}"] = float(value)
+        if sample.regions:
+            row[REGIONS] = json.dumps(sample.regions, ensure_ascii=False)
         if self.images:
             kind = sample.media.kind
             data = usable_image(sample) if kind == IMAGE_KIND else None  # an image column holds images
