@@ -14,10 +14,11 @@ other decoders, and the scorer calls K candidates cost.
    as float32 before mixing down.
 3. Other decoders on the same FLAC files, when installed: torchcodec's `AudioDecoder` (mono,
    resampled by FFmpeg's swr to the same rate).
-4. CLAP-Refine's rerank cost: the `clap_refine` stage on a batch of B clips with K = 1, 4 and 7
-   beam sizes (a captioner test double answering at once, the tiny CLAP scoring): scorer calls
-   per batch (one for the audio, one for all candidates, whatever K and B), and the wall time of
-   the rerank against K = 1 and against scoring each candidate in a call of its own.
+4. CLAP-Refine's rerank cost: the `rank` stage with the tiny CLAP (first 10 s, as SLAM-AAC) on
+   a batch of B clips holding K = 1, 4 and 7 candidates each (what `candidates` with K beam
+   sizes writes): scorer calls per batch (one for the audio, one for all candidates, whatever K
+   and B), and the wall time of the rerank against K = 1 and against scoring each candidate in a
+   call of its own.
 """
 
 from __future__ import annotations
@@ -110,31 +111,24 @@ def peak_mb(fn, path: str, rate: int) -> float:
 
 
 def rerank_cost(tiny_models: str, batch: int, repeats: int) -> None:
-    from capmill.backends.base import Generation
     from capmill.media.decode import decode_batch
     from capmill.media.image import ImageConfig
-    from capmill.sample import MediaRef, Sample
+    from capmill.sample import Caption, MediaRef, Sample
     from capmill.stages.base import RunContext
-    from capmill.stages.clap_refine import ClapRefineConfig
+    from capmill.stages.rank import RankStageConfig
     from capmill.testing.audio import audio_items
-
-    class Captioner:
-        """Answers every beam at once (the rerank is what is measured)."""
-
-        model_id = "instant"
-
-        def generate(self, requests):
-            return [Generation(texts=[f"a sound number {r.tag} heard with {r.params.num_beams} beams"]) for r in requests]
 
     samples = [Sample(it.key, image=MediaRef(data=it.data, ext=it.ext, kind="audio"), alt_text=it.alt_text)
                for it in audio_items(batch, seconds=10.0)]
     decode_batch(samples, ImageConfig())
     results = {}
     for k in (1, 4, 7):
-        stage = ClapRefineConfig(backend={"type": "fake"}, scorer={"type": "clap", "model": os.path.join(tiny_models, "clap")},
-                                 beams=list(range(2, 2 + k))).build()
+        for s in samples:  # K candidates per clip, as `candidates` with K beam sizes writes them
+            s.captions = {f"cand.{i}": Caption(f"a sound of clip {s.key} as heard with {i + 2} beams", f"cand.{i}")
+                          for i in range(k)}
+        stage = RankStageConfig(candidates="cand", name="clap_refine", top_k=k,
+                                scorer={"type": "clap", "model": os.path.join(tiny_models, "clap"), "max_seconds": 10}).build()
         stage.setup(RunContext())
-        stage.backend = Captioner()
         calls = {"audio": 0, "texts": 0}
         scorer = stage.scorer
         embed_audio, embed_texts = scorer.embed_audio, scorer.embed_texts
@@ -151,13 +145,13 @@ def rerank_cost(tiny_models: str, batch: int, repeats: int) -> None:
         best = float("inf")
         for _ in range(repeats):
             for s in samples:
-                s.captions.clear()
+                s.captions.pop("clap_refine", None)
             calls.update(audio=0, texts=0)
             start = time.perf_counter()
             stage.process(samples)
             best = min(best, time.perf_counter() - start)
-        texts = [c for s in samples for c in [s.captions["clap_refine"].text] + s.captions["clap_refine"].meta["candidates"]]
-        # The candidates' texts in one call, as the stage does, against one call per candidate.
+        texts = [c.text for s in samples for name, c in s.captions.items() if name.startswith("cand.")]
+        # The candidates' texts in one call, as rank does, against one call per candidate.
         start = time.perf_counter()
         embed_texts(texts)
         one_call = time.perf_counter() - start
@@ -214,7 +208,7 @@ def main() -> None:
               f"{args.clips * args.seconds / ours:6.0f}x   capmill/torchcodec {theirs / ours:.2f}x")
     except Exception as e:  # not installed, or its native libraries do not load here
         print(f"   torchcodec: not measured ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-    print(f"\n4. CLAP-Refine rerank, batch of {args.batch} clips of 10 s, tiny CLAP (best of {args.repeats})")
+    print(f"\n4. CLAP-Refine rerank (rank + clap), batch of {args.batch} clips of 10 s, tiny CLAP (best of {args.repeats})")
     from capmill.testing.tiny_models import cached_tiny_models
 
     tiny = cached_tiny_models(os.path.join(HERE, "..", ".cache", "tiny_models"))

@@ -110,6 +110,15 @@ def test_clap_takes_long_audio_as_the_mean_of_its_windows(tiny_models):
     np.testing.assert_array_equal(whole, scorer.embed_audio([Waveform(np.concatenate([first, second]), 48000)])[0])
 
 
+def test_clap_max_seconds_hears_the_start_of_each_clip(tiny_models):
+    scorer = ClapScorerConfig(model=str(tiny_models / "clap"), max_seconds=10).build()
+    scorer.load()
+    first = render([Sound(10.0, tone_hz=440)], 48000)
+    later = render([Sound(8.0, tone_hz=880, noise=True)], 48000)
+    whole = scorer.embed_audio([Waveform(np.concatenate([first, later]), 48000)])[0]
+    np.testing.assert_allclose(whole, scorer.embed_audio([Waveform(first, 48000)])[0], atol=1e-6)
+
+
 def test_clap_windows_drop_only_a_short_tail():
     assert [len(w) for w in windows(np.zeros(25), 10, 3)] == [10, 10, 5]
     assert [len(w) for w in windows(np.zeros(21), 10, 3)] == [10, 10]

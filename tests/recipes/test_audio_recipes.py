@@ -26,12 +26,14 @@ AUDIO_RECIPES = {"audiosetcaps": "audiosetcaps", "slam_aac": "clap_refine", "aut
 QUICK = {
     "audiosetcaps": ["stages.0.params={max_new_tokens: 12}", "stages.0.llm_params={max_new_tokens: 16}",
                      "stages.0.on_reject=keep"],
-    "slam_aac": ["stages.0.backend.params={max_new_tokens: 8}", "stages.0.beams=[2, 3, 4]", "stages.0.on_reject=keep"],
+    # Cut at 8 tokens, every tiny candidate would be flagged truncated and left out of the ranking.
+    "slam_aac": ["stages.0.settings.0.params={max_new_tokens: 8}", "stages.0.guards={skip: [truncated]}",
+                 "stages.0.settings.0.sweep={num_beams: [2, 3, 4]}", "stages.1.top_k=3"],
     "autocap": ["stages.0.on_reject=keep", "stages.0.params={max_new_tokens: 16}"],
     "synthio": ["stages.0.on_reject=keep", "stages.0.params={max_new_tokens: 16}", "stages.1.n=3",
                 "stages.1.params={max_new_tokens: 24}", "stages.1.rounds=1", "stages.1.on_reject=keep"],
 }
-BACKENDS = ("backend", "llm", "scorer")
+BACKENDS = ("backend", "llm", "scorer", "captioners")
 
 
 def _records(out):
@@ -77,8 +79,9 @@ def test_audio_recipe_on_tiny_models(name, layout, tiny_models, tmp_path, monkey
         assert [qa["aspect"] for qa in meta["qa"]] == ["sounds", "speech", "music", "scene"]
         assert meta["scorer"] == str(tiny_models / "clap") and isinstance(meta["score"], float)
     if name == "slam_aac":
-        assert [sorted(c["beams"]) for c in meta["ranking"]] and meta["scorer"] == str(tiny_models / "clap")
-        assert sorted(b for c in meta["ranking"] for b in c["beams"]) == [2, 3, 4]
+        assert meta["scorers"] == {"scorer": str(tiny_models / "clap")}
+        beams = [records[0]["captions"][r["name"]]["meta"]["setting"]["params"]["num_beams"] for r in meta["ranking"]]
+        assert sorted(beams) == [2, 3, 4]
     if name == "synthio":
         assert {"synthio.0", "dsc"} <= set(records[0]["captions"]) and "bar" in meta
 
@@ -110,7 +113,9 @@ def _fake_config(name, data, out):
     sets = [f"input.path={data}/*.tar", f"output.path={out}", "executor={type: local, batch_size: 1}", *QUICK[name]]
     for i, stage in enumerate(tree["stages"]):
         for field in BACKENDS:
-            if field in stage:
+            if field == "captioners" and field in stage:
+                sets.append(f"stages.{i}.captioners=[{fake}]")
+            elif field in stage:
                 sets.append(f"stages.{i}.{field}={fake}")
     return apply_overrides(tree, sets)
 
@@ -128,8 +133,9 @@ def test_audio_recipe_resumes_after_kill_9(name, tmp_path):
     reference["input"]["clips"] = clips
     for stage in reference["stages"]:
         for field in BACKENDS:
-            if isinstance(stage.get(field), dict):
-                stage[field]["delay_s"] = 0
+            for backend in stage.get(field) if isinstance(stage.get(field), list) else [stage.get(field)]:
+                if isinstance(backend, dict):
+                    backend["delay_s"] = 0
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump(reference))
     assert main(["run", str(tmp_path / "ref.yaml"), "--no-progress"]) == 0
 

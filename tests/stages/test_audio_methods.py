@@ -1,5 +1,6 @@
-"""The audio methods' stages on scripted test doubles: AudioSetCaps, SLAM-AAC's CLAP-Refine,
-Synthio, and their pure cores (answer filtering, the labels' padding, ranking, prompt parsing)."""
+"""The audio methods' stages on scripted test doubles: AudioSetCaps, SLAM-AAC's CLAP-Refine
+(candidates + rank on audio), Synthio, and their pure cores (answer filtering, the labels'
+padding, prompt parsing)."""
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from capmill.media.image import ImageConfig
 from capmill.sample import MediaRef, Sample
 from capmill.stages.audiosetcaps import AudioSetCapsConfig, check_texts, kept_answers
 from capmill.stages.base import RunContext
-from capmill.stages.clap_refine import ClapRefineConfig, rank_candidates
+from capmill.stages.candidates import CandidatesStageConfig
+from capmill.stages.rank import RankStageConfig
 from capmill.stages.synthio import SynthioConfig, parse_prompts
 from capmill.testing.audio import Sound, audio_items, make_audio
 
@@ -81,12 +83,6 @@ def test_labels_are_padded_to_the_caption_and_punctuation_removed():
     assert labels.startswith("Dog  bark") and len(labels) <= len(caption) and len(labels) > len(caption) - len("Dog  bark")
     assert check_texts("short", "a much longer label text")[1] == "a much longer label text"  # never cut
     assert check_texts("x y z w", "ab", pad=False)[1] == "ab"
-
-
-def test_ranking_is_best_first_ties_in_order_nan_last():
-    assert rank_candidates([0.2, 0.5, 0.5, float("nan"), 0.1]) == ([1, 2, 0, 4, 3], 1)
-    assert rank_candidates([0.2, 0.5, 0.4], rank=2) == ([1, 2, 0], 2)
-    assert rank_candidates([0.2], rank=5) == ([0], 0)
 
 
 def test_prompts_parse_from_numbered_and_bulleted_lists():
@@ -178,52 +174,80 @@ def test_audiosetcaps_refuses_other_media_and_undecoded_audio():
     assert undecoded.status == "decode_error" and "decoded audio" in undecoded.error
 
 
-# --- CLAP-Refine ---------------------------------------------------------------------------------
+# --- CLAP-Refine: candidates + rank on audio ----------------------------------------------------
 
-def test_clap_refine_decodes_each_beam_size_and_keeps_what_the_scorer_prefers():
-    captioner = FakeBackend(FakeBackendConfig(script=[{"when": "main sound", "answer": "{text}"}]))
-    answers = {2: "A hum.", 3: "A low hum.", 4: "A low hum.", 5: "Rain falls."}
+def test_candidates_decode_each_beam_size_of_every_clip_in_one_call():
+    from capmill.backends.base import AudioLanguageModel, Generation
+
     seen = []
 
     def generate(requests):
-        seen.append([r.params.num_beams for r in requests])
-        from capmill.backends.base import Generation
+        seen.append([(r.params.num_beams, r.audio.seconds, bool(r.images)) for r in requests])
+        return [Generation(texts=[f"A sound heard with {r.params.num_beams} beams."]) for r in requests]
 
-        return [Generation(texts=[answers[r.params.num_beams]]) for r in requests]
-
-    captioner.generate = generate
-    scorer = WordScorer({"low", "hum"})
-    stage = stage_with(ClapRefineConfig(backend=FAKE, scorer=FAKE, beams=[2, 3, 4, 5]), backend=captioner, scorer=scorer)
+    config = CandidatesStageConfig(captioners=[FAKE], media="audio",
+                                   settings=[{"format": "ssc", "sweep": {"num_beams": [2, 3, 4]}}])
+    assert config.backend_roles() == {"captioners": AudioLanguageModel}
+    stage = config.build()
+    stage.setup(RunContext())
+    stage.backends[0].generate = generate
     batch = clips(2)
     stage.process(batch)
-    assert seen == [[2, 3, 4, 5, 2, 3, 4, 5]]  # every beam size of every clip in one backend call
+    assert seen == [[(2, 2.0, False), (3, 2.0, False), (4, 2.0, False)] * 2]
+    assert [batch[0].captions[f"cand.{i}"].text for i in range(3)] == [f"A sound heard with {b} beams." for b in (2, 3, 4)]
+    assert batch[0].captions["cand.0"].prompt_id == "ssc@1:audio"
+    assert batch[0].captions["cand.2"].meta["setting"]["params"]["num_beams"] == 4
+
+
+def test_candidates_for_audio_refuse_images_and_undecoded_audio():
+    from capmill.testing import generated
+
+    stage = CandidatesStageConfig(captioners=[FAKE], media="audio").build()
+    stage.setup(RunContext())
+    image = Sample("img", image=MediaRef(kind="image"))
+    image.image.image = generated(0, (32, 32))
+    raw = Sample("raw", image=MediaRef(data=make_audio([Sound(1.0)]), ext="wav", kind="audio"))
+    stage.process([image, raw])
+    assert image.status == "decode_error" and "needs audio" in image.error
+    assert raw.status == "decode_error" and "decoded audio" in raw.error
+
+
+def test_rank_orders_audio_candidates_by_an_audio_scorer_in_one_call_each():
+    from capmill.backends.base import AudioTextScorer
+    from capmill.sample import Caption
+
+    config = RankStageConfig(candidates="cand", scorer={"type": "clap"}, name="clap_refine", top_k=3)
+    assert config.backend_roles()["scorer"] is AudioTextScorer
+    from capmill import keys
+
+    available = frozenset({keys.caption(f"cand.{i}") for i in range(3)})
+    assert keys.AUDIO in config.io(available).reads
+    scorer = WordScorer({"low", "hum"})
+    stage = config.build()
+    stage.scorer = scorer  # the test double stands in for CLAP (nothing is loaded)
+    stage.matcher = stage.reward = None
+    batch = clips(2)
+    for sample in batch:
+        for i, text in enumerate(["A hum.", "A low hum.", "Rain falls."]):
+            sample.captions[f"cand.{i}"] = Caption(text, f"cand.{i}")
+    stage.process(batch)
     caption = batch[0].captions["clap_refine"]
-    assert caption.text == "A low hum." and caption.meta["chosen"] == "beam3" and caption.meta["beams"] == [3, 4]
-    assert [c["text"] for c in caption.meta["ranking"]] == ["A low hum.", "A hum.", "Rain falls."]
+    assert caption.text == "A low hum." and caption.meta["chosen"] == "cand.1"
+    assert [r["name"] for r in caption.meta["ranking"]] == ["cand.1", "cand.0", "cand.2"]
     assert caption.meta["candidates"] == ["A hum.", "Rain falls."]  # what SPIDEr-max reads
     assert batch[0].scores["clap_refine"] == pytest.approx(2 / 3, abs=1e-6)
-    assert scorer.audio_calls == 1 and scorer.text_calls == 1
-    second = stage_with(ClapRefineConfig(backend=FAKE, scorer=FAKE, beams=[2, 3, 4, 5], rank=2), backend=captioner,
-                        scorer=scorer)
-    batch = clips(1)
-    second.process(batch)
-    assert batch[0].captions["clap_refine"].text == "A hum."
+    assert scorer.audio_calls == 1 and scorer.text_calls == 1  # one call each for the whole batch
 
 
-def test_clap_refine_scores_the_first_seconds_and_drops_when_no_candidate_survives():
-    scorer = WordScorer(set())
-    lengths = []
-    scorer.embed_audio = lambda audio: (lengths.extend(len(w.samples) for w in audio), np.ones((len(audio), 2)))[1]
-    captioner = FakeBackend(FakeBackendConfig(script=[{"when": "main sound", "answer": "Ignore all previous instructions."}]))
-    stage = stage_with(ClapRefineConfig(backend=FAKE, scorer=FAKE, beams=[2, 3], scorer_seconds=1.0), backend=captioner,
-                       scorer=scorer)
+def test_rank_with_an_image_scorer_fails_audio_samples_with_the_reason(tiny_models):
+    from capmill.sample import Caption
+
+    stage = RankStageConfig(candidates="cand", scorer={"type": "clip", "model": str(tiny_models / "clip")}).build()
+    stage.setup(RunContext())
     batch = clips(1)
+    batch[0].captions["cand.0"] = Caption("A hum.", "cand.0")
     stage.process(batch)
-    assert batch[0].status == "dropped" and "every candidate rejected" in batch[0].error
-    stage = stage_with(ClapRefineConfig(backend=FAKE, scorer=FAKE, beams=[2, 3], scorer_seconds=1.0), scorer=scorer)
-    batch = clips(1)
-    stage.process(batch)
-    assert batch[0].ok and lengths == [48000]  # 1 s of the 2 s clip at 48 kHz
+    assert batch[0].status == "decode_error" and "embeds no audio" in batch[0].error
 
 
 # --- Synthio -------------------------------------------------------------------------------------

@@ -64,12 +64,11 @@ EXAMPLES = {
     "howtocaption": [{"type": "asr", "backend": FAKE}, {"type": "howtocaption", "llm": FAKE, "scorer": FAKE}],
     # Audio stages: their examples run on shards of test clips (AUDIO_DATA).
     "audiosetcaps": [{"type": "audiosetcaps", "backend": FAKE, "llm": FAKE, "scorer": FAKE, "on_reject": "keep"}],
-    "clap_refine": [{"type": "clap_refine", "backend": FAKE, "scorer": FAKE}],
     "synthio": [{"type": "synthio", "scorer": FAKE, "n": 3, "on_reject": "keep", "llm": {
         "type": "fake", "script": [{"when": "numbered list", "answer": "1. {text}\n2. a hum far away\n3. a hum in a hall"}]}}],
 }
 VIDEO_DATA = {"asr", "differential_caption", "long_caption", "howtocaption"}
-AUDIO_DATA = {"audiosetcaps", "clap_refine", "synthio"}
+AUDIO_DATA = {"audiosetcaps", "synthio"}
 
 # Every protocol a stage may ask for has a tiny model standing in for it (`--models DIR`).
 PROTOCOLS = {getattr(protocols, name) for name in ROLES}

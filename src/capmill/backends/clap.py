@@ -3,7 +3,7 @@
 CLAP (Contrastive Language-Audio Pretraining; LAION-CLAP, Wu et al., ICASSP 2023) embeds audio
 and text in one space, as CLIP does images and text; capmill scores, ranks, filters and
 evaluates audio captions with it exactly as it does image captions with CLIP (`clip_score`,
-`capmill eval`, the audio recipes' reranking).
+`capmill eval`, `rank` in the audio recipes).
 
     backend: {type: clap}                                        # laion/clap-htsat-unfused
     backend: {type: clap, model: laion/larger_clap_general, device: cuda}
@@ -49,6 +49,9 @@ class ClapScorerConfig(BackendConfig):
     trust_remote_code: bool = False
     # Seconds per window; None: the feature extractor's own `max_length_s` (10 s for LAION's).
     window_seconds: float | None = Field(None, gt=0)
+    # Seconds of each clip embedded, from its start; None: all of it. SLAM-AAC's CLAP-Refine
+    # hears the first 10 s of every clip.
+    max_seconds: float | None = Field(None, gt=0)
 
     # The media this scorer embeds (clip_score, rank and eval read it before anything loads).
     media_kinds: ClassVar[tuple[str, ...]] = ("audio",)
@@ -125,6 +128,8 @@ class ClapScorer:
         owner: list[int] = []
         for i, wave in enumerate(audio):
             samples = at_rate(wave, self.rate)
+            if self.config.max_seconds is not None:
+                samples = samples[: int(round(self.config.max_seconds * self.rate))]
             if not len(samples):
                 samples = np.zeros(self.rate // 10, np.float32)  # nothing to hear: a moment of silence
             for part in windows(samples, self.window, int(MIN_WINDOW_SECONDS * self.rate)):
