@@ -21,7 +21,7 @@ def error(tmp_path, **sections) -> str:
 def test_an_unknown_key_lists_the_valid_keys_of_its_section(tmp_path):
     message = error(tmp_path, output={"path": "o", "txt_field": "dsc"})
     assert "output: unknown key 'txt_field' (did you mean 'text_field'?)" in message
-    assert "Valid keys here: image_ext, parquet_images, path, reencode, reencode_quality, rejects, text_field, writers" in message
+    assert "Valid keys here: image_ext, parquet_images, path, reencode, reencode_quality, rejects, storage_options, text_field, writers" in message
     message = error(tmp_path, stages=[{"type": "fuse", "backend": FAKE, "caption": "dsc", "temlpate": "veclip"}])
     assert "stages.0: unknown key 'temlpate' (did you mean 'template'?)" in message and "store_as" in message
 

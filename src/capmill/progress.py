@@ -75,6 +75,9 @@ class RunSummary:
     shards_total: int = 0
     shards_skipped: int = 0  # committed by an earlier run
     shards_done: int = 0
+    # Cooperating runs (--cooperate): shards another run had claimed or committed when this one
+    # came to them.
+    shards_elsewhere: int = 0
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard → reason
     by_status: Counter = field(default_factory=Counter)
     drops: Counter = field(default_factory=Counter)
@@ -119,7 +122,7 @@ class RunSummary:
         return {
             "ok": self.ok,
             "shards": {"total": self.shards_total, "done": self.shards_done, "skipped": self.shards_skipped,
-                       "failed": len(self.failed_shards)},
+                       "failed": len(self.failed_shards), "elsewhere": self.shards_elsewhere},
             "failed_shards": dict(sorted(self.failed_shards.items())),
             "samples": self.samples,
             "wall_seconds": round(self.wall_seconds, 3),
@@ -161,9 +164,10 @@ class RunSummary:
     def render(self) -> str:
         rate = self.samples / self.wall_seconds if self.wall_seconds else 0.0
         deferred = f", {len(self.deferred_shards)} left for the rerun" if self.deferred_shards else ""
+        elsewhere = f", {self.shards_elsewhere} by cooperating runs" if self.shards_elsewhere else ""
         lines = [
             f"shards: {self.shards_done} done, {self.shards_skipped} already committed, "
-            f"{len(self.failed_shards)} failed{deferred}, of {self.shards_total}",
+            f"{len(self.failed_shards)} failed{deferred}{elsewhere}, of {self.shards_total}",
             f"samples: {self.samples} in {self.wall_seconds:.1f}s ({rate:.1f}/s)",
         ]
         lines.extend(f"fit {line}" for line in self.fits)

@@ -50,7 +50,7 @@ def test_run_json_summary(tmp_path, wds, capsys):
     captured = capsys.readouterr()
     summary = json.loads(captured.out)  # stdout is the JSON alone; the table goes to stderr
     assert summary["ok"] is True and summary["samples"] == 24 and summary["by_status"] == {"ok": 24}
-    assert summary["shards"] == {"total": 3, "done": 3, "skipped": 0, "failed": 0}
+    assert summary["shards"] == {"total": 3, "done": 3, "skipped": 0, "failed": 0, "elsewhere": 0}
     assert summary["captions"]["dsc"]["count"] == 24 and "ms/sample" in captured.err
     assert cli(["run", str(path), "--no-progress", "--json", "--dry-run"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -112,13 +112,16 @@ class Pipeline:
             raise ConfigError(format_validation_error(e)) from None
 
     def run(self, *, force: bool = False, limit: int | None = None, dry_run: bool = False,
-            retry_errors: bool = False, progress: bool = True) -> RunSummary:
+            retry_errors: bool = False, progress: bool = True, cooperate: bool = False,
+            shard_index: int | None = None, num_shards: int | None = None) -> RunSummary:
         """`capmill run`: read the input, write the output directory (resuming a run of the same
-        config), and return the summary (`summary.ok` is False when a shard failed)."""
+        config), and return the summary (`summary.ok` is False when a shard failed).
+        `cooperate`, `shard_index`/`num_shards`: share the output with other runs (see README,
+        "Several processes, one output")."""
         if not isinstance(self.config, RunConfig):
             raise ConfigError("this pipeline has no input and output section: run() needs both "
                               "(use process(samples) to apply its stages in memory)")
-        from capmill.run import run
+        from capmill.run import Share, run
 
         tracker = None
         if self.config.tracking is not None and not dry_run:
@@ -130,7 +133,8 @@ class Pipeline:
         summary = None
         try:
             summary = run(self.config, force=force, limit=limit, dry_run=dry_run, retry_errors=retry_errors,
-                          progress=progress, listeners=[tracker.on_shard] if tracker else [])
+                          progress=progress, listeners=[tracker.on_shard] if tracker else [],
+                          share=Share(cooperate, shard_index, num_shards))
         finally:
             if tracker is not None:
                 try:

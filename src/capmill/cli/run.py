@@ -23,6 +23,13 @@ def add_parser(sub) -> None:
     p.add_argument("--retry-errors", action="store_true",
                    help="also redo the samples of committed shards that failed transiently, rewriting those shards")
     p.add_argument("--force", action="store_true", help="discard results of a different config in the output directory")
+    p.add_argument("--cooperate", action="store_true",
+                   help="share the output with other runs started with --cooperate (one per GPU, a Slurm "
+                        "array): each claims shards before processing them, each shard is processed once")
+    p.add_argument("--shard-index", type=int, default=None, metavar="I",
+                   help="with --num-shards N: process only the input shards at positions I, I+N, I+2N, … "
+                        "(a static split; implies --cooperate)")
+    p.add_argument("--num-shards", type=int, default=None, metavar="N", help="the number of parts of --shard-index")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout (the table still goes to stderr)")
     p.set_defaults(handler=main)
@@ -44,15 +51,18 @@ def load_run_config(args: argparse.Namespace, command: str = "run"):
 def main(args: argparse.Namespace) -> int:
     from capmill.api.pipeline import Pipeline
     from capmill.cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-    from capmill.run import dry_run_report
+    from capmill.run import Share, dry_run_report
 
     config = load_run_config(args)
+    share = Share(args.cooperate, args.shard_index, args.num_shards)
     if args.dry_run:
-        report = dry_run_report(config, force=args.force, limit=args.limit, retry_errors=args.retry_errors)
+        report = dry_run_report(config, force=args.force, limit=args.limit, retry_errors=args.retry_errors,
+                                share=share)
         print(json.dumps(report.to_dict(), ensure_ascii=False) if args.json else report.render())
         return EXIT_USAGE if report.refused else EXIT_FAILED if report.models_missing else EXIT_OK
     summary = Pipeline.from_config(config).run(force=args.force, limit=args.limit, retry_errors=args.retry_errors,
-                                               progress=not args.no_progress)
+                                               progress=not args.no_progress, cooperate=args.cooperate,
+                                               shard_index=args.shard_index, num_shards=args.num_shards)
     print(summary.render(), file=sys.stderr)
     if args.models:
         print(f"smoke test: every model was replaced by a tiny random one from {args.models}; the captions are "

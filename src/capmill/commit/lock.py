@@ -1,4 +1,5 @@
-"""Leases on files of the output directory: the run lock, and (later) per-shard claims.
+"""Leases on files (or objects) of the output directory: the run lock, cooperating runs' member
+leases and per-shard claims.
 
     OUT/_lock.json   {holder, host, boot_id, pid, pid_start, started, command, mode, heartbeat_s}
 
@@ -17,9 +18,11 @@ Whether a holder is alive:
 A lease of a dead holder is broken by renaming it aside, checking that what was moved is the
 record judged dead (a racing contender's fresh lease is put back), and creating a new one.
 
-The run lock is an exclusive lease (`mode: exclusive`). Cooperating processes (several runs
-sharing one output, each claiming shards) will take the same lease on `OUT/_claims/SHARD.json`
-under a run lock in `mode: cooperate`: `Lease` is the shared primitive.
+The run lock is an exclusive lease (`mode: exclusive`). Cooperating runs (several runs sharing one
+output) each hold a member lease `OUT/_cooperators/TOKEN.json` (`mode: cooperate`) and claim each
+shard with the same lease on `OUT/_claims/SHARD.json` (capmill.commit.claims). On an object store
+(capmill.writers.store) a lease is an object created with `If-None-Match: *` and refreshed or
+taken over with `If-Match` on its ETag; its heartbeat is the object's LastModified.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capmill.errors import OutputLockedError
-from capmill.outputdir import LOCK_FILE
+from capmill.outputdir import COOPERATORS_DIR, LOCK_FILE
 from capmill.writers.base import TMP_MARK
+
+if TYPE_CHECKING:
+    from capmill.writers.store import Store
 
 log = logging.getLogger("capmill.lock")
 
@@ -95,8 +101,11 @@ class Lease:
     """One lease file: take it, keep its heartbeat, give it back."""
 
     def __init__(self, path: str, *, mode: str = "exclusive", heartbeat_s: float = 10.0,
-                 stale_after_s: float = 120.0, command: str | None = None):
+                 stale_after_s: float = 120.0, command: str | None = None, store: Store | None = None):
         self.path = path
+        # An object store (capmill.writers.store) keeps leases as objects written conditionally.
+        self.store = store if store is not None and not store.local else None
+        self._etag: str | None = None
         self.mode = mode
         self.heartbeat_s = heartbeat_s
         self.stale_after_s = stale_after_s
@@ -117,6 +126,8 @@ class Lease:
         """The current lease on `path`, or None when there is none. With `write_probe` off (a dry
         run writes nothing) another host's heartbeat is aged by this machine's clock."""
         self._probe = write_probe
+        if self.store is not None:
+            return self._obj_holder()
         try:
             with open(self.path, encoding="utf-8") as f:
                 mtime = os.fstat(f.fileno()).st_mtime
@@ -149,6 +160,8 @@ class Lease:
         """The file system's clock: the modification time of a file written just now."""
         if not getattr(self, "_probe", True):
             return time.time()
+        if self.store is not None:
+            return self.store.now(os.path.dirname(self.path))
         probe = os.path.join(os.path.dirname(self.path), f".clock{TMP_MARK}{uuid.uuid4().hex[:8]}")
         try:
             with open(probe, "w") as f:
@@ -161,14 +174,32 @@ class Lease:
             except OSError:
                 pass
 
+    def _obj_holder(self) -> Holder | None:
+        found = self.store.stat(self.path)
+        if found is None:
+            return None
+        data, mtime, etag = found
+        try:
+            record = json.loads(data)
+            if not isinstance(record, dict):
+                raise ValueError("not a mapping")
+        except ValueError:
+            age = self._fs_now() - mtime
+            return Holder({"_etag": etag}, mtime, age < self.stale_after_s, f"unreadable lock object, {age:.0f}s old")
+        return self._judge({**record, "_etag": etag}, mtime)
+
+    def _record_bytes(self) -> bytes:
+        return json.dumps(self.record, indent=2, sort_keys=True).encode("utf-8")
+
     # ---- taking and giving back --------------------------------------------------------------
 
     def acquire(self) -> Holder | None:
         """Take the lease, breaking one whose holder is dead; returns that dead holder (for a
         message) or None. Raises OutputLockedError naming a live holder."""
         taken_over: Holder | None = None
+        self._taken = False
         for _ in range(8):
-            if self._create():
+            if self._taken or self._create():
                 self._start_heartbeat()
                 return taken_over
             current = self.holder()
@@ -187,6 +218,9 @@ class Lease:
                 f"counts as dead once its heartbeat is older than {self.stale_after_s:g}s)")
 
     def _create(self) -> bool:
+        if self.store is not None:
+            self._etag = self.store.create(self.path, self._record_bytes())
+            return self._etag is not None
         directory = os.path.dirname(self.path) or "."
         tmp = os.path.join(directory, f".{os.path.basename(self.path)}{TMP_MARK}{self.token[:8]}")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -233,6 +267,15 @@ class Lease:
 
     def _break(self, dead: Holder) -> None:
         log.warning("taking over the lock of %s: %s", os.path.dirname(self.path) or ".", dead.describe())
+        if self.store is not None:
+            # Replace exactly the record judged dead (If-Match on its ETag): a contender that
+            # took it first makes this fail, and the next round sees the contender alive.
+            etag = dead.record.get("_etag")
+            if etag:
+                self._etag = self.store.replace_if(self.path, self._record_bytes(), etag)
+                if self._etag is not None:
+                    self._taken = True
+            return
         aside = os.path.join(os.path.dirname(self.path) or ".", f".{os.path.basename(self.path)}.stale{TMP_MARK}{self.token[:8]}")
         try:
             os.rename(self.path, aside)
@@ -257,6 +300,11 @@ class Lease:
 
     def still_held(self) -> bool:
         """True while the lease file is the one this object created."""
+        if self.store is not None:
+            if self._etag is None:
+                return False
+            found = self.store.stat(self.path)
+            return found is not None and found[2] == self._etag
         if self._fd is None:
             return False
         try:
@@ -266,6 +314,14 @@ class Lease:
 
     def beat(self) -> bool:
         """Refresh the heartbeat; False (and `lost` set) when the lease was taken away."""
+        if self.store is not None:
+            etag = self.store.replace_if(self.path, self._record_bytes(), self._etag) if self._etag else None
+            if etag is None:
+                self.lost = (f"the lock {self.path} was taken away (removed, or taken over by another run that "
+                             f"judged this one dead); this run stops committing")
+                return False
+            self._etag = etag
+            return True
         if self._fd is None:
             return False
         try:
@@ -293,6 +349,11 @@ class Lease:
         self._stop.set()
         if self._beater is not None:
             self._beater.join(timeout=5)
+        if self.store is not None:
+            if self._etag is not None and self.still_held():
+                self.store.remove(self.path)
+            self._etag = None
+            return
         if self._fd is None:
             return
         ours = self.still_held()
@@ -305,9 +366,120 @@ class Lease:
                 pass
 
 
-class RunLock(Lease):
-    """The exclusive lock of one run on its output directory (`OUT/_lock.json`)."""
+@dataclass
+class LeaseView:
+    """A lease as seen from another process (a Ray shard owner writing under its driver's lock):
+    still held while the lease file names the same holder. Picklable."""
 
-    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0):
+    path: str
+    token: str
+    lost: str | None = None
+    # An object store's options, when the lease is an object there.
+    storage_options: dict | None = None
+
+    @classmethod
+    def of(cls, lease: Lease, storage_options: dict | None = None) -> LeaseView:
+        return cls(lease.path, lease.token, storage_options=storage_options)
+
+    def still_held(self) -> bool:
+        from capmill.writers.store import store_for
+
+        store = store_for(self.path, self.storage_options)
+        try:
+            if store.local:
+                with open(self.path, encoding="utf-8") as f:
+                    holder = json.load(f).get("holder")
+            else:
+                found = store.stat(self.path)
+                holder = json.loads(found[0]).get("holder") if found is not None else None
+        except (OSError, ValueError, AttributeError):
+            holder = None
+        if holder != self.token:
+            self.lost = (f"the lock {self.path} was taken away (removed, or taken over by another run that "
+                         f"judged this one dead); this run stops committing")
+            return False
+        return True
+
+
+class RunLock(Lease):
+    """The exclusive lock of one run on its output directory (`OUT/_lock.json`). It refuses
+    while cooperating runs hold the output (their member leases under `OUT/_cooperators/`)."""
+
+    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0,
+                 store: Store | None = None):
         super().__init__(os.path.join(out_dir, LOCK_FILE), mode="exclusive", heartbeat_s=heartbeat_s,
-                         stale_after_s=stale_after_s)
+                         stale_after_s=stale_after_s, store=store)
+        self.out_dir = out_dir
+
+    def acquire(self) -> Holder | None:
+        taken_over = super().acquire()
+        members = live_cooperators(self.out_dir, self.stale_after_s, store=self.store)
+        if members:  # written our lease first, looked second: a cooperator starting now sees ours
+            self.release()
+            raise OutputLockedError(cooperators_refusal(self.out_dir, members))
+        return taken_over
+
+
+class CooperativeLock(Lease):
+    """One cooperating run's member lease (`OUT/_cooperators/TOKEN.json`, `mode: cooperate`):
+    cooperating runs accept each other; an exclusive run's live `_lock.json` is refused."""
+
+    def __init__(self, out_dir: str, heartbeat_s: float = 10.0, stale_after_s: float = 120.0,
+                 store: Store | None = None):
+        token = uuid.uuid4().hex
+        super().__init__(os.path.join(out_dir, COOPERATORS_DIR, f"{token}.json"), mode="cooperate",
+                         heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, store=store)
+        self.token = self.record["holder"] = token
+        self.out_dir = out_dir
+
+    def acquire(self) -> Holder | None:
+        if self.store is None:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        super().acquire()
+        exclusive = exclusive_holder(self.out_dir, self.stale_after_s, store=self.store)
+        if exclusive is not None:
+            self.release()
+            raise OutputLockedError(exclusive_refusal(self.out_dir, exclusive))
+        return None
+
+
+def exclusive_holder(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True,
+                     store: Store | None = None) -> Holder | None:
+    """The live run holding `out_dir` alone, if any."""
+    holder = Lease(os.path.join(out_dir, LOCK_FILE), stale_after_s=stale_after_s, store=store).holder(write_probe)
+    return holder if holder is not None and holder.alive else None
+
+
+def live_cooperators(out_dir: str, stale_after_s: float = 120.0, write_probe: bool = True,
+                     store: Store | None = None) -> list[Holder]:
+    """The member leases of live cooperating runs on `out_dir`; those of dead runs are removed
+    on the way (with `write_probe`; a dry run only looks)."""
+    from capmill.writers.store import LOCAL
+
+    files = store or LOCAL
+    folder = os.path.join(out_dir, COOPERATORS_DIR)
+    names = sorted(n for n in files.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+    alive = []
+    for name in names:
+        lease = Lease(os.path.join(folder, name), stale_after_s=stale_after_s, store=store)
+        holder = lease.holder(write_probe)
+        if holder is None:
+            continue
+        if holder.alive:
+            alive.append(holder)
+        elif write_probe:
+            try:
+                files.remove(lease.path)
+            except OSError:
+                pass
+    return alive
+
+
+def cooperators_refusal(out_dir: str, members: list[Holder]) -> str:
+    return (f"output directory {out_dir!r} is in use by {len(members)} cooperating run(s) (--cooperate), e.g. "
+            f"{members[0].describe()}. Join them with --cooperate, or wait for them to end")
+
+
+def exclusive_refusal(out_dir: str, holder: Holder) -> str:
+    return (f"output directory {out_dir!r} is held by a run without --cooperate: {holder.describe()}. "
+            f"Wait for it to end, or stop it and start every run with --cooperate")

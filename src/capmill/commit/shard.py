@@ -27,7 +27,8 @@ from capmill.sample import DROPPED, Sample
 from capmill.writers.output import open_rejects, open_writers
 
 if TYPE_CHECKING:
-    from capmill.commit.lock import Lease
+    from capmill.commit.claims import ClaimCheck
+    from capmill.commit.lock import Lease, LeaseView
     from capmill.commit.plan import ShardTask
     from capmill.commit.retry import Settled
     from capmill.config import RunConfig
@@ -75,9 +76,12 @@ class ShardCommitter:
     """Writes and commits the shards of one run into its output directory."""
 
     def __init__(self, run: RunConfig, out: OutputDir, summary: RunSummary, progress: Progress,
-                 lock: Lease | None = None, reliability: ReliabilityConfig | None = None):
+                 lock: Lease | LeaseView | None = None, reliability: ReliabilityConfig | None = None,
+                 claims: ClaimCheck | None = None):
         self.run, self.out, self.summary, self.progress = run, out, summary, progress
         self.lock = lock
+        # Cooperating runs: a shard is committed only while this run holds its claim.
+        self.claims = claims
         self.reliability = reliability or ReliabilityConfig()
         # Set when the run must stop committing (its lock was taken away); executors check it.
         self.stopped: str | None = None
@@ -126,6 +130,11 @@ class ShardCommitter:
             self.stopped = self.lock.lost or f"the lock {self.lock.path} is no longer held by this run"
             self.summary.stopped = self.stopped
             self.summary.deferred_shards[shard.name] = f"{shard.source}: not committed: the run lost its lock"
+            return False
+        lost_claim = self.claims.check(shard.name) if self.claims is not None else None
+        if lost_claim is not None:
+            self.abort(state)
+            self.summary.deferred_shards[shard.name] = f"{shard.source}: not committed: {lost_claim}"
             return False
         transient, allowed = state.stats.retryable, self.reliability.transient_allowed(state.stats.samples)
         if transient > allowed:
@@ -185,7 +194,13 @@ class ShardCommitter:
             except Exception:
                 pass
             tmp = getattr(w, "tmp", None)
-            if tmp and os.path.lexists(tmp):
+            store = getattr(w, "store", None)
+            if tmp and store is not None and not store.local:
+                try:
+                    store.remove(tmp)
+                except OSError:
+                    pass
+            elif tmp and os.path.lexists(tmp):
                 try:
                     shutil.rmtree(tmp) if os.path.isdir(tmp) and not os.path.islink(tmp) else os.remove(tmp)
                 except OSError:

@@ -55,7 +55,7 @@ def load_set(path: str, fields: list[str], kind: str | None = None, with_images:
     from capmill.outputdir import OutputDir
     from capmill.readers.guess import input_for
 
-    if not os.path.exists(path) and "*" not in path and "{" not in path:
+    if "://" not in path and not os.path.exists(path) and "*" not in path and "{" not in path:
         raise ConfigError(f"{path!r} does not exist")
     config = input_for(path, kind)
     out = EvalSet(source=path, texts={f: [] for f in fields}, candidates={f: [] for f in fields})

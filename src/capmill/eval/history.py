@@ -38,11 +38,23 @@ def entry_key(entry: dict[str, Any]) -> tuple:
 
 
 def load(out_dir: str) -> list[dict[str, Any]]:
+    if "://" in out_dir:  # an output on an object store
+        from capmill.outputdir import OutputDir
+
+        try:
+            data = OutputDir(out_dir).store.read_json(os.path.join(out_dir, EVAL_FILE))
+        except FileNotFoundError:
+            return []
+        return _entries(data)
     path = os.path.join(out_dir, EVAL_FILE)
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
+    return _entries(data)
+
+
+def _entries(data: Any) -> list[dict[str, Any]]:
     if isinstance(data, dict) and isinstance(data.get("evaluations"), list):
         return data["evaluations"]
     if isinstance(data, dict):  # the single-result file of earlier versions
@@ -57,6 +69,13 @@ def record(out_dir: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
     key = entry_key(entry)
     entries = [e for e in load(out_dir) if entry_key(e) != key] + [entry]
     path = os.path.join(out_dir, EVAL_FILE)
+    if "://" in out_dir:  # one PUT: whole or not at all
+        from capmill.outputdir import OutputDir
+
+        out = OutputDir(out_dir)
+        out.store.write_bytes(path, (json.dumps({"evaluations": entries}, indent=2, ensure_ascii=False,
+                                                allow_nan=False) + "\n").encode("utf-8"))
+        return entries
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"evaluations": entries}, f, indent=2, ensure_ascii=False, allow_nan=False)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from capmill.commit import ShardCommitter, ShardTask
+    from capmill.commit.claims import ShardClaims
     from capmill.config import RunConfig
     from capmill.outputdir import OutputDir
     from capmill.progress import Progress, RunSummary
@@ -33,6 +34,10 @@ class RunJob:
     # Nothing is claimed before the stages are set up, so a setup failure leaves the directory
     # as it was.
     claim: Callable[[], ShardCommitter]
+    # Cooperating runs (`capmill run --cooperate`): a shard is processed only after
+    # `claims.take(task)` says this run holds its claim; `claims.release(name)` once it is
+    # committed or given up. None: this run holds the output alone.
+    claims: ShardClaims | None = None
 
 
 class Executor(Protocol):

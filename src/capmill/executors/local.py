@@ -1,12 +1,12 @@
 """Streaming execution on one machine.
 
-    reader threads (one per shard in flight)     _LocalRun.read_shard
-        │ batches of raw Samples, decoding submitted to a thread pool (_LocalRun.decode)
+    reader threads (one per shard in flight)     StreamRun.read_shard
+        │ batches of raw Samples, decoding submitted to a thread pool (StreamRun.decode)
         ▼
     work queue (bounded) ──► stage loop: every stage on each batch, in arrival order
-        ▼                                                          (_LocalRun.stage_loop)
+        ▼                                                          (StreamRun.stage_loop)
     write queue (bounded) ──► writer thread: writes batches, commits a shard after its last
-                                                             batch (_LocalRun.write_loop)
+                                                             batch (StreamRun.write_loop)
 
 Each queue holds at most `queue_batches` batches, so memory stays flat however large the
 dataset is. Batches never mix shards, and a shard's batches keep their order through both
@@ -70,7 +70,7 @@ class LocalExecutor:
             stage.setup(ctx)
 
     def run(self, job: RunJob):
-        return _LocalRun(self.config, self.stages, job).execute()
+        return StreamRun(self.config, self.stages, job).execute()
 
     def close(self) -> None:
         for stage in self.stages:
@@ -88,10 +88,14 @@ class _Halt(Exception):
     """The committer says the run must stop (its lock was taken away)."""
 
 
-class _LocalRun:
-    """One run's threads and queues; see the module docstring for how they connect."""
+class StreamRun:
+    """One run's threads and queues; see the module docstring for how they connect.
 
-    def __init__(self, config: LocalExecutorConfig, stages: list[Stage], job: RunJob):
+    The Ray executor's shard owners run one of these per shard, handing over the committer they
+    built (`committer`) instead of claiming the output, which their driver did."""
+
+    def __init__(self, config: LocalExecutorConfig, stages: list[Stage], job: RunJob,
+                 committer: ShardCommitter | None = None):
         self.cfg, self.stages, self.job = config, stages, job
         self.image = job.config.image
         self.reencode = job.config.output.reencode is not None
@@ -102,12 +106,19 @@ class _LocalRun:
         self.states: list[ShardState] = []
         self.breaker = CircuitBreaker(job.config.reliability.breaker_after)
         self.keys: KeyRegistry | None = None
-        self.committer: ShardCommitter | None = None
+        self.committer: ShardCommitter | None = committer
         self.pool: ThreadPoolExecutor | None = None
+        # Set from another thread (`request_stop`): the stage loop stops at its next batch.
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop as the circuit breaker does: keep what is committed, leave the rest for the rerun."""
+        self.stop_reason = reason
 
     def execute(self):
         summary = self.job.summary
-        self.committer = self.job.claim()  # every stage is set up: now the output is ours
+        if self.committer is None:
+            self.committer = self.job.claim()  # every stage is set up: now the output is ours
         if self.cfg.check_duplicate_keys:
             self.keys = KeyRegistry(self.job.out.committed_keys())
         self.pool = ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="capmill-decode")
@@ -122,7 +133,7 @@ class _LocalRun:
         except (CircuitOpenError, _Halt) as e:
             # The backend is down, or the lock was lost: stop, keep what is committed, and leave
             # every shard in flight to the rerun.
-            summary.stopped = self.committer.stopped or str(e)
+            summary.stopped = summary.stopped or self.committer.stopped or str(e)
             self.halt(writer)
             for state in self.states:
                 name = state.shard.name
@@ -147,6 +158,11 @@ class _LocalRun:
         for state in self.states:
             if not state.committed:
                 self.committer.abort(state)
+            self._release(state)
+
+    def _release(self, state: ShardState) -> None:
+        if self.job.claims is not None:
+            self.job.claims.release(state.shard.name)
 
     def put(self, q: queue.Queue, item) -> bool:
         while not self.stop.is_set():
@@ -168,6 +184,9 @@ class _LocalRun:
                     break
             if self.stop.is_set():
                 break
+            if self.job.claims is not None and not self.job.claims.take(task):
+                self.slots.release()  # another process has it, or has done it: the next one
+                continue
             state = ShardState(task, ShardStats(task.shard.name))
             self.states.append(state)
             t = threading.Thread(target=self.read_shard, args=(state,), name=f"capmill-read-{task.shard.name}", daemon=True)
@@ -238,7 +257,12 @@ class _LocalRun:
         """Every stage on each batch in arrival order, in this (the main) thread: models are
         called from one thread."""
         while True:
-            item = self.work_q.get()
+            if self.stop_reason is not None:
+                raise _Halt(self.stop_reason)
+            try:
+                item = self.work_q.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             state, payload = item
@@ -271,7 +295,12 @@ class _LocalRun:
                 if payload is _END:
                     try:
                         self.committer.finish(state)
+                    except Exception as e:  # never a shard neither committed nor reported
+                        self.committer.abort(state)
+                        self.job.summary.failed_shards[state.shard.name] = (
+                            f"{state.shard.source}: commit failed: {type(e).__name__}: {e}")
                     finally:
+                        self._release(state)
                         self.slots.release()
                     continue
                 if state.error is not None:

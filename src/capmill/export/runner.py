@@ -167,7 +167,8 @@ def export_run(run_out: str, config: ExportConfig, out: str, force: bool = False
     shards = reader.shards()
     exporter = EXPORTERS[config.target](config, out)
     settings = config.model_dump(mode="json")
-    claim = {"config": settings, "source": os.path.abspath(run_out), "source_config_hash": run_record.get("config_hash"),
+    source = run_out if "://" in run_out else os.path.abspath(run_out)  # an object store URL stays one
+    claim = {"config": settings, "source": source, "source_config_hash": run_record.get("config_hash"),
              "export_hash": config_hash({"config": settings, "source": run_record.get("config_hash")}),
              "files_outside_shards": exporter.files_outside_shards, "complete": False}
     folder = ExportDir(out)

@@ -27,10 +27,25 @@ def _folder_kind(path: str) -> str:
     return "folder"
 
 
+def _remote_run_output(path: str) -> bool:
+    """An object store URL (s3://, gs://) of a capmill output, reached with the environment's
+    credentials and endpoint."""
+    if "://" not in path or path.startswith("file://"):
+        return False
+    from capmill.writers.store import store_for
+
+    try:
+        return store_for(path).exists(path.rstrip("/") + "/_run.json")
+    except Exception:  # no such file system installed, unreachable: let the reader say why
+        return False
+
+
 def guess_input(path: str, kind: str | None = None) -> dict:
     """An input config for `path`, guessed from what it is. A folder of tar or parquet files
     reads all of them (`DIR/*.tar`, `DIR/*.parquet`)."""
     is_dir = os.path.isdir(path)
+    if kind is None and _remote_run_output(path):
+        kind = "capmill"
     if kind is None:
         if is_dir:
             kind = _folder_kind(path)

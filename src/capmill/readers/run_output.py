@@ -8,7 +8,6 @@ parquet-only outputs give the records without images.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from collections.abc import Iterator
 from typing import Literal
@@ -33,8 +32,13 @@ class RunOutputInput(InputConfig):
 class RunOutputReader(Reader):
     config: RunOutputInput
 
+    @property
+    def out(self) -> OutputDir:
+        """The output read (a local folder or an object store URL, with `storage_options`)."""
+        return OutputDir(self.config.path, self.config.storage_options)
+
     def shards(self) -> list[Shard]:
-        out = OutputDir(self.config.path)
+        out = self.out
         if out.read_run() is None:
             raise ConfigError(f"{self.config.path!r} is not a capmill output directory (no _run.json)")
         shards = []
@@ -42,9 +46,9 @@ class RunOutputReader(Reader):
             outputs = stats.get("outputs", [])
             name = stats["shard"]
             if f"{name}.tar" in outputs:
-                shards.append(Shard(name, os.path.join(self.config.path, f"{name}.tar"), len(shards), spec="tar"))
+                shards.append(Shard(name, out.join(f"{name}.tar"), len(shards), spec="tar"))
             elif f"{name}.parquet" in outputs:
-                shards.append(Shard(name, os.path.join(self.config.path, f"{name}.parquet"), len(shards), spec="parquet"))
+                shards.append(Shard(name, out.join(f"{name}.parquet"), len(shards), spec="parquet"))
         return shards
 
     def read_shard(self, shard: Shard) -> Iterator[Sample]:
@@ -57,13 +61,14 @@ class RunOutputReader(Reader):
     def _from_parquet(self, shard: Shard) -> Iterator[Sample]:
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(shard.source)
-        for batch in pf.iter_batches(columns=["record"]):
-            for text in batch.column("record").to_pylist():
-                yield Sample.from_json(text)
+        with self.out.store.open(shard.source, "rb") as f:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(columns=["record"]):
+                for text in batch.column("record").to_pylist():
+                    yield Sample.from_json(text)
 
     def _from_tar(self, shard: Shard) -> Iterator[Sample]:
-        with tarfile.open(shard.source, "r|") as tar:
+        with self.out.store.open(shard.source, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
             key, members = None, {}
             for info in tar:
                 k, ext = split_member(info.name)

@@ -25,8 +25,9 @@ Scale and memory. The streaming index (caption targets, near duplicates, and inp
 For datasets beyond that, dedup per part (run the stage on subsets of the shards) or lower the
 window. Which copy survives depends on arrival order; exactly one always does.
 
-With streaming, which copy survives depends on arrival order (exactly one always does), and each
-Ray actor keeps its own index: give the stage `concurrency: 1`. The fit step's index holds a
+With streaming, which copy survives depends on arrival order (exactly one always does). On Ray
+the stage then runs in one actor of its own that every shard owner feeds (`keeps_run_state`);
+with `resources.concurrency` above one, each actor keeps its own index. The fit step's index holds a
 digest and a key per distinct value during the fit (≈ 150 bytes each) and stores only the
 duplicates' keys.
 
@@ -97,6 +98,13 @@ class DedupStageConfig(StageConfig):
     # Decide exact duplicates of input fields (image, alt_text) over the whole input in the fit
     # step (deterministic under any concurrency); false: while streaming, by arrival order.
     fit_exact: bool = True
+
+    @property
+    def keeps_run_state(self) -> bool:
+        """It decides while streaming from what it has seen (caption or near duplicates): an
+        executor running several copies of stages (Ray's shard owners) gives it one actor of its
+        own unless `resources.concurrency` says otherwise."""
+        return bool(self.near) or any(t not in self.fitted_targets for t in self.exact)
 
     @property
     def fitted_targets(self) -> list[str]:

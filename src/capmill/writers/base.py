@@ -1,7 +1,8 @@
 """The shard-writer contract: write under a temporary name, rename into place on commit.
 
 A reader of the output directory never sees a half-written shard under a final name: final
-names appear only through `os.replace`, which is atomic on POSIX file systems.
+names appear only through `os.replace`, which is atomic on POSIX file systems (on an object
+store, through a copy of the uploaded temporary: see capmill.writers.store).
 """
 
 from __future__ import annotations
@@ -25,12 +26,23 @@ def tmp_name(out_dir: str, final_name: str) -> str:
     return os.path.join(out_dir, f".{final_name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
 
 
-def remove_temporaries(out_dir: str) -> int:
-    """Delete what a killed run left half-written. Returns how many were removed."""
+def is_temporary(name: str, shard: str | None = None) -> bool:
+    """A writer's temporary (`.FINAL.tmp-XXXX`), of `shard`'s outputs when given."""
+    if not (name.startswith(".") and TMP_MARK in name):
+        return False
+    if shard is None:
+        return True
+    final = name[1:name.index(TMP_MARK)]
+    return final == shard or final.rsplit(".", 1)[0] == shard
+
+
+def remove_temporaries(out_dir: str, shard: str | None = None) -> int:
+    """Delete what a killed run left half-written (of one shard when given). Returns how many
+    were removed."""
     removed = 0
     for root, dirs, files in os.walk(out_dir):
         for name in list(dirs) + files:
-            if name.startswith(".") and TMP_MARK in name:
+            if is_temporary(name, shard):
                 path = os.path.join(root, name)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
                 removed += 1
@@ -65,10 +77,14 @@ def row_fields(sample: Sample, text: str) -> dict[str, Any]:
 class ShardWriter(ABC):
     """Writes one output shard. `commit` returns the final paths, relative to the output dir."""
 
-    def __init__(self, out_dir: str, shard: str, text_field: str):
+    def __init__(self, out_dir: str, shard: str, text_field: str, storage_options: dict[str, Any] | None = None):
+        from capmill.writers.store import store_for
+
         self.out_dir = out_dir
         self.shard = shard
         self.text_field = text_field
+        # A local folder, or an object store URL (capmill.writers.store).
+        self.store = store_for(out_dir, storage_options)
 
     @abstractmethod
     def write(self, sample: Sample) -> None: ...

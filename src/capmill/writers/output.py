@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -16,7 +16,11 @@ WriterName = Literal["webdataset", "parquet", "sidecar"]
 
 
 class OutputConfig(Strict):
+    # A local directory, or an object store URL (s3://bucket/prefix, gs://bucket/prefix).
     path: str
+    # fsspec options for an object store path (endpoint, credentials, region). Left out of the
+    # config hash and of `_run.json` (they may hold credentials and do not change the records).
+    storage_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
     writers: list[WriterName] = Field(default_factory=lambda: ["webdataset", "parquet"], min_length=1)
     # The caption written as KEY.txt / sidecar .txt: "alt_text" or a caption name such as "dsc".
     # Samples without that caption fall back to their AltText.
@@ -40,9 +44,11 @@ class OutputConfig(Strict):
 
 
 _WRITERS = {
-    "webdataset": lambda c, out, shard: WebDatasetWriter(out, shard, c.text_field, c.reencode, c.reencode_quality, c.image_ext),
-    "parquet": lambda c, out, shard: ParquetWriter(out, shard, c.text_field, images=c.parquet_images),
-    "sidecar": lambda c, out, shard: SidecarWriter(out, shard, c.text_field),
+    "webdataset": lambda c, out, shard: WebDatasetWriter(out, shard, c.text_field, c.reencode, c.reencode_quality,
+                                                         c.image_ext, storage_options=c.storage_options),
+    "parquet": lambda c, out, shard: ParquetWriter(out, shard, c.text_field, images=c.parquet_images,
+                                                   storage_options=c.storage_options),
+    "sidecar": lambda c, out, shard: SidecarWriter(out, shard, c.text_field, storage_options=c.storage_options),
 }
 
 
@@ -61,4 +67,5 @@ def open_writers(config: OutputConfig, out_dir: str, shard: str) -> list[ShardWr
 def open_rejects(config: OutputConfig, out_dir: str, shard: str) -> ShardWriter | None:
     if not config.rejects:
         return None
-    return ParquetWriter(out_dir, shard, config.text_field, subdir="_rejects", images=True)
+    return ParquetWriter(out_dir, shard, config.text_field, subdir="_rejects", images=True,
+                         storage_options=config.storage_options)

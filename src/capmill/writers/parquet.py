@@ -29,10 +29,11 @@ class ParquetWriter(ShardWriter):
     consumer). `error` and `alt_text` are null when absent, as the record has them.
     """
 
-    def __init__(self, out_dir: str, shard: str, text_field: str, subdir: str | None = None, images: bool = False):
-        super().__init__(out_dir, shard, text_field)
+    def __init__(self, out_dir: str, shard: str, text_field: str, subdir: str | None = None, images: bool = False,
+                 storage_options: dict | None = None):
+        super().__init__(out_dir, shard, text_field, storage_options)
         directory = os.path.join(out_dir, subdir) if subdir else out_dir
-        os.makedirs(directory, exist_ok=True)
+        self.store.makedirs(directory)
         self.rel = os.path.join(subdir, f"{shard}.parquet") if subdir else f"{shard}.parquet"
         self.final = os.path.join(out_dir, self.rel)
         self.tmp = tmp_name(directory, f"{shard}.parquet")
@@ -73,15 +74,18 @@ class ParquetWriter(ShardWriter):
         types = {c: _arrow_type(c) for c in names}
         table = pa.table({c: pa.array([row.get(c) for row in self.rows], type=types[c]) for c in names})
         table = table.replace_schema_metadata({b"huggingface": json.dumps(hf_features(names)).encode()})
-        pq.write_table(table, self.tmp)
-        os.replace(self.tmp, self.final)
+        if self.store.local:
+            pq.write_table(table, self.tmp)
+        else:
+            with self.store.open(self.tmp, "wb") as f:
+                pq.write_table(table, f)
+        self.store.replace(self.tmp, self.final)
         self.rows = []
         return [self.rel]
 
     def abort(self) -> None:
         self.rows = []
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        self.store.remove(self.tmp)
 
 
 def _arrow_type(column: str):

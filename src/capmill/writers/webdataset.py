@@ -33,14 +33,17 @@ ORIGINAL = "original"
 
 class WebDatasetWriter(ShardWriter):
     def __init__(self, out_dir: str, shard: str, text_field: str, reencode: str | None = None, quality: int = 90,
-                 image_ext: str = "jpg"):
-        super().__init__(out_dir, shard, text_field)
+                 image_ext: str = "jpg", storage_options: dict | None = None):
+        super().__init__(out_dir, shard, text_field, storage_options)
         self.reencode = reencode
         self.quality = quality
         self.image_ext = _EXT_OF_FORMAT[reencode] if reencode else image_ext
         self.final = os.path.join(out_dir, f"{shard}.tar")
         self.tmp = tmp_name(out_dir, f"{shard}.tar")
-        self.tar = tarfile.open(self.tmp, "w", format=tarfile.GNU_FORMAT)
+        # An object store gets the tar streamed into an upload of the temporary.
+        self._upload = None if self.store.local else self.store.open(self.tmp, "wb")
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.GNU_FORMAT) if self._upload is None else \
+            tarfile.open(fileobj=self._upload, mode="w", format=tarfile.GNU_FORMAT)
         # (key, json, txt) of samples without an image, written after the others at commit.
         self.imageless: list[tuple[str, bytes, bytes]] = []
 
@@ -104,11 +107,16 @@ class WebDatasetWriter(ShardWriter):
             self._add(f"{key}.txt", text)
         self.imageless = []
         self.tar.close()
-        os.replace(self.tmp, self.final)
+        if self._upload is not None:
+            self._upload.close()
+        self.store.replace(self.tmp, self.final)
         return [os.path.basename(self.final)]
 
     def abort(self) -> None:
         self.imageless = []
-        self.tar.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        try:
+            self.tar.close()
+            if self._upload is not None:
+                self._upload.close()
+        finally:
+            self.store.remove(self.tmp)

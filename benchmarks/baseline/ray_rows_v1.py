@@ -1,4 +1,6 @@
-"""What runs inside Ray workers: shards read into rows, images decoded, stages in actors.
+"""BASELINE for benchmarks/scale_out.py (see ray_driver_writes.py).
+
+What runs inside Ray workers: shards read into rows, images decoded, stages in actors.
 
 Samples cross Ray as Arrow rows, one per sample plus one end row per shard:
 
