@@ -133,12 +133,12 @@ def rerank_cost(tiny_models: str, batch: int, repeats: int) -> None:
         scorer = stage.scorer
         embed_audio, embed_texts = scorer.embed_audio, scorer.embed_texts
 
-        def count_audio(a, _f=embed_audio):
-            calls["audio"] += 1
+        def count_audio(a, _f=embed_audio, _calls=calls):
+            _calls["audio"] += 1
             return _f(a)
 
-        def count_texts(t, _f=embed_texts):
-            calls["texts"] += 1
+        def count_texts(t, _f=embed_texts, _calls=calls):
+            _calls["texts"] += 1
             return _f(t)
 
         scorer.embed_audio, scorer.embed_texts = count_audio, count_texts

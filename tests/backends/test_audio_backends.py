@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capmill.backends.base import AudioInput, AudioTextScorer, GenerationParams, ImageTextScorer, VLMRequest
+from capmill.backends.base import (
+    AudioInput,
+    AudioTextScorer,
+    GenerationParams,
+    ImageTextScorer,
+    VLMRequest,
+)
 from capmill.backends.clap import ClapScorerConfig, windows
 from capmill.backends.fake import FakeBackend, FakeBackendConfig
 from capmill.backends.transformers import TransformersConfig
@@ -138,7 +144,11 @@ def test_fake_answers_audio_by_key_prompt_and_seconds():
 
 def test_openai_sends_audio_as_input_audio_wav():
     pytest.importorskip("aiohttp")
-    from capmill.backends.openai_http import OpenAIBackendConfig, input_audio, vlm_messages
+    from capmill.backends.openai_http import (
+        OpenAIBackendConfig,
+        input_audio,
+        vlm_messages,
+    )
     from capmill.media.audio import AudioConfig, decode_audio
     from capmill.sample import MediaRef
     from capmill.testing.fault_server import FaultServer

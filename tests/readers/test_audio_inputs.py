@@ -6,7 +6,6 @@ import io
 import json
 import tarfile
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +17,14 @@ from capmill.media.image import ImageConfig
 from capmill.readers import FolderInput, JsonlInput, ParquetInput, WebDatasetInput
 from capmill.sample import Clip, MediaRef, Sample
 from capmill.testing import write_tar
-from capmill.testing.audio import Sound, audio_items, dominant_hz, make_audio, write_audio_folder, write_audio_webdataset
+from capmill.testing.audio import (
+    Sound,
+    audio_items,
+    dominant_hz,
+    make_audio,
+    write_audio_folder,
+    write_audio_webdataset,
+)
 from capmill.testing.shards import Item
 
 

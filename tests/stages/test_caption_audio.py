@@ -93,8 +93,8 @@ def test_a_metadata_slot_without_a_mapping_is_a_config_error():
 
 
 def test_media_audio_captions_audio_only_and_asks_for_an_audio_model(tmp_path):
-    from capmill.backends.base import AudioLanguageModel
     from capmill import keys
+    from capmill.backends.base import AudioLanguageModel
 
     config = CaptionStageConfig(backend={"type": "fake"}, formats=["ssc"], media="audio")
     assert config.backend_roles() == {"backend": AudioLanguageModel}

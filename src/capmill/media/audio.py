@@ -304,9 +304,8 @@ class _PyavSource(AudioSource):
     def blocks(self, start: float, end: float | None, deadline: _Deadline) -> Iterator[np.ndarray]:
         """The window's samples, from the frame that straddles `start` (trimmed) to `end`; a
         stream starting after `start` is preceded by zeros, so block time 0 is `start`."""
-        import numpy as np
-
         import av
+        import numpy as np
 
         stream, tb, rate = self.stream, self.tb, self.info.rate
         origin = (stream.start_time or 0) * tb if tb else 0.0
@@ -503,9 +502,9 @@ def audio_input(sample: Any) -> Any:
 def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
     """A mono waveform as a 16-bit PCM WAV file (what OpenAI-compatible servers take as
     `input_audio`)."""
-    import numpy as np
-
     import wave
+
+    import numpy as np
 
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
     buf = io.BytesIO()

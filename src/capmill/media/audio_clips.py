@@ -18,7 +18,13 @@ import io
 from typing import Any
 
 from capmill.errors import AudioDecodeError
-from capmill.media.audio import AudioConfig, _Deadline, check_header, open_audio, with_fallback
+from capmill.media.audio import (
+    AudioConfig,
+    _Deadline,
+    check_header,
+    open_audio,
+    with_fallback,
+)
 from capmill.media.sampling import clip_windows
 from capmill.sample import MediaRef
 

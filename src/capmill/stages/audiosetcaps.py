@@ -56,7 +56,16 @@ from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template, untrusted
 from capmill.prompts.safety import source_text
-from capmill.sample import AUDIO, BACKEND_ERROR, DECODE_ERROR, DROPPED, STAGE_ERROR, TRANSIENT_ERROR, Caption, Sample
+from capmill.sample import (
+    AUDIO,
+    BACKEND_ERROR,
+    DECODE_ERROR,
+    DROPPED,
+    STAGE_ERROR,
+    TRANSIENT_ERROR,
+    Caption,
+    Sample,
+)
 from capmill.stages.base import RunContext, Stage
 
 QUESTIONS = ("audiosetcaps_sounds", "audiosetcaps_speech", "audiosetcaps_music", "audiosetcaps_scene")

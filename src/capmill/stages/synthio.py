@@ -34,7 +34,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import AudioTextScorer, ChatRequest, GenerationParams, LanguageModel
+from capmill.backends.base import (
+    AudioTextScorer,
+    ChatRequest,
+    GenerationParams,
+    LanguageModel,
+)
 from capmill.components import BackendSpec, StageConfig
 from capmill.guards import GuardConfig, Guarded, OutputGuard, settle
 from capmill.guards.config import AUTO
@@ -42,7 +47,16 @@ from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import load_template, untrusted
 from capmill.prompts.safety import source_text
-from capmill.sample import AUDIO, BACKEND_ERROR, DECODE_ERROR, DROPPED, STAGE_ERROR, TRANSIENT_ERROR, Caption, Sample
+from capmill.sample import (
+    AUDIO,
+    BACKEND_ERROR,
+    DECODE_ERROR,
+    DROPPED,
+    STAGE_ERROR,
+    TRANSIENT_ERROR,
+    Caption,
+    Sample,
+)
 from capmill.stages.base import RunContext, Stage
 
 
