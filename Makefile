@@ -32,7 +32,7 @@ test-fast: $(VENV)/.dev
 
 # Every CPU benchmark of BENCHMARKS.md, one after another (about 10 min on 2 cores).
 # benchmarks/gpu_transformers.py needs a CUDA GPU and is run by hand.
-BENCHMARKS := datapath backend_batching formats_one_pass http_concurrency clipscore eval_time ray_vs_local scale_out video_sampling verify_methods candidates judge_bias
+BENCHMARKS := datapath backend_batching formats_one_pass http_concurrency clipscore eval_time ray_vs_local scale_out video_sampling audio_decode verify_methods candidates judge_bias
 bench: $(VENV)/.dev
 	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) benchmarks/$$b.py; done
 

@@ -35,7 +35,7 @@ def test_fuse_of_a_caption_no_stage_writes_is_exit_2_before_any_work(tmp_path, w
     assert run_cli(tmp_path, config, *(["--dry-run"] if dry_run else [])) == 2
     err = capsys.readouterr().err
     assert 'stage 1 (fuse) reads captions["dsc"], which no earlier stage writes' in err
-    assert "captions: ssc" in err and "fields: alt_text, image" in err
+    assert "captions: ssc" in err and "fields: alt_text, audio, image, video" in err
     assert not (tmp_path / "out").exists()
 
 

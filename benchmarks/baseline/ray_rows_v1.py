@@ -11,7 +11,8 @@ Samples cross Ray as Arrow rows, one per sample plus one end row per shard:
     data     binary   the encoded image or video bytes as read (what the writers store)
     pixels   binary   the decoded, normalised image once decoded (raw bytes; mode, width, height);
                       for a video, its sampled frames one after another (all of one size; their
-                      timestamps are in the record's `frame_times`)
+                      timestamps are in the record's `frame_times`); for audio, its mono
+                      waveform as little-endian float32 (mode "f32le", width = its rate)
     seconds  string   JSON {step: seconds}: this row's share of read, decode and stage time
     trail    string   JSON [stage, ...]: the stages the sample entered (per-stage counts)
     partial  bool     on an end row: --limit cut the shard
@@ -41,9 +42,11 @@ from typing import Any
 from capmill.errors import CapmillError
 from capmill.media.decode import decode_batch
 from capmill.pipeline import CircuitBreaker, run_stages
-from capmill.sample import VIDEO, Frame, Sample
+from capmill.sample import AUDIO, VIDEO, Frame, Sample, Waveform
 from capmill.stages.base import RunContext
 
+# `mode` of a row whose pixels are an audio waveform.
+AUDIO_MODE = "f32le"
 COLUMNS = ("shard", "index", "end", "record", "data", "pixels", "mode", "width", "height", "seconds", "trail",
            "partial", "error")
 
@@ -73,14 +76,18 @@ def sample_row(sample: Sample, shard: int, index: int, seconds: dict[str, float]
     if frames:
         image = frames[0].image
     pixels = b"".join(f.image.tobytes() for f in frames) if frames else (image.tobytes() if image is not None else None)
+    mode, width, height = (image.mode, image.width, image.height) if image is not None else (None, None, None)
+    wave = sample.media.audio if keep_pixels and sample.media.kind == AUDIO else None
+    if wave is not None:
+        pixels, mode, width, height = wave.samples.astype("<f4").tobytes(), AUDIO_MODE, wave.rate, 0
     return {
         "shard": shard, "index": index, "end": False,
         "record": json.dumps(sample.to_dict(), ensure_ascii=False),
         "data": sample.image.data,
         "pixels": pixels,
-        "mode": image.mode if image is not None else None,
-        "width": image.width if image is not None else None,
-        "height": image.height if image is not None else None,
+        "mode": mode,
+        "width": width,
+        "height": height,
         "seconds": json.dumps(seconds), "trail": json.dumps(trail or []), "partial": None, "error": None,
     }
 
@@ -100,7 +107,11 @@ def row_sample(row: dict[str, Any], with_pixels: bool = True) -> Sample:
     sample = Sample.from_dict(json.loads(row["record"]))
     ref = sample.media
     ref.data = row["data"]
-    if with_pixels and row["pixels"] is not None:
+    if with_pixels and row["pixels"] is not None and row["mode"] == AUDIO_MODE:
+        import numpy as np
+
+        ref.audio = Waveform(samples=np.frombuffer(row["pixels"], dtype="<f4").astype(np.float32), rate=row["width"])
+    elif with_pixels and row["pixels"] is not None:
         from PIL import Image
 
         size = (row["width"], row["height"])

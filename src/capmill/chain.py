@@ -117,7 +117,7 @@ def check_chain(config: RunConfig) -> Chain:
         held.add(keys.REGIONS)
     if keys.ALT_TEXT in provided.keys:
         held.add(keys.ALT_TEXT)
-    # `image` in what a run wrote names the stored media member, an image or a video.
+    # `image` in what a run wrote names the stored media member, an image, a video or audio.
     if keys.IMAGE in provided.keys and "webdataset" in config.output.writers:
         held.add(keys.IMAGE)
     return Chain(provided.keys, steps, available, keys.to_json(held) if provided.known else None)
@@ -154,14 +154,15 @@ def earlier_run_keys(path: str) -> InputKeys:
 
 
 def with_video(found: frozenset[Key]) -> frozenset[Key]:
-    """A stored media member (`image` in what a run wrote) may be a video as well as an image."""
-    return found | {keys.VIDEO} if keys.IMAGE in found else found
+    """A stored media member (`image` in what a run wrote) may be a video or audio as well as an image."""
+    return found | {keys.VIDEO, keys.AUDIO} if keys.IMAGE in found else found
 
 
 def decoded(carried: frozenset[Key], config: RunConfig) -> frozenset[Key]:
-    """Stages see a decoded `image` (`video`) only when the input carries images (videos) and
-    their decoding is on."""
-    off = ({keys.IMAGE} if not config.image.decode else set()) | ({keys.VIDEO} if not config.video.decode else set())
+    """Stages see a decoded `image` (`video`, `audio`) only when the input carries images (videos,
+    audio) and their decoding is on."""
+    off = ({keys.IMAGE} if not config.image.decode else set()) | ({keys.VIDEO} if not config.video.decode else set()) \
+        | ({keys.AUDIO} if not config.audio.decode else set())
     return carried - off
 
 
@@ -184,6 +185,9 @@ def _available_hint(key: Key, available: frozenset[Key], config: RunConfig) -> s
             text += " The input is configured without images."
     elif key == keys.VIDEO:
         text += (" Videos are not decoded (`video.decode: false`)." if not config.video.decode
+                 else " The input is configured without media.")
+    elif key == keys.AUDIO:
+        text += (" Audio is not decoded (`audio.decode: false`)." if not config.audio.decode
                  else " The input is configured without media.")
     elif key == keys.ALT_TEXT:
         text += " The input is configured without an AltText."

@@ -19,6 +19,7 @@ from capmill.components import StageSpec, Strict
 from capmill.errors import ConfigError
 from capmill.executors.local import LocalExecutorConfig
 from capmill.executors.ray import RayExecutorConfig
+from capmill.media.audio import AudioConfig
 from capmill.media.image import ImageConfig
 from capmill.media.video import VideoConfig
 from capmill.readers import FolderInput, HfInput, JsonlInput, ParquetInput, RunOutputInput, WebDatasetInput
@@ -38,6 +39,8 @@ class RunConfig(Strict):
     image: ImageConfig = Field(default_factory=ImageConfig)
     # How videos are decoded: hygiene limits and which frames to sample.
     video: VideoConfig = Field(default_factory=VideoConfig)
+    # How audio is decoded: hygiene limits, the rate and mono mixdown stages receive.
+    audio: AudioConfig = Field(default_factory=AudioConfig)
     stages: list[StageSpec] = Field(default_factory=list)
     # Seed for everything random in the run (sampling backends, bags, mixes).
     seed: int = 0
@@ -79,8 +82,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _attach_video(self) -> RunConfig:
-        # Executors hand the decode step `run.image` only; it carries the video settings along.
-        self.image.with_video(self.video)
+        # Executors hand the decode step `run.image` only; it carries the video and audio settings along.
+        self.image.with_video(self.video).with_audio(self.audio)
         return self
 
     def hashed_content(self) -> dict[str, Any]:
@@ -91,6 +94,9 @@ class RunConfig(Strict):
         content.pop("executor", None)
         content.pop("tracking", None)
         content.pop("reliability", None)
+        # Configs written before the audio section keep their hash (and resume) while it is default.
+        if self.audio == AudioConfig():
+            content.pop("audio", None)
         # Outputs made before --limit left the hash carry `"limit": null` in theirs; kept, so
         # that they resume.
         content["limit"] = None

@@ -1,8 +1,8 @@
 """The names a stage reads and writes in a `Sample`, as typed keys.
 
 Three kinds, after the record's own layout: a caption (`captions["dsc"]`), a score
-(`scores["clip:dsc"]`), and a record field (`alt_text` and `image` from the input, `regions`
-from a region stage; later `video`, `audio`). A stage declares its reads and writes with these
+(`scores["clip:dsc"]`), and a record field (`alt_text`, `image`, `video` and `audio` from the input,
+`regions` from a region stage). A stage declares its reads and writes with these
 (`StageConfig.io`), and `capmill.chain` checks that every read is written by an earlier stage or
 provided by the input before a run starts.
 """
@@ -41,12 +41,16 @@ def score(name: str) -> Key:
 # Record fields. `image` is the decoded image: provided by inputs that carry images when
 # `image.decode` is on. `video` is a video's sampled frames: provided by inputs that may hold
 # videos when `video.decode` is on (whether a given sample is an image or a video is known only
-# when it is read; a stage meeting the other kind fails that sample with the reason).
+# when it is read; a stage meeting the other kind fails that sample with the reason). `audio`
+# is an audio sample's decoded waveform, provided the same way when `audio.decode` is on.
 ALT_TEXT = Key(FIELD, "alt_text")
 IMAGE = Key(FIELD, "image")
 # Region captions of the image (`Sample.regions`: box, caption, score), written by `regions`.
 REGIONS = Key(FIELD, "regions")
 VIDEO = Key(FIELD, "video")
+AUDIO = Key(FIELD, "audio")
+# The decoded media of each kind, by the kind's name.
+MEDIA = {"image": IMAGE, "video": VIDEO, "audio": AUDIO}
 
 
 def text(name: str) -> Key:

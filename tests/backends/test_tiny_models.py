@@ -83,10 +83,12 @@ def test_cli_writes_every_family(tmp_path):
 @pytest.mark.slow
 def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
     """`--models DIR` hands each stage the tiny model of its role (capmill.testing.tiny_models.ROLES)."""
+    import numpy as np
     from PIL import Image
     from pydantic import TypeAdapter
 
     from capmill.backends import base
+    from capmill.sample import Waveform
     from capmill.components import BackendSpec
     from capmill.testing.smoke import tiny_backend
 
@@ -95,7 +97,10 @@ def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
                                                                         params=base.GenerationParams(max_new_tokens=3))]),
         base.LanguageModel: lambda b: b.chat([base.ChatRequest([{"role": "user", "content": "Hi"}],
                                                                params=base.GenerationParams(max_new_tokens=3))]),
+        base.AudioLanguageModel: lambda b: b.generate([base.VLMRequest("Describe.", audio=base.AudioInput(
+            np.zeros(16000, np.float32), 16000, 1.0), params=base.GenerationParams(max_new_tokens=3))]),
         base.ImageTextScorer: lambda b: b.embed_texts(["a dog"]),
+        base.AudioTextScorer: lambda b: b.embed_audio([Waveform(np.zeros(48000, np.float32), 48000)]),
         base.TextEmbedder: lambda b: b.embed(["a dog"]),
         base.AskingVisionLanguageModel: lambda b: b.ask([base.AskRequest(Image.new("RGB", (32, 32)), "Is it red?")]),
         base.ContrastiveVisionLanguageModel: lambda b: b.forced_logits([base.ForcedRequest(Image.new("RGB", (32, 32)),

@@ -478,3 +478,29 @@ def test_a_ray_run_cooperates_with_other_runs(tmp_path, ray_cluster):
     for name in ("00000.tar", "00002.tar"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     assert [p.name for p in claims.iterdir()] == ["00001.json"]  # its own claims given back
+
+
+@pytest.mark.slow
+def test_audio_and_audio_clips_give_the_records_of_a_local_run(tmp_path, ray_cluster):
+    """Decoded waveforms reach a pooled stage's actor: a scorer on Ray embeds the audio a local
+    run embeds (and the waveform it did not replace is not sent back)."""
+    from capmill.testing.audio import write_audio_webdataset
+
+    write_audio_webdataset(tmp_path / "data", shards=2, per_shard=2, hostile=True, seconds=3.0)
+    stages = [{"type": "caption", "backend": {"type": "fake"}, "formats": ["ssc"], "media": "audio"},
+              {"type": "clip_score", "name": "clap", "backend": {"type": "fake"}, "resources": {"concurrency": 1}},
+              {"type": "clip_score", "name": "again", "backend": {"type": "fake"}}]
+    for executor in ("local", "ray"):
+        cfg = config(tmp_path / "data", tmp_path / executor, stages, executor)
+        cfg["input"]["clips"] = {"seconds": 1.5, "min_seconds": 0.5}
+        # 4 recordings of 3 s → 2 clips each; the hostile FLAC claiming 5 hours is measured (half
+        # a second: one clip); the other hostile files keep their rows with the reason.
+        assert run(parse_config(cfg), progress=False).by_status.get("ok") == 4 * 2 + 1
+    assert snapshot(tmp_path / "ray", RUN_JSON) == snapshot(tmp_path / "local", RUN_JSON)
+    rows = [json.loads(r["record"]) for p in sorted((tmp_path / "ray").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["media"]["kind"] == "audio" and "clap:ssc" in r["scores"] for r in ok)
+    # The stage after the pooled one still had the waveform (restored in the owner) and scored alike.
+    assert all(r["scores"]["again:ssc"] == r["scores"]["clap:ssc"] for r in ok)
+    bad = {r["key"]: r["status"] for r in rows if r["key"].startswith("bad_")}
+    assert bad.pop("bad_hours_claimed_clip0000") == "ok" and set(bad.values()) == {"decode_error"}

@@ -136,8 +136,9 @@ def test_models_dir_replaces_every_model_by_its_role(tmp_path, capsys):
 
 def _image_recipes() -> list[str]:
     """Recipes for images; the video recipes (those with a `video:` section) run on video data in
-    tests/recipes/test_video_recipes.py."""
-    return [r.name for r in list_recipes() if "video" not in load_yaml(r.path)]
+    tests/recipes/test_video_recipes.py, the audio recipes (an `audio:` section) on audio data in
+    tests/recipes/test_audio_recipes.py."""
+    return [r.name for r in list_recipes() if not {"video", "audio"} & set(load_yaml(r.path))]
 
 
 @pytest.mark.slow

@@ -62,8 +62,13 @@ EXAMPLES = {
     "differential_caption": [{"type": "differential_caption", "backend": FAKE}],
     "long_caption": [{"type": "long_caption", "backend": FAKE, "segment_seconds": 1.0}],
     "howtocaption": [{"type": "asr", "backend": FAKE}, {"type": "howtocaption", "llm": FAKE, "scorer": FAKE}],
+    # Audio stages: their examples run on shards of test clips (AUDIO_DATA).
+    "audiosetcaps": [{"type": "audiosetcaps", "backend": FAKE, "llm": FAKE, "scorer": FAKE, "on_reject": "keep"}],
+    "synthio": [{"type": "synthio", "scorer": FAKE, "n": 3, "on_reject": "keep", "llm": {
+        "type": "fake", "script": [{"when": "numbered list", "answer": "1. {text}\n2. a hum far away\n3. a hum in a hall"}]}}],
 }
 VIDEO_DATA = {"asr", "differential_caption", "long_caption", "howtocaption"}
+AUDIO_DATA = {"audiosetcaps", "synthio"}
 
 # Every protocol a stage may ask for has a tiny model standing in for it (`--models DIR`).
 PROTOCOLS = {getattr(protocols, name) for name in ROLES}
@@ -104,6 +109,11 @@ def test_declared_writes_are_what_the_records_hold(name, tmp_path, wds):
         from capmill.testing import write_webdataset
 
         write_webdataset(data, shards=3, per_shard=8, boxes=True)
+    if name in AUDIO_DATA:
+        from capmill.testing.audio import write_audio_webdataset
+
+        data = tmp_path / "sounds"
+        write_audio_webdataset(data, shards=1, per_shard=3)
     config = parse_config(make_config(data, tmp_path / "out", stages=EXAMPLES[name]))
     chain = check_chain(config)
     declared = chain.steps[-1].io.writes

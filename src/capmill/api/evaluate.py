@@ -56,7 +56,10 @@ def evaluate_paths(paths: Sequence[str], config: EvalConfig, references=None, *,
         data = load_set(path, config.fields, kind=kind, with_images=needs_images, limit=limit)
         run_output = data.run is not None
         cache = None
-        scorer_id = scorer_identity(config.scorer_config(), ImageConfig()) if needs_images else None
+        from capmill.eval.data import audio_set
+
+        scorer_config = config.scorer_config(audio_set(data))
+        scorer_id = scorer_identity(scorer_config, ImageConfig()) if needs_images else None
         if run_output and needs_images:
             cache = EmbeddingCache(path, scorer_id)
         result = evaluate_set(data, config, refs, cache=cache)
@@ -65,7 +68,7 @@ def evaluate_paths(paths: Sequence[str], config: EvalConfig, references=None, *,
             entry = {
                 "fields": list(config.fields),
                 "references": refs_identity,
-                "scorer": config.scorer_config().model_ids()[0] if needs_images else None,
+                "scorer": scorer_config.model_ids()[0] if needs_images else None,
                 "scorer_id": scorer_id,
                 "limit": limit,
                 "skip": list(config.skip),

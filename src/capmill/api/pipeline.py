@@ -55,7 +55,7 @@ def as_sample(item: Any, key: str) -> Sample:
         return item
     if isinstance(item, (bytes, bytearray, memoryview)):
         kind, ext = sniff(bytes(item))
-        return Sample(key=key, image=ImageRef(data=bytes(item), ext=ext if kind == "video" else None, kind=kind or "image"))
+        return Sample(key=key, image=ImageRef(data=bytes(item), ext=ext if kind not in (None, "image") else None, kind=kind or "image"))
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         ext = os.path.splitext(path)[1].lstrip(".").lower() or None

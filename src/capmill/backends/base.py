@@ -5,8 +5,11 @@
 | VisionLanguageModel             | image(s) or a video + prompt → n texts                        |
 | AskingVisionLanguageModel       | … + `ask`: yes/no questions → P(yes) from the answer's logits |
 | ContrastiveVisionLanguageModel  | … + `forced_logits`: a text's token logits with/without image |
+| AudioLanguageModel              | audio + prompt → n texts                                      |
 | LanguageModel                   | chat messages → n texts                                       |
-| ImageTextScorer                 | L2-normalised image and text embeddings                       |
+| MediaTextScorer                 | L2-normalised text embeddings, and media's in the same space: |
+|   ImageTextScorer               |   images (CLIP, SigLIP; videos as the mean of their frames)   |
+|   AudioTextScorer               |   audio (CLAP)                                                |
 | ImageTextMatcher                | probability that a text matches an image (ITM)                |
 | RewardModel                     | one quality score per text (optionally per image)             |
 | TextEmbedder                    | L2-normalised text embeddings                                 |
@@ -19,6 +22,12 @@
 logits (transformers, vLLM, OpenAI-compatible servers that return `logprobs`, the fake); the two
 sub-protocols name them so that a stage needing them says so at setup, while a third-party
 backend with `generate` alone still captions.
+
+Vision- and audio-language models share one request type (`VLMRequest`, with images, a video or
+audio) and one `generate`, so a stage asks either the same way and one backend may serve both;
+a model that cannot take what a request carries answers with an error saying so. Scorers share
+`embed_texts`; what else they embed says which media they score (`capmill.backends.embed`
+embeds any sample's media with whichever scorer is configured).
 
 Batching is the backend's job: a stage hands over a whole list of requests and gets one
 `Generation` per request back, in order. A request the backend could not serve comes back with
@@ -47,6 +56,8 @@ from capmill.components import Strict
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
+
+    from capmill.sample import Waveform
 
 
 class GenerationParams(Strict):
@@ -107,6 +118,20 @@ class VideoInput:
 
 
 @dataclass(slots=True)
+class AudioInput:
+    """Audio as a request carries it: the sample's decoded window as a mono float32 waveform
+    (backends resample it to their model's rate), and the encoded file for backends that could
+    send the file itself."""
+
+    samples: np.ndarray
+    rate: int
+    seconds: float  # length of the waveform (the clip's window for a clip)
+    data: bytes | None = None
+    ext: str | None = None
+    path: str | None = None
+
+
+@dataclass(slots=True)
 class VLMRequest:
     prompt: str  # the user turn, text only: the backend inserts the image placeholders itself
     images: list[Image.Image] = field(default_factory=list)
@@ -115,6 +140,7 @@ class VLMRequest:
     params: GenerationParams | None = None  # None: the backend's configured defaults
     tag: str = ""  # caller's label (e.g. "KEY:FORMAT") for logs and deterministic test doubles
     video: VideoInput | None = None  # a video instead of (or besides) images
+    audio: AudioInput | None = None  # audio (for an audio-language model) instead of images
 
 
 @dataclass(slots=True)
@@ -315,6 +341,20 @@ class ContrastiveVisionLanguageModel(VisionLanguageModel, Protocol):
 
 
 @runtime_checkable
+class AudioLanguageModel(Protocol):
+    """Audio + prompt → n texts: `generate` over requests that carry `audio` (Qwen2-Audio and
+    other audio-text-to-text models, an OpenAI-compatible server taking `input_audio`)."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def generate(self, requests: list[VLMRequest]) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class LanguageModel(Protocol):
     model_id: str
 
@@ -326,16 +366,33 @@ class LanguageModel(Protocol):
 
 
 @runtime_checkable
-class ImageTextScorer(Protocol):
+class MediaTextScorer(Protocol):
+    """A dual encoder: texts, and media of the kinds it knows, as L2-normalised embeddings of one
+    space, so a dot product of a text row and a media row is their cosine similarity. A scorer
+    says which media it embeds by the methods it has besides `embed_texts`: `embed_images`
+    (ImageTextScorer; videos are embedded as the mean of their frames) and `embed_audio`
+    (AudioTextScorer). Stages that score "the media" (clip_score, rank, eval) take any of them."""
+
     model_id: str
 
     def load(self) -> None: ...
 
-    def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
-
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ImageTextScorer(MediaTextScorer, Protocol):
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class AudioTextScorer(MediaTextScorer, Protocol):
+    """Audio-text dual encoder (CLAP): `embed_audio` takes decoded waveforms at any rate and
+    resamples them to the model's own."""
+
+    def embed_audio(self, audio: list[Waveform]) -> np.ndarray: ...
 
 
 @runtime_checkable

@@ -2,8 +2,9 @@
 
 `type: fake` exists so pipelines, executors and benchmarks can run without weights. Its texts
 carry no meaning: they are derived from a hash of the request's tag (the sample key and format)
-and prompt — and, for a video request, the number of frames and the seconds it received — so
-the same input always gives the same output, in any process and executor. Tests
+and prompt — and, for a video request, the number of frames and the seconds it received, for an
+audio request the seconds of audio — so the same input always gives the same output, in any
+process and executor. Tests
 can also queue exact answers (`responses`) and read back every prompt it saw (`prompts`), the
 way llm's mock model works, and script answers by what the prompt contains (`script`): a
 model that obeys an injection, refuses, loops or is cut off, deterministically and in any
@@ -109,9 +110,10 @@ class WordPromptTokenizer:
 
 class FakeBackend:
     """Implements every protocol of capmill.backends.base: VisionLanguageModel (with `ask` and
-    `forced_logits`), LanguageModel, ImageTextScorer, ImageTextMatcher, RewardModel, TextEmbedder, Detector,
-    TextRecognizer, TextAnalyzer and SpeechRecognizer (one segment per `segment_seconds` of audio,
-    words hashed from the tag, the segment's position and the seconds received)."""
+    `forced_logits`), AudioLanguageModel, LanguageModel, ImageTextScorer, AudioTextScorer,
+    ImageTextMatcher, RewardModel, TextEmbedder, Detector, TextRecognizer, TextAnalyzer and
+    SpeechRecognizer (one segment per `segment_seconds` of audio, words hashed from the tag, the
+    segment's position and the seconds received)."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -160,9 +162,14 @@ class FakeBackend:
         if r.video is not None:
             frames, seconds = len(r.video.frames), round(r.video.seconds, 1)
             seed += f"|{frames} frames|{seconds} s"
+        if r.audio is not None:
+            audio_seconds = round(r.audio.seconds, 1)
+            seed += f"|{audio_seconds} s audio"
         gen = self._answer(seed, f"{r.system or ''}\n{r.prompt}", r.n, r.system or r.prompt)
         if r.video is not None:
             gen.meta.update(frames=frames, seconds=seconds)
+        if r.audio is not None:
+            gen.meta.update(seconds=audio_seconds)
         return gen
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
@@ -195,6 +202,13 @@ class FakeBackend:
 
     def embed_images(self, images) -> np.ndarray:
         return np.stack([hashed_vector(img.tobytes(), self.config.dim) for img in images]) if images else np.zeros((0, self.config.dim), np.float32)
+
+    def embed_audio(self, audio) -> np.ndarray:
+        """AudioTextScorer: a vector hashed from the waveform's samples (as 16-bit values, so the
+        same sound decoded by another decoder with float noise below that maps to the same row)."""
+        rows = [hashed_vector((np.clip(w.samples, -1, 1) * 32767).round().astype("<i2").tobytes(), self.config.dim)
+                for w in audio]
+        return np.stack(rows) if rows else np.zeros((0, self.config.dim), np.float32)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return np.stack([hashed_vector(t.encode("utf-8", "replace"), self.config.dim) for t in texts]) if texts else np.zeros((0, self.config.dim), np.float32)

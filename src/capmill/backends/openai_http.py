@@ -95,6 +95,11 @@ class OpenAIBackendConfig(BackendConfig):
     video_as: Literal["frames", "video_url"] = "frames"
     # Largest video file sent as a data URL.
     max_video_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # Audio goes as an `input_audio` part (what OpenAI's audio models and `vllm serve` with an
+    # audio-language model take): the sample's decoded window, as 16-bit mono WAV at this rate.
+    audio_rate: int = Field(16000, ge=8000, le=48000)
+    # Largest audio sent (base64 adds a third on top).
+    max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1)
     # Default decoding settings; a request's own params replace them.
     params: GenerationParams = Field(default_factory=GenerationParams)
     # The field that caps output length: `max_tokens` (vLLM, SGLang, Ollama, most APIs) or
@@ -244,11 +249,24 @@ def video_data_url(video: Any, max_bytes: int) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def input_audio(audio: Any, rate: int, max_bytes: int) -> dict[str, Any]:
+    """An `input_audio` content part: the request's waveform as a base64 16-bit mono WAV at
+    `rate` Hz (ValueError when it is over `max_bytes`)."""
+    from capmill.media.audio import resample, wav_bytes
+
+    data = wav_bytes(resample(audio.samples, audio.rate, rate), rate)
+    if len(data) > max_bytes:
+        raise ValueError(f"audio of {len(data)} bytes as WAV is over max_audio_bytes ({max_bytes}); cut it into clips "
+                         "(input.clips)")
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode("ascii"), "format": "wav"}}
+
+
 def vlm_messages(request: VLMRequest, image_urls: list[str], special_tokens: list[str] | tuple = (),
-                 video_url: str | None = None) -> list[dict[str, Any]]:
-    """The video or images first, then the prompt, in one user turn: the order most VLM chat
-    templates were trained with. Texts have special-token shapes neutralised."""
-    content: list[dict[str, Any]] = [{"type": "video_url", "video_url": {"url": video_url}}] if video_url else []
+                 video_url: str | None = None, audio_part: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The audio, video or images first, then the prompt, in one user turn: the order most
+    multimodal chat templates were trained with. Texts have special-token shapes neutralised."""
+    content: list[dict[str, Any]] = [audio_part] if audio_part else []
+    content += [{"type": "video_url", "video_url": {"url": video_url}}] if video_url else []
     content += [{"type": "image_url", "image_url": {"url": u}} for u in image_urls]
     content.append({"type": "text", "text": neutralise_for(request.prompt, special_tokens)})
     messages: list[dict[str, Any]] = []
@@ -403,9 +421,9 @@ class OpenAIChatBackend(AskMixin):
         cfg = self.config
         # A video goes as its frames (an image request with the timestamps in the text) or as
         # the file itself; a file that cannot be sent fails its request only.
-        ready, videos, failed = [], [], {}
+        ready, videos, audios, failed = [], [], [], {}
         for i, r in enumerate(requests):
-            video_url = None
+            video_url = audio_part = None
             if r.video is not None and cfg.video_as == "frames":
                 r = frames_as_images(r)
             elif r.video is not None:
@@ -413,13 +431,19 @@ class OpenAIChatBackend(AskMixin):
                     video_url = video_data_url(r.video, cfg.max_video_bytes)
                 except (ValueError, OSError) as e:
                     failed[i] = Generation(error=f"video not sent: {e}", meta={"backend": "openai"})
+            if r.audio is not None:
+                try:
+                    audio_part = input_audio(r.audio, cfg.audio_rate, cfg.max_audio_bytes)
+                except ValueError as e:
+                    failed[i] = Generation(error=f"audio not sent: {e}", meta={"backend": "openai"})
             ready.append(r)
             videos.append(video_url)
+            audios.append(audio_part)
         # Images are encoded here, in the caller's thread, so the event loop only moves bytes.
         urls = per_image_once(ready, lambda img: image_data_url(img, cfg.image_format, cfg.image_quality, cfg.max_pixels))
         todo = [i for i in range(len(ready)) if i not in failed]
-        jobs = [(vlm_messages(ready[i], urls[i], cfg.special_tokens, videos[i]), ready[i].n, ready[i].params, ready[i].tag)
-                for i in todo]
+        jobs = [(vlm_messages(ready[i], urls[i], cfg.special_tokens, videos[i], audios[i]), ready[i].n, ready[i].params,
+                 ready[i].tag) for i in todo]
         out: list[Generation | None] = [failed.get(i) for i in range(len(ready))]
         for i, gen in zip(todo, self._run(jobs) if jobs else [], strict=True):
             out[i] = gen

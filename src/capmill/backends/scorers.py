@@ -13,7 +13,7 @@ similarity and batched results equal one-at-a-time ones.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -76,6 +76,9 @@ class ClipScorerConfig(BackendConfig):
     device: str = "auto"
     batch_size: int = Field(64, ge=1)
     trust_remote_code: bool = False
+
+    # The media this scorer embeds (images; videos as the mean of their frames).
+    media_kinds: ClassVar[tuple[str, ...]] = ("image", "video")
 
     def build(self) -> ClipScorer:
         return ClipScorer(self)
@@ -158,6 +161,8 @@ class OpenClipScorerConfig(BackendConfig):
     pretrained: str | None = None
     device: str = "auto"
     batch_size: int = Field(64, ge=1)
+
+    media_kinds: ClassVar[tuple[str, ...]] = ("image", "video")
 
     def build(self) -> OpenClipScorer:
         return OpenClipScorer(self)

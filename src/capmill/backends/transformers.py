@@ -24,6 +24,12 @@ prompt (`video_as` forces either way).
 `params.guidance_scale` turns on classifier-free guidance for captions (a logits processor with
 an image-free branch, `capmill.backends.guidance`; approximate for models not trained with image
 dropout). Each distinct image of a call is preprocessed once (`capmill.backends.shared_images`).
+
+Audio: an audio-language model (Qwen2-Audio and the others transformers registers for
+`AutoModelForMultimodalLM`, see `capmill.backends.hf_audio`) loads with its processor and answers
+`generate` for requests carrying audio: the waveform, resampled to its feature extractor's rate,
+placed where its chat template puts the audio part. A model that takes no audio refuses an audio
+request (and an audio-only model an image one) with a ConfigError naming the model to use.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from capmill.backends import hf_audio
 from capmill.backends.availability import resolve_model
 from capmill.backends.base import ChatRequest, Generation, GenerationParams, VLMRequest
 from capmill.backends.common import (
@@ -154,6 +161,7 @@ class TransformersBackend(ScoringMixin):
         self.processor: Any = None
         self.tokenizer: Any = None
         self.vision = False
+        self.takes_audio = False
         self._rendered: dict[tuple[str | None, str, int], str] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -173,8 +181,18 @@ class TransformersBackend(ScoringMixin):
             raise SetupError(f"model {cfg.model!r}: no usable config.json in {path} ({e}); point `model` at a "
                              "folder saved with save_pretrained or a hub id") from e
         self.vision = is_vision_language(hf_config)
+        audio_only = not self.vision and hf_audio.is_audio_language(hf_config)
         try:
-            if self.vision:
+            if audio_only:
+                self.processor = AutoProcessor.from_pretrained(path, **shared)
+                self.tokenizer = getattr(self.processor, "tokenizer", None)
+                if hf_audio.feature_extractor(self.processor) is None or self.tokenizer is None:
+                    raise SetupError(
+                        f"model {cfg.model!r} is an audio-language model but {path} holds no complete processor "
+                        "(preprocessor_config.json with the feature extractor, and tokenizer files); download the "
+                        "whole repository, not only the weights")
+                model_class = hf_audio.model_class()
+            elif self.vision:
                 self.processor = AutoProcessor.from_pretrained(path, **shared)
                 self.tokenizer = getattr(self.processor, "tokenizer", None)
                 if getattr(self.processor, "image_processor", None) is None or self.tokenizer is None:
@@ -207,6 +225,10 @@ class TransformersBackend(ScoringMixin):
         self.chat_template = getattr(self.processor, "chat_template", None) or self.tokenizer.chat_template
         if self.chat_template is None and not self.vision:
             raise SetupError(f"model {cfg.model!r} has no chat template; use an instruction-tuned (chat) model")
+        self.takes_audio = (audio_only or self.vision) and hf_audio.places_audio(self._apply_template, self.processor)
+        if audio_only and not self.takes_audio:
+            raise SetupError(f"model {cfg.model!r}: its chat template places no audio part as its processor's audio "
+                             "token; the folder needs the chat template the model was trained with")
         self.max_pixels = cfg.max_pixels or (processor_pixel_budget(self.processor.image_processor)
                                              if self.vision else None)
         if self.vision:
@@ -241,7 +263,7 @@ class TransformersBackend(ScoringMixin):
         """The prompt text of `request` as the model sees it before image tokens are expanded."""
         if self.chat_template is None:
             return self.neutralise(self.config.caption_prefix or "")
-        key = (request.system, request.prompt, len(request.images), request.video is not None)
+        key = (request.system, request.prompt, len(request.images), request.video is not None, request.audio is not None)
         text = self._rendered.get(key)
         if text is None:  # a format's prompt repeats for every sample that has no AltText slot
             if len(self._rendered) >= 4096:
@@ -249,8 +271,8 @@ class TransformersBackend(ScoringMixin):
             text = self._rendered[key] = self._render(*key)
         return text
 
-    def _render(self, system: str | None, prompt: str, n_images: int, video: bool = False) -> str:
-        content: list[dict[str, Any]] = [{"type": "video"}] if video else []
+    def _render(self, system: str | None, prompt: str, n_images: int, video: bool = False, audio: bool = False) -> str:
+        content: list[dict[str, Any]] = ([{"type": "audio"}] if audio else []) + ([{"type": "video"}] if video else [])
         content += [{"type": "image"} for _ in range(n_images)]
         content.append({"type": "text", "text": self.neutralise(prompt)})
         messages = []
@@ -282,22 +304,39 @@ class TransformersBackend(ScoringMixin):
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
         self._require_loaded()
-        if not self.vision:
+        if not self.vision and not self.takes_audio:
             raise ConfigError(f"model {self.model_id!r} is a text-only language model; captioning needs a "
-                              "vision-language model (e.g. HuggingFaceTB/SmolVLM-256M-Instruct)")
-        if not any(r.video is not None for r in requests):
+                              "vision-language model (e.g. HuggingFaceTB/SmolVLM-256M-Instruct) or, for audio, an "
+                              "audio-language model (e.g. Qwen/Qwen2-Audio-7B-Instruct)")
+        self._check_media(requests)
+        if not any(r.video is not None or r.audio is not None for r in requests):
             return self._batched(requests, self._vlm_inputs)
-        # Videos and images go through the processor in separate calls; frames-as-images
+        # Videos, audio and images go through the processor in separate calls; frames-as-images
         # requests are ordinary image requests from here on.
         ready = [r if r.video is None or self.video_native else frames_as_images(r) for r in requests]
         videos = [i for i, r in enumerate(ready) if r.video is not None]
-        others = [i for i, r in enumerate(ready) if r.video is None]
+        audios = [i for i, r in enumerate(ready) if r.audio is not None and r.video is None]
+        others = [i for i, r in enumerate(ready) if r.video is None and r.audio is None]
         results: list[Generation | None] = [None] * len(ready)
-        for indices in (others, videos):
+        for indices in (others, videos, audios):
             if indices:
                 for i, gen in zip(indices, self._batched([ready[i] for i in indices], self._vlm_inputs), strict=True):
                     results[i] = gen
+        kept = hf_audio.longest_seconds(self.processor) if audios else None
+        for i in audios:  # the feature extractor keeps its first `kept` seconds (Whisper's 30)
+            if kept is not None and ready[i].audio.seconds > kept and results[i] is not None:
+                results[i].meta["audio_seconds_heard"] = kept
         return results  # type: ignore[return-value]
+
+    def _check_media(self, requests: list[VLMRequest]) -> None:
+        """A request carrying what this model cannot take stops the run: every request of the
+        stage would fail the same way."""
+        if any(r.audio is not None for r in requests) and not self.takes_audio:
+            raise ConfigError(f"model {self.model_id!r} takes no audio; caption audio with an audio-language model "
+                              "(e.g. Qwen/Qwen2-Audio-7B-Instruct) in a caption stage with `media: audio`")
+        if not self.vision and any(r.images or r.video is not None for r in requests):
+            raise ConfigError(f"model {self.model_id!r} is an audio-language model and takes no images or videos; "
+                              "give this stage `media: audio`, or caption images with a vision-language model")
 
     def chat(self, requests: list[ChatRequest]) -> list[Generation]:
         self._require_loaded()
@@ -322,7 +361,9 @@ class TransformersBackend(ScoringMixin):
             kwargs = {"text": texts, "add_special_tokens": False, **({"images": images} if any(images) else {})}
         if any(r.video is not None for r in requests):
             kwargs.update(video_kwargs([r.video for r in requests]))
-        sharing = self.processor.image_processor  # OncePerImage, unless a caller swapped it out
+        if any(r.audio is not None for r in requests):
+            kwargs.update(hf_audio.audio_kwargs(self.processor, [r.audio for r in requests]))
+        sharing = getattr(self.processor, "image_processor", None)  # OncePerImage, unless a caller swapped it out
         if isinstance(sharing, OncePerImage):
             sharing.shared = None  # a call without images leaves it so
         inputs = self.processor(return_tensors="pt", padding=True, **kwargs)

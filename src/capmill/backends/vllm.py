@@ -246,6 +246,12 @@ class VLLMBackend:
     # ---- protocol methods ------------------------------------------------------------------
 
     def generate(self, requests: list[VLMRequest]) -> list[Generation]:
+        if any(r.audio is not None for r in requests):
+            from capmill.errors import ConfigError
+
+            # An audio request read as text alone would be captioned from the prompt: refuse.
+            raise ConfigError("the vllm backend takes no audio; serve the audio-language model with `vllm serve` "
+                              "and caption through `type: openai` (it sends the audio as input_audio)")
         if any(r.video is not None for r in requests):
             return self._with_videos(requests)
         return self._run(self.vlm_conversations(requests), [(r.n, r.params or self.config.params) for r in requests])

@@ -8,10 +8,11 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run's captions in the layout a trainer reads (CLIP, MLLM, diffusion, DreamLIP)")
     p.add_argument("run_out", help="a capmill output directory")
-    p.add_argument("--target", choices=["clip", "mllm", "diffusion", "dreamlip", "llava_video", "grounding"],
+    p.add_argument("--target", choices=["clip", "mllm", "diffusion", "dreamlip", "llava_video", "grounding", "clap"],
                    help="clip: webdataset with a seeded AltText/synthetic mix; mllm: LLaVA JSON; "
                         "diffusion: parquet or sidecar .txt (kohya folders); dreamlip: sentence pools + AltText; "
-                        "llava_video: LLaVA JSON with video paths; grounding: region captions with normalised boxes")
+                        "llava_video: LLaVA JSON with video paths; grounding: region captions with normalised boxes; "
+                        "clap: audio + caption webdataset for audio-text contrastive training")
     p.add_argument("--recipe", metavar="NAME",
                    help="an export recipe fixing a published method's target and mix (capmill recipes list), e.g. tldr")
     p.add_argument("--out", required=True, help="folder to write (one export per folder; rerun to resume)")

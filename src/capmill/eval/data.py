@@ -24,7 +24,9 @@ class EvalSet:
     keys: list[str] = field(default_factory=list)
     texts: dict[str, list[str | None]] = field(default_factory=dict)  # field → text per key (None: absent)
     candidates: dict[str, list[list[str]]] = field(default_factory=dict)  # field → candidate list per key
-    images: list[bytes | None] = field(default_factory=list)
+    images: list[bytes | None] = field(default_factory=list)  # the media's encoded bytes, of any kind
+    kinds: list[str] = field(default_factory=list)  # the media kind of each sample ("image", "video", "audio")
+    exts: list[str | None] = field(default_factory=list)  # the media's extension, where known
     excluded: Counter = field(default_factory=Counter)  # status → samples left out
     run: dict[str, Any] | None = None  # the output's _run.json
 
@@ -75,6 +77,8 @@ def load_set(path: str, fields: list[str], kind: str | None = None, with_images:
                 out.texts[name].append(text)
                 out.candidates[name].append(candidates_of(sample, name, text))
             out.images.append(_image_bytes(sample) if with_images else None)
+            out.kinds.append(sample.media.kind)
+            out.exts.append(sample.media.ext)
     if config.type == "capmill" and limit is None:
         # Dropped samples are not in the shards (only in _rejects/ when asked for): the commit
         # records count every status.
@@ -83,6 +87,11 @@ def load_set(path: str, fields: list[str], kind: str | None = None, with_images:
             if dropped:
                 out.excluded["dropped"] += dropped
     return out
+
+
+def audio_set(data: EvalSet) -> bool:
+    """Whether the set's media is audio (then CLAP scores it, and its figures are named CLAP*)."""
+    return bool(data.kinds) and all(k == "audio" for k in data.kinds)
 
 
 def _image_bytes(sample: Sample) -> bytes | None:

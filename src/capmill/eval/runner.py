@@ -25,14 +25,17 @@ from capmill.eval.vdcscore import VdcScoreConfig
 Metric = Literal["text", "clip", "retrieval", "coco", "vdc"]
 
 
-def _default_scorer() -> dict:
+def _default_scorer(audio: bool = False) -> dict:
+    if audio:  # LAION-CLAP, the audio-text counterpart the audio recipes score with
+        return {"type": "clap", "model": "laion/clap-htsat-unfused"}
     # Hessel et al. report CLIPScore with ViT-B/32; its figures are only comparable with that model.
     return {"type": "clip", "model": "openai/clip-vit-base-patch32"}
 
 
 class EvalConfig(Strict):
     fields: list[str] = Field(default_factory=lambda: ["alt_text"], min_length=1)
-    # An ImageTextScorer for CLIPScore, RefCLIPScore and self-retrieval; None: CLIP ViT-B/32.
+    # A MediaTextScorer for CLIPScore, RefCLIPScore and self-retrieval; None: CLIP ViT-B/32, or
+    # for a set of audio, CLAP (laion/clap-htsat-unfused), whose figures are named CLAPScore.
     scorer: BackendSpec | None = None
     # Distractors per bag for retrieval with distractors (99 gives RD100).
     bags: list[int] = Field(default_factory=lambda: [99])
@@ -45,14 +48,15 @@ class EvalConfig(Strict):
     # judges; computed when references are given too. None: not computed.
     vdc: VdcScoreConfig | None = None
 
-    def scorer_config(self):
+    def scorer_config(self, audio: bool = False):
+        """The configured scorer, else the default for the set's media (`audio`: a set of audio)."""
         if self.scorer is not None:
             return self.scorer
         from pydantic import TypeAdapter
 
         from capmill.components import BackendSpec as Spec
 
-        return TypeAdapter(Spec).validate_python(_default_scorer())
+        return TypeAdapter(Spec).validate_python(_default_scorer(audio))
 
 
 @dataclass
@@ -131,9 +135,12 @@ def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, re
     from capmill.metrics import embedding as rf
     from capmill.metrics.embedding import CLIPSCORE_PREFIX
 
+    from capmill.eval.data import audio_set
+
+    audio = audio_set(data)
     owned = scorer is None
     if owned:
-        scorer = config.scorer_config().build()
+        scorer = config.scorer_config(audio).build()
         try:
             scorer.load()
         except SetupError as e:
@@ -157,14 +164,18 @@ def _embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, re
             plain = _embed_texts(scorer, texts, config.batch_size)
             metrics = result.metrics[name]
             if "clip" not in config.skip:
-                prefixed = _embed_texts(scorer, [CLIPSCORE_PREFIX + t for t in texts], config.batch_size)
+                # Audio is scored on the plain caption (CLAP was trained on plain sound
+                # descriptions), images and videos on "A photo depicts …" as Hessel et al.
+                prefix = "" if audio else CLIPSCORE_PREFIX
+                prefixed = plain if audio else _embed_texts(scorer, [prefix + t for t in texts], config.batch_size)
                 cs = rf.clip_s(img, prefixed)
-                metrics["CLIPScore"] = _nanmean(cs, result, f"{name} CLIPScore")
+                label = "CLAPScore" if audio else "CLIPScore"
+                metrics[label] = _nanmean(cs, result, f"{name} {label}")
                 if references is not None:
                     refs = [references.get(data.keys[i]) for i in rows]
-                    ref_embs = _embed_references(scorer, refs, config.batch_size)
+                    ref_embs = _embed_references(scorer, refs, config.batch_size, prefix)
                     rcs = rf.ref_clip_s(cs, prefixed, ref_embs, clip_reference=config.clip_reference)
-                    metrics["RefCLIPScore"] = _nanmean(rcs, result, f"{name} RefCLIPScore")
+                    metrics[f"Ref{label}"] = _nanmean(rcs, result, f"{name} Ref{label}")
             if "retrieval" not in config.skip:
                 metrics.update(rf.self_retrieval(plain, img, seed=config.seed))
                 for bag in config.bags:
@@ -214,6 +225,10 @@ def _embed_images(scorer, data: EvalSet, batch_size: int, cache=None):
             if rows[i] is not None:
                 continue
         todo.append(i)
+    audio_rows = [i for i in todo if i < len(data.kinds) and data.kinds[i] == "audio"]
+    if audio_rows:
+        _embed_audio(scorer, data, audio_rows, rows, digests, batch_size, cache)
+        todo = [i for i in todo if i not in set(audio_rows)]
     for start in range(0, len(todo), batch_size):
         decoded, where = [], []
         for i in todo[start:start + batch_size]:
@@ -248,6 +263,35 @@ def _embed_images(scorer, data: EvalSet, batch_size: int, cache=None):
     return out
 
 
+def _embed_audio(scorer, data: EvalSet, todo: list[int], rows: list[Any], digests: list[str], batch_size: int,
+                 cache=None) -> None:
+    """Audio rows decoded as the run decodes audio (mono, 48 kHz) and embedded `batch_size` at a
+    time by an AudioTextScorer; rows that cannot be decoded stay None, and a scorer that embeds
+    no audio is a SetupError naming the one that does."""
+    from capmill.errors import SampleError
+    from capmill.media.audio import AudioConfig, decode_audio
+    from capmill.sample import MediaRef
+
+    if not callable(getattr(scorer, "embed_audio", None)):
+        raise SetupError(f"the evaluation scorer {scorer.model_id} embeds no audio; evaluate audio with a CLAP scorer "
+                         "(`--scorer '{type: clap, model: laion/clap-htsat-unfused}'`)")
+    config = AudioConfig()
+    for start in range(0, len(todo), batch_size):
+        waves, where = [], []
+        for i in todo[start:start + batch_size]:
+            try:
+                wave, _ = decode_audio(MediaRef(data=data.images[i], ext=data.exts[i], kind="audio"), config)
+            except SampleError:
+                continue
+            waves.append(wave)
+            where.append(i)
+        if waves:
+            for i, emb in zip(where, scorer.embed_audio(waves), strict=True):
+                rows[i] = emb
+                if cache is not None:
+                    cache.put(data.keys[i], digests[i], emb)
+
+
 def _video_frames(data: bytes, count: int = 8) -> list[Any]:
     """`count` frames at equal intervals of an encoded video (the eval's view of a video)."""
     from capmill.media.sampling import SamplingConfig
@@ -265,13 +309,14 @@ def _embed_texts(scorer, texts: list[str], batch_size: int):
                            for i in range(0, len(texts), batch_size)])
 
 
-def _embed_references(scorer, refs: list[list[str] | None], batch_size: int):
+def _embed_references(scorer, refs: list[list[str] | None], batch_size: int, prefix: str | None = None):
     flat = [(i, r) for i, rs in enumerate(refs) for r in (rs or [])]
     if not flat:
         return [None] * len(refs)
     from capmill.metrics.embedding import CLIPSCORE_PREFIX
 
-    emb = _embed_texts(scorer, [CLIPSCORE_PREFIX + r for _, r in flat], batch_size)
+    prefix = CLIPSCORE_PREFIX if prefix is None else prefix
+    emb = _embed_texts(scorer, [prefix + r for _, r in flat], batch_size)
     rows: list[list[Any]] = [[] for _ in refs]
     for (i, _), row in zip(flat, emb, strict=True):
         rows[i].append(row)

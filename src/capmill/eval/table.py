@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 # Rows in this order first; any other metric follows alphabetically.
-ORDER = ["CLIPScore", "RefCLIPScore", "R@1", "R@5", "R@10", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
+ORDER = ["CLIPScore", "RefCLIPScore", "CLAPScore", "RefCLAPScore", "R@1", "R@5", "R@10", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
          "METEOR", "ROUGE-L", "CIDEr", "SPICE", "SPIDEr-max", "words (mean)", "CLIP tokens (mean)",
          "over 77 CLIP tokens", "vocabulary", "distinct-1", "distinct-2", "template collapse", "captions", "empty"]
 

@@ -69,13 +69,15 @@ class StageActor:
         if self.setup_error is not None:
             raise self.setup_error
         sent = {id(s.image.image) for s in samples if s.image.image is not None}
+        sent |= {id(s.media.audio) for s in samples if s.media.audio is not None}  # an audio sample's waveform
         sent |= {id(s.image.data) for s in samples if s.image.data is not None}
         out = []
         for sample in self.stage.process(samples):
-            same_pixels = sample.image.image is not None and id(sample.image.image) in sent
+            decoded = sample.image.image if sample.image.image is not None else sample.media.audio
+            same_pixels = decoded is not None and id(decoded) in sent
             same_data = sample.image.data is not None and id(sample.image.data) in sent
             if same_pixels:
-                sample.image.image = None
+                sample.image.image = sample.media.audio = None
             if same_data:
                 sample.image.data = None
             out.append((sample, same_pixels, same_data))
@@ -122,7 +124,7 @@ class PooledStage:
             original = originals.get(sample.key)
             if original is not None:
                 if same_pixels:
-                    sample.image.image = original.image.image
+                    sample.image.image, sample.media.audio = original.image.image, original.media.audio
                 if same_data:
                     sample.image.data = original.image.data
             out.append(sample)

@@ -13,7 +13,7 @@ from capmill.config import apply_overrides, format_validation_error
 from capmill.errors import ConfigError
 from capmill.export.mix import TARGET_MIX, MixConfig
 
-Target = Literal["clip", "mllm", "diffusion", "dreamlip", "llava_video", "grounding"]
+Target = Literal["clip", "mllm", "diffusion", "dreamlip", "llava_video", "grounding", "clap"]
 # In mix.synthetic: the caption the run wrote as its training text (its `output.text_field`).
 CHOSEN = "@chosen"
 
@@ -69,7 +69,8 @@ def export_config(target: str | None, seed: int = 0, overrides: list[str] | None
     recipe = dict(recipe or {})
     target = target or recipe.get("target")
     if target is None:
-        raise ConfigError("export needs a target: --target clip|mllm|diffusion|dreamlip|llava_video|grounding, or an export --recipe")
+        raise ConfigError("export needs a target: --target clip|mllm|diffusion|dreamlip|llava_video|grounding|clap, "
+                          "or an export --recipe")
     if target not in TARGET_MIX:
         raise ConfigError(f"unknown export target {target!r}; choose one of {', '.join(TARGET_MIX)}")
     if recipe.get("target", target) != target:

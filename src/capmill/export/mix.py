@@ -69,6 +69,8 @@ TARGET_MIX: dict[str, MixConfig] = {
     # Video LLMs: detailed video captions (see capmill.export.video).
     "llava_video": MixConfig(p_synthetic=1.0, synthetic=["sharegpt4video", "long_caption", "vdc_detailed",
                                                           "howtocaption", "dsc_plus"]),
+    # Audio-text contrastive training: the audio methods' captions (capmill.export.audio).
+    "clap": MixConfig(p_synthetic=1.0, synthetic=["audiosetcaps", "clap_refine", "autocap", "dsc", "ssc"]),
 }
 
 

@@ -183,3 +183,12 @@ def _video_exporter(config: ExportConfig, out: str) -> Exporter:
 
 
 EXPORTERS["llava_video"] = _video_exporter  # type: ignore[assignment]
+
+
+def _clap_exporter(config: ExportConfig, out: str) -> Exporter:
+    from capmill.export.audio import ClapExporter
+
+    return ClapExporter(config, out)
+
+
+EXPORTERS["clap"] = _clap_exporter  # type: ignore[assignment]

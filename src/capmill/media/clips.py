@@ -11,7 +11,8 @@ decoding takes frames from the window only. Fixed-length windows snap to keyfram
 most clips start exactly where they say.
 
 Clip keys are `SOURCE_clipNNNN`, numbered in time order: the same input and settings give the
-same keys, so a resumed run finds the clips it already wrote.
+same keys, so a resumed run finds the clips it already wrote. Audio files are cut the same way
+into fixed windows (see capmill.media.audio_clips).
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from typing import Any, Literal
 from pydantic import Field
 
 from capmill.components import Strict
-from capmill.errors import SampleError, VideoDecodeError
+from capmill.errors import MediaDecodeError, SampleError, VideoDecodeError
 from capmill.media.sampling import SceneConfig, clip_windows
-from capmill.sample import DECODE_ERROR, VIDEO, Clip, MediaRef, Sample
+from capmill.sample import AUDIO, DECODE_ERROR, VIDEO, Clip, MediaRef, Sample
 
 # Muxer for each extension a clip keeps.
 MUXERS = {"mp4": "mp4", "mov": "mov", "webm": "webm", "mkv": "matroska"}
 
 
 class ClipConfig(Strict):
-    """How a reader cuts each video into clip samples (`input.clips`)."""
+    """How a reader cuts each video (and audio file) into clip samples (`input.clips`)."""
 
     # fixed: windows of `seconds`; scenes: one clip per scene (scene cuts by PySceneDetect's
-    # adaptive detector), scenes longer than `seconds` cut into equal parts.
+    # adaptive detector), scenes longer than `seconds` cut into equal parts. Audio is always cut
+    # in fixed windows.
     by: Literal["fixed", "scenes"] = "fixed"
     seconds: float = Field(30.0, gt=0)
     # A last window (or a scene) shorter than this joins the one before it.
@@ -45,7 +47,7 @@ class ClipConfig(Strict):
     snap_seconds: float | None = Field(None, ge=0)
     # Clips per video at most (the rest of a longer video is left out and counted in its meta).
     max_clips: int = Field(10_000, ge=1)
-    # Longest source video accepted for cutting.
+    # Longest source video (or audio file) accepted for cutting.
     max_source_seconds: float = Field(24 * 3600.0, gt=0)
     # Seconds to probe and cut one video (scene detection decodes every frame).
     timeout_s: float = Field(600.0, gt=0)
@@ -57,31 +59,43 @@ def clip_key(source_key: str, index: int) -> str:
 
 
 def expand(sample: Sample, config: ClipConfig) -> Iterator[Sample]:
-    """`sample` (a video) as its clips, in time order; a video that cannot be cut keeps its row
-    with a decode_error saying why."""
+    """`sample` (a video or an audio file) as its clips, in time order; one that cannot be cut
+    keeps its row with a decode_error saying why."""
+    audio = sample.media.kind == AUDIO
+    kind, facts_key = (AUDIO, "audio") if audio else (VIDEO, "video")
     try:
-        windows, info = plan(sample.media, config)
+        if audio:
+            from capmill.media import audio_clips
+
+            windows, info = audio_clips.plan(sample.media, config)
+        else:
+            windows, info = plan(sample.media, config)
         if not windows:
-            raise VideoDecodeError("video has no duration (0 s): nothing to cut into clips")
+            raise VideoDecodeError(f"{facts_key} has no duration (0 s): nothing to cut into clips")
     except SampleError as e:
-        sample.fail(DECODE_ERROR if isinstance(e, VideoDecodeError) else e.status, f"cutting into clips: {e.reason}")
+        sample.fail(DECODE_ERROR if isinstance(e, MediaDecodeError) else e.status, f"cutting into clips: {e.reason}")
         yield sample
         return
     source_path = sample.media.path or sample.media.url
     for index, (start, end) in enumerate(windows):
         meta = dict(sample.meta)
-        meta["video"] = {f"source_{k}": v for k, v in info.items() if k in ("duration", "clips", "clips_left_out")}
+        meta[facts_key] = {f"source_{k}": v for k, v in info.items()
+                           if k in ("duration", "clips", "clips_left_out", "duration_claimed")}
         try:
-            data, offset = cut(sample.media, start, end)
+            if audio:
+                data, ext = audio_clips.cut(sample.media, start, end, config.timeout_s)
+                offset = start
+            else:
+                data, offset = cut(sample.media, start, end)
+                ext = _ext(sample.media)
         except SampleError as e:
             clip = Sample(key=clip_key(sample.key, index), alt_text=sample.alt_text, meta=meta,
-                          image=MediaRef(kind=VIDEO, ext=sample.media.ext,
+                          image=MediaRef(kind=kind, ext=sample.media.ext,
                                          clip=Clip(sample.key, index, start, end, start, source_path)))
             clip.fail(DECODE_ERROR, f"cutting clip {start:.2f}-{end:.2f} s: {e.reason}")
             yield clip
             continue
-        ref = MediaRef(data=data, ext=_ext(sample.media), kind=VIDEO,
-                       clip=Clip(sample.key, index, start, end, offset, source_path))
+        ref = MediaRef(data=data, ext=ext, kind=kind, clip=Clip(sample.key, index, start, end, offset, source_path))
         yield Sample(key=clip_key(sample.key, index), image=ref, alt_text=sample.alt_text, meta=meta)
 
 

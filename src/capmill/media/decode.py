@@ -3,7 +3,9 @@
 A sample whose bytes cannot be read becomes `read_error`, one whose bytes are not acceptable
 media `decode_error`; either way it keeps its row and the batch goes on. Images are decoded to
 one RGB image (`ImageConfig`), videos to the frames their sampling asks for (`VideoConfig`, the
-run's `video:` section, which the run config attaches to the image config this step is given).
+run's `video:` section, which the run config attaches to the image config this step is given),
+audio to a mono waveform at the run's rate (`AudioConfig`, the `audio:` section, attached the
+same way).
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import time
 
 from capmill.errors import SampleError
 from capmill.media.image import ImageConfig, decode_image, prepare_image
-from capmill.sample import DECODE_ERROR, READ_ERROR, VIDEO, Sample
+from capmill.sample import AUDIO, DECODE_ERROR, READ_ERROR, VIDEO, Sample
 
 
 def decode_batch(batch: list[Sample], config: ImageConfig) -> float:
     """Decode every sample's media in place; failures become the sample's status. Returns seconds spent."""
     start = time.perf_counter()
-    video = config.video
+    video, audio = config.video, config.audio
     for sample in batch:
         if sample.media.kind == VIDEO:
             if video.decode:
                 decode_video_one(sample, video)
+        elif sample.media.kind == AUDIO:
+            if audio.decode:
+                decode_audio_one(sample, audio)
         elif config.decode:
             decode_one(sample, config)
     return time.perf_counter() - start
@@ -82,3 +87,32 @@ def decode_video_one(sample: Sample, config) -> None:
     facts["sampled"] = len(frames)
     facts["decoded_size"] = list(frames[0].image.size)
     sample.meta["video"] = facts
+
+
+def decode_audio_one(sample: Sample, config) -> None:
+    """Decode an audio sample's window into `sample.media.audio`; the source's facts go to meta["audio"]."""
+    from capmill.media.audio import decode_audio
+
+    if not sample.ok:
+        return
+    ref = sample.media
+    if ref.data is None and ref.path is None and ref.url is None:
+        if ref.audio is not None:  # handed over decoded (the Python API)
+            return
+        sample.fail(DECODE_ERROR, "sample has no audio")
+        return
+    try:
+        wave, info = decode_audio(ref, config)
+    except SampleError as e:
+        sample.fail(e.status, e.reason)
+        return
+    except (OSError, ValueError) as e:  # reading a path or URL failed (file systems raise their own types)
+        sample.fail(READ_ERROR, f"could not read audio {ref.path or ref.url}: {type(e).__name__}: {e}")
+        return
+    ref.audio = wave
+    # A clip's reader noted its source's facts (source_*); the header facts are the clip's own.
+    facts = {k: v for k, v in (sample.meta.get("audio") or {}).items() if k.startswith("source_")}
+    facts.update(info.to_meta())
+    facts["seconds"] = round(wave.seconds, 3)
+    facts["rate"] = wave.rate
+    sample.meta["audio"] = facts

@@ -16,6 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from capmill.components import Strict
 from capmill.errors import ImageDecodeError
+from capmill.media.audio import AudioConfig
 from capmill.media.video import VideoConfig
 
 _ORIENTATION = 0x0112
@@ -35,10 +36,21 @@ class ImageConfig(Strict):
     # The run's `video:` section, attached by the run config so that the decode step, which is
     # handed this object, decodes videos with it too (see `RunConfig`); defaults otherwise.
     _video: VideoConfig | None = PrivateAttr(default=None)
+    # The run's `audio:` section, attached the same way.
+    _audio: AudioConfig | None = PrivateAttr(default=None)
 
     @property
     def video(self) -> VideoConfig:
         return self._video if self._video is not None else VideoConfig()
+
+    @property
+    def audio(self) -> AudioConfig:
+        return self._audio if self._audio is not None else AudioConfig()
+
+    def with_audio(self, audio: AudioConfig) -> ImageConfig:
+        """This config with `audio` as the audio settings the decode step uses."""
+        self._audio = audio
+        return self
 
     def with_video(self, video: VideoConfig) -> ImageConfig:
         """This config with `video` as the video settings the decode step uses."""

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import Field
 
 from capmill.components import Strict
-from capmill.errors import VideoDecodeError
+from capmill.errors import MediaDecodeError, VideoDecodeError
 from capmill.media.sampling import SamplingConfig, sample_times
 from capmill.sample import Frame, MediaRef
 
@@ -103,33 +103,34 @@ def _is_local(path: str) -> bool:
 
 
 @contextmanager
-def open_container(ref: MediaRef) -> Iterator[Any]:
+def open_container(ref: MediaRef, error: type[MediaDecodeError] = VideoDecodeError, what: str = "video") -> Iterator[Any]:
     """An opened PyAV input container for `ref`: its bytes when it has them, a local file read
-    where it lies (never loaded whole), anything else fetched first (`read_bytes`)."""
+    where it lies (never loaded whole), anything else fetched first (`read_bytes`). Failures
+    raise `error` (audio decoding passes its own type and `what`)."""
     import av
 
     if ref.data is not None:
         if not ref.data:
-            raise VideoDecodeError("empty file (0 bytes)")
+            raise error("empty file (0 bytes)")
         source: Any = io.BytesIO(ref.data)
     elif ref.path is not None and _is_local(ref.path):
         import os
 
         path = ref.path.split("://", 1)[1] if "://" in ref.path else ref.path
         if os.path.getsize(path) == 0:
-            raise VideoDecodeError("empty file (0 bytes)")
+            raise error("empty file (0 bytes)")
         source = path
     else:
         data = ref.read_bytes()
         if not data:
-            raise VideoDecodeError("empty file (0 bytes)")
+            raise error("empty file (0 bytes)")
         source = io.BytesIO(data)
     try:
         container = av.open(source, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as e:
-        raise VideoDecodeError(f"not a readable video container: {_reason(e)}") from None
+        raise error(f"not a readable {what} container: {_reason(e)}") from None
     except (OSError, ValueError) as e:
-        raise VideoDecodeError(f"not a readable video container: {type(e).__name__}: {e}") from None
+        raise error(f"not a readable {what} container: {type(e).__name__}: {e}") from None
     try:
         yield container
     finally:

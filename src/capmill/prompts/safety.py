@@ -1,8 +1,9 @@
 """Placing untrusted text inside a prompt: one function, `untrusted`, for every such text.
 
 Untrusted is everything capmill did not write itself: the AltText (whoever made the web page),
-captions of other models (they may echo text that was in the image or in the AltText), and
-text read from the image (OCR). Each enters a prompt only through `untrusted(text, kind)`:
+captions of other models (they may echo text that was in the image or in the AltText), text
+read from the image (OCR), and a record's metadata (a title, tags or a description, whoever
+uploaded the file). Each enters a prompt only through `untrusted(text, kind)`:
 
 1. cleaned: control and format characters removed, whitespace collapsed to single spaces (so
    the text is one line and cannot start a turn of its own), length capped at a word boundary;
@@ -30,7 +31,7 @@ import re
 import unicodedata
 
 # The kinds of untrusted text a prompt may hold; each is wrapped in <kind> … </kind>.
-KINDS = ("alt_text", "caption", "ocr_text")
+KINDS = ("alt_text", "caption", "ocr_text", "metadata")
 OPEN, CLOSE = "<alt_text>", "</alt_text>"  # the AltText's delimiters (kept for templates' docs)
 
 

@@ -17,7 +17,7 @@ from capmill.errors import ConfigError
 from capmill.keys import Key
 from capmill.media.clips import ClipConfig
 from capmill.media.kinds import IMAGE_EXTS, READABLE_EXTS, VIDEO_EXTS
-from capmill.sample import READ_ERROR, VIDEO, Sample
+from capmill.sample import AUDIO, READ_ERROR, VIDEO, Sample
 
 __all__ = ["IMAGE_EXTS", "READABLE_EXTS", "VIDEO_EXTS"]
 
@@ -39,14 +39,14 @@ class InputConfig(Strict):
     key_prefix: Literal["none", "shard"] = "none"
     # fsspec options for remote paths (credentials, endpoints): passed to fsspec.open.
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    # Cut every video into clips, each its own sample (`SOURCE_clipNNNN`, with its window and
-    # source in `media.clip`); None keeps one sample per video. See capmill.media.clips.
+    # Cut every video and audio file into clips, each its own sample (`SOURCE_clipNNNN`, with
+    # its window and source in `media.clip`); None keeps one sample per file. See capmill.media.clips.
     clips: ClipConfig | None = None
 
     def provides(self) -> frozenset[Key]:
         """The record fields every sample of this input carries (`capmill.chain` starts from
         them): the AltText and the image (or video) unless the config says the data has none."""
-        return frozenset({keys.ALT_TEXT, keys.IMAGE, keys.VIDEO})
+        return frozenset({keys.ALT_TEXT, keys.IMAGE, keys.VIDEO, keys.AUDIO})
 
 
 class Reader(ABC):
@@ -72,14 +72,14 @@ class Reader(ABC):
 
     def read(self, shard: Shard) -> Iterator[Sample]:
         """Samples of `shard`, with the configured key prefix applied; with `clips`, each video
-        yields its clips in its place."""
+        yields its clips in its place, and so does each audio file."""
         prefix = f"{shard.name}_" if self.config.key_prefix == "shard" else ""
         clips = self.config.clips
         for sample in self.read_shard(shard):
             if prefix:
                 sample.key = prefix + sample.key
             check_key(sample)
-            if clips is not None and sample.ok and sample.media.kind == VIDEO:
+            if clips is not None and sample.ok and sample.media.kind in (VIDEO, AUDIO):
                 from capmill.media.clips import expand
 
                 for clip in expand(sample, clips):

@@ -1,5 +1,6 @@
-"""A folder of images or videos with sidecar captions (`cat.jpg` + `cat.txt`, `run.mp4` +
-`run.txt`), the layout diffusion trainers use. Videos are read where they lie, never whole."""
+"""A folder of images, videos or audio files with sidecar captions (`cat.jpg` + `cat.txt`,
+`run.mp4` + `run.txt`, `rain.flac` + `rain.txt`), the layout diffusion trainers use. Videos and
+audio are read where they lie, never whole."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class FolderInput(InputConfig):
     allow_outside_root: bool = False
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO, keys.AUDIO}
         if not self.caption_exts:
             fields.discard(keys.ALT_TEXT)
         return frozenset(fields)

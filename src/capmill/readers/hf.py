@@ -42,7 +42,7 @@ class HfInput(InputConfig, LocationConfig):
     # Stream the data files (one shard per file) instead of downloading and preparing the
     # dataset first. A save_to_disk folder is always memory-mapped.
     streaming: bool = True
-    # Image feature, bytes, or a path/URL string (paths are confined like a manifest's).
+    # Image (or Audio) feature, bytes, or a path/URL string (paths are confined like a manifest's).
     image_column: str | None = "image"
     alt_text_column: str | None = "caption"
     # Unique key column; when None, keys are generated (see the module docstring).
@@ -53,11 +53,11 @@ class HfInput(InputConfig, LocationConfig):
     cache_dir: str | None = None
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.AUDIO}
         if self.alt_text_column is None:
             fields.discard(keys.ALT_TEXT)
         if self.image_column is None:
-            fields.discard(keys.IMAGE)
+            fields -= {keys.IMAGE, keys.AUDIO}
         return frozenset(fields)
 
     def build(self) -> HfReader:
@@ -130,6 +130,9 @@ class HfReader(Reader):
         if cfg.image_column and features is not None and isinstance(features.get(cfg.image_column), datasets.Image):
             # Undecoded: the bytes (or path) as stored; decoding is the run's own hygiene step.
             loaded = loaded.cast_column(cfg.image_column, datasets.Image(decode=False))
+        elif cfg.image_column and features is not None and isinstance(features.get(cfg.image_column), datasets.Audio):
+            # An Audio column likewise: its file bytes (or path), decoded by the run's audio step.
+            loaded = loaded.cast_column(cfg.image_column, datasets.Audio(decode=False))
         return loaded
 
     def _streamed(self, dataset: Any) -> bool:

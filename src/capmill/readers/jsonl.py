@@ -30,7 +30,7 @@ class JsonlInput(InputConfig, LocationConfig):
     shard_size: int = Field(1000, ge=1)
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO, keys.AUDIO}
         if self.alt_text_field is None:
             fields.discard(keys.ALT_TEXT)
         return frozenset(fields)

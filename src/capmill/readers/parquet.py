@@ -13,14 +13,14 @@ from capmill.keys import Key
 from capmill.media.kinds import sniff
 from capmill.readers.base import InputConfig, Reader, Shard, expand_paths, shard_stem, unique_shard_names
 from capmill.readers.locate import LocationConfig, Locator, with_downloads
-from capmill.sample import IMAGE, READ_ERROR, VIDEO, ImageRef, Sample
+from capmill.sample import IMAGE, READ_ERROR, ImageRef, Sample
 
 
 class ParquetInput(InputConfig, LocationConfig):
     type: Literal["parquet"] = "parquet"
     path: str | list[str]
-    # The image as encoded bytes (a binary column, or a struct with a `bytes` field as Hugging
-    # Face datasets store images) ...
+    # The image (or video, or audio) as encoded bytes (a binary column, or a struct with a
+    # `bytes` field as Hugging Face datasets store images and audio) ...
     image_column: str | None = "image"
     # ... or as a path, relative to the parquet file's folder (see `root`), or an http(s) URL.
     image_path_column: str | None = None
@@ -31,11 +31,11 @@ class ParquetInput(InputConfig, LocationConfig):
     row_groups_per_shard: int | None = Field(None, ge=1)
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO, keys.AUDIO}
         if self.alt_text_column is None:
             fields.discard(keys.ALT_TEXT)
         if self.image_column is None and self.image_path_column is None:
-            fields -= {keys.IMAGE, keys.VIDEO}
+            fields -= {keys.IMAGE, keys.VIDEO, keys.AUDIO}
         return frozenset(fields)
 
     def build(self) -> ParquetReader:
@@ -114,11 +114,11 @@ class ParquetReader(Reader):
 def image_value(sample: Sample, value: Any, locator: Locator) -> None:
     """Set `sample.image` from a cell: bytes, a Hugging Face image struct `{bytes, path}`, or a
     location (confined by `locator`; a refused one fails the sample with the reason)."""
-    if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes": ..., "path": ...}
+    if isinstance(value, dict):  # Hugging Face datasets' Image and Audio features: {"bytes": ..., "path": ...}
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
         kind, ext = sniff(bytes(value))
-        sample.image = ImageRef(data=bytes(value), ext=ext if kind == VIDEO else None, kind=kind or IMAGE)
+        sample.image = ImageRef(data=bytes(value), ext=ext if kind not in (None, IMAGE) else None, kind=kind or IMAGE)
     elif isinstance(value, str) and value:
         try:
             sample.image = locator.locate(value)

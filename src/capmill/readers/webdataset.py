@@ -1,7 +1,8 @@
 """Tar shards as img2dataset and OpenCLIP write them: `KEY.jpg` + `KEY.txt` and/or `KEY.json`.
 
-A sample's media is its image member, or its video member (`KEY.mp4|webm|mkv|mov`) when it has
-one; a sample holding both keeps the video (the image is then usually its thumbnail).
+A sample's media is its image member, or its video member (`KEY.mp4|webm|mkv|mov`) or audio
+member (`KEY.wav|flac|mp3|ogg|m4a`) when it has one; a sample holding several keeps the video,
+else the audio (an image beside either is then usually its thumbnail or cover art).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Literal
 from capmill import keys
 from capmill.errors import ConfigError, DuplicateKeyError
 from capmill.keys import Key
-from capmill.media.kinds import VIDEO_EXTS, kind_of
+from capmill.media.kinds import AUDIO_EXTS, VIDEO_EXTS, kind_of
 from capmill.readers.base import (
     IMAGE_EXTS,
     InputConfig,
@@ -43,7 +44,7 @@ class WebDatasetInput(InputConfig):
     alt_text: str | None = "txt"
 
     def provides(self) -> frozenset[Key]:
-        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO}
+        fields = {keys.ALT_TEXT, keys.IMAGE, keys.VIDEO, keys.AUDIO}
         if self.alt_text is None:
             fields.discard(keys.ALT_TEXT)
         return frozenset(fields)
@@ -205,7 +206,8 @@ class WebDatasetReader(Reader):
         meta: dict[str, Any] = {}
         image = ImageRef()
         video = next((ext for ext in members if ext in VIDEO_EXTS), None)
-        chosen = video or next((ext for ext in members if ext in IMAGE_EXTS), None)
+        audio = next((ext for ext in members if ext in AUDIO_EXTS), None)
+        chosen = video or audio or next((ext for ext in members if ext in IMAGE_EXTS), None)
         if chosen is not None:
             image = ImageRef(data=members[chosen], ext=chosen, kind=kind_of(chosen))
         if "json" in members:

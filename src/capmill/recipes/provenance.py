@@ -2,7 +2,8 @@
 
 A stage belongs to a method by its type (`caption` → Revisit, `tldr` → TL;DR, `align_bin` → NoC,
 `clip_score` → CLIPScore), for `fuse` by its template (`fuse/capsfusion`, `fuse/veclip`), for
-`judge` and `refine` by their mode (`judge/grade`, `refine/merge`); an
+`judge` and `refine` by their mode (`judge/grade`, `refine/merge`), for `caption` by a format a
+method claims (`caption/autocap`); an
 export recipe belongs to the method of its name. A parameter's row is the method's, else the
 `common` (stages) or `export` (exports) one. Parameters are a config's fields; a nested section
 (`params`, `mix`) is listed field by field when the method has rows for its fields.
@@ -30,10 +31,13 @@ def load() -> dict[str, Any]:
 
 
 def selectors(stage: Any) -> list[str]:
-    """How a stage names its method, most specific first: `fuse/TEMPLATE`; `TYPE/MODE` for stages
-    with a mode (`judge/grade`, `refine/merge`); then its type."""
+    """How a stage names its method, most specific first: `fuse/TEMPLATE`; `caption/FORMAT` for a
+    format a method claims; `TYPE/MODE` for stages with a mode (`judge/grade`, `refine/merge`);
+    then its type."""
     if stage.type == "fuse":
         return [f"fuse/{stage.template}"]
+    if stage.type == "caption":  # a method may claim one of its formats (autocap)
+        return [f"caption/{name}" for name in stage.formats] + ["caption"]
     mode = getattr(stage, "mode", None)
     return ([f"{stage.type}/{mode}"] if isinstance(mode, str) else []) + [stage.type]
 

@@ -28,7 +28,7 @@ from typing import Any
 from capmill.errors import ConfigError
 from capmill.eval import history
 from capmill.outputdir import REJECTS_DIR, OutputDir
-from capmill.sample import VIDEO, ImageRef, Sample
+from capmill.sample import AUDIO, VIDEO, ImageRef, Sample
 
 REPORT_FILE = "report.html"
 _HUB_CACHE = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/")
@@ -79,6 +79,34 @@ def frame_strip(sample: Sample, size: int, most: int = 6) -> str | None:
         x += tile.width + 2
     buf = io.BytesIO()
     strip.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def spectrogram(sample: Sample, size: int) -> str | None:
+    """An audio sample's log-magnitude spectrogram (time left to right, low frequencies at the
+    bottom, up to 8 kHz), as a JPEG data URI the size of a frame strip; None when the audio
+    cannot be decoded."""
+    import numpy as np
+    from PIL import Image
+
+    from capmill.errors import SampleError
+    from capmill.media.audio import AudioConfig, decode_audio
+
+    if not sample.media.data:
+        return None
+    try:
+        wave, _ = decode_audio(sample.media, AudioConfig(rate=16000))
+    except (SampleError, OSError, ValueError):
+        return None
+    window, hop = 512, max(1, len(wave.samples) // (size * 2) or 1)
+    starts = range(0, max(1, len(wave.samples) - window), max(hop, 64))
+    frames = np.stack([np.pad(wave.samples[i:i + window], (0, max(0, window - len(wave.samples[i:i + window]))))
+                       for i in starts]) * np.hanning(window)
+    power = 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)) + 1e-6)
+    scaled = np.clip((power - (power.max() - 80)) / 80, 0, 1)  # the top 80 dB
+    image = Image.fromarray((255 * scaled.T[::-1]).astype(np.uint8), "L").resize((size * 2, max(16, size * 3 // 4)))
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -159,6 +187,8 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         if len(records) < max_samples:
             if sample.media.kind == VIDEO:  # a strip of the frames the run sampled
                 records.append({**_record(sample, frame_strip(sample, thumb_size)), "strip": True})
+            elif sample.media.kind == AUDIO:  # what it sounds like, as a picture
+                records.append({**_record(sample, spectrogram(sample, thumb_size)), "strip": True})
             else:
                 records.append(_record(sample, thumbnail(sample.image.data, thumb_size)))
     drops: Counter = Counter()

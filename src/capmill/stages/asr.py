@@ -1,10 +1,11 @@
-"""Speech recognition on a video's soundtrack (`type: asr`).
+"""Speech recognition on a video's soundtrack or an audio sample (`type: asr`).
 
 The transcript is stored like a caption (`captions["transcript"]` by default: the text, with
 the timestamped segments in `meta["segments"]`, seconds from the start of the sample's window),
 so later stages read it by name and the writers keep it. A video without sound gets no
 transcript and says so in `meta["asr"]`; a soundtrack that cannot be decoded is a decode_error.
-The waveform is released after recognition: nothing later needs it.
+A video's soundtrack is released after recognition (nothing later needs it); an audio sample's
+waveform (decoded by the run's audio step, resampled to 16 kHz here) stays for the next stages.
 
 HowToCaption (Shvetsova et al., ECCV 2024) starts from narration transcripts; the backend is
 faster-whisper (`type: faster_whisper`), whose bundled tiny.en model runs offline.
@@ -21,7 +22,7 @@ from capmill.backends.base import SpeechRecognizer, SpeechRequest
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import NoAudioStream, SampleError
 from capmill.keys import Key, StageIO
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Sample
+from capmill.sample import AUDIO, BACKEND_ERROR, DECODE_ERROR, VIDEO, Caption, Sample
 from capmill.stages.base import RunContext, Stage
 
 RATE = 16000
@@ -59,8 +60,8 @@ class AsrStage(Stage):
 
         jobs = []
         for sample in batch:
-            if sample.media.kind != VIDEO:
-                sample.fail(DECODE_ERROR, "asr needs a video with a soundtrack")
+            if sample.media.kind not in (VIDEO, AUDIO):
+                sample.fail(DECODE_ERROR, "asr needs a video with a soundtrack, or audio")
                 continue
             try:
                 wave = soundtrack(sample.media, RATE, max_seconds=self.config.max_seconds)
@@ -76,7 +77,8 @@ class AsrStage(Stage):
         requests = [SpeechRequest(audio=w.samples, rate=w.rate, language=self.config.language, tag=s.key)
                     for s, w in jobs]
         for (sample, wave), transcript in zip(jobs, self.backend.transcribe(requests), strict=True):
-            sample.media.audio = None
+            if sample.media.kind == VIDEO:
+                sample.media.audio = None
             if not transcript.ok:
                 sample.fail(BACKEND_ERROR, f"asr: {transcript.error}")
                 continue

@@ -1,4 +1,4 @@
-"""`candidates`: K captions per image from several models, prompts and decoding settings.
+"""`candidates`: K captions per image (or audio clip) from several models, prompts and decoding settings.
 
 The first step of generate → rank → judge → refine. Bianco et al. ("Improving Image Captioning
 Descriptiveness by Ranking and LLM-based Fusion", 2023; no public code) caption each image with
@@ -29,6 +29,10 @@ Cost: every request of the batch goes to each backend in ONE call; the transform
 groups requests by decoding setting, so K candidates of a batch cost one model `generate` call
 per setting (per `batch_size` chunk), not one per sample or per candidate.
 
+Audio: with `media: audio` the captioners are audio-language models and each setting's format
+asks with its audio prompt (`ssc@1:audio`), the sample's decoded waveform as the request's
+audio — SLAM-AAC's candidates (the `slam_aac` recipe).
+
 Every candidate passes the output guards; the rejected ones of the batch are asked for again in
 one call per backend and round. One still rejected is kept flagged (`meta["flagged"]`, which
 `rank` and `judge` skip) or left out (`on_reject: omit`). A candidate over its format's length
@@ -43,7 +47,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from capmill import keys
-from capmill.backends.base import Generation, GenerationParams, VisionLanguageModel, VLMRequest
+from capmill.backends.base import AudioLanguageModel, Generation, GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.backends.common import check_guidance
 from capmill.components import BackendSpec, StageConfig, Strict
 from capmill.errors import ConfigError
@@ -55,9 +59,9 @@ from capmill.guards.language import detect
 from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
 from capmill.prompts.safety import source_text, without_untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, TRANSIENT_ERROR, Caption, Sample
+from capmill.sample import AUDIO, BACKEND_ERROR, DECODE_ERROR, TRANSIENT_ERROR, Caption, Sample
 from capmill.stages.base import RunContext, Stage
-from capmill.stages.caption import FORMAT_SLOTS
+from capmill.stages.caption import AUDIO_SLOTS, FORMAT_SLOTS
 from capmill.text.length import FIRST_TRY, REGENERATED, TRIMMED, LengthTarget, counter_for, length_meta, length_settings, trim
 
 SWEEPABLE = set(GenerationParams.model_fields)
@@ -118,6 +122,9 @@ class CandidatesStageConfig(StageConfig):
     # A candidate still rejected after regeneration: "flag" stores it with meta["flagged"] (rank
     # and judge skip it); "omit" leaves its key out of that sample.
     on_reject: Literal["flag", "omit"] = "flag"
+    # What the candidates describe: images (vision-language captioners), or audio (audio-language
+    # captioners, each format's audio prompt); samples of another kind fail with the reason.
+    media: Literal["image", "audio"] = "image"
 
     @model_validator(mode="after")
     def _settings_name_backends(self) -> CandidatesStageConfig:
@@ -138,10 +145,11 @@ class CandidatesStageConfig(StageConfig):
         return sum(s.n for s in self.expanded())
 
     def io(self, available: frozenset[Key]) -> StageIO:
-        return StageIO(reads=[keys.IMAGE], writes=[keys.caption(f"{self.store_as}.{i}") for i in range(self.count())])
+        return StageIO(reads=[keys.MEDIA[self.media]],
+                       writes=[keys.caption(f"{self.store_as}.{i}") for i in range(self.count())])
 
     def backend_roles(self) -> dict[str, type]:
-        return {"captioners": VisionLanguageModel}
+        return {"captioners": AudioLanguageModel if self.media == AUDIO else VisionLanguageModel}
 
 
 @dataclass
@@ -179,10 +187,10 @@ class CandidatesStage(Stage):
         templates: dict[str, PromptTemplate] = {}
         for index, setting in enumerate(config.expanded()):
             if setting.format not in templates:
-                template = load_template("formats", setting.format, config.prompt_dirs).for_kind(IMAGE)
+                template = load_template("formats", setting.format, config.prompt_dirs).for_kind(config.media)
                 if template is None:
-                    raise ConfigError(f"candidates: format {setting.format!r} has no prompt for images")
-                templates[setting.format] = template.check_slots(FORMAT_SLOTS)
+                    raise ConfigError(f"candidates: format {setting.format!r} has no prompt for {config.media}")
+                templates[setting.format] = template.check_slots(FORMAT_SLOTS | (AUDIO_SLOTS if config.media == AUDIO else set()))
             template = templates[setting.format]
             target, _ = length_settings(template.options, f"format {template.prompt_id}")
             language = config.guards.language
@@ -194,7 +202,8 @@ class CandidatesStage(Stage):
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        self.backends = [self.load_backend(b, VisionLanguageModel, "the candidates stage") for b in self.config.captioners]
+        role = AudioLanguageModel if self.config.media == AUDIO else VisionLanguageModel
+        self.backends = [self.load_backend(b, role, "the candidates stage") for b in self.config.captioners]
         for plan in self.plans:
             check_guidance(self.backends[plan.setting.captioner], plan.setting.params, "candidates")
             plan.count = counter_for(plan.target) if plan.target is not None else None
@@ -206,15 +215,18 @@ class CandidatesStage(Stage):
         cfg = self.config
         jobs: list[tuple[Sample, _Plan, VLMRequest, GuardInput]] = []
         for sample in batch:
-            if sample.image.image is None:
-                sample.fail(DECODE_ERROR, "candidates needs a decoded image (image.decode is off or decoding failed)")
+            media = self._media(sample)
+            if media is None:
                 continue
+            images, audio = media
             alt = untrusted(sample.alt_text, "alt_text", cfg.alt_text_max_chars)
             for plan in self.plans:
                 slots = {"alt_text": alt, "word_count": plan.target.max if plan.target else 50}
-                request = VLMRequest(prompt=plan.template.render(**slots), images=[sample.image.image], n=plan.setting.n,
+                if audio is not None:
+                    slots["seconds"] = f"{audio.seconds:.0f}"
+                request = VLMRequest(prompt=plan.template.render(**slots), images=images, n=plan.setting.n,
                                      system=plan.template.render_system(**slots), params=plan.setting.params,
-                                     tag=f"{sample.key}:{cfg.store_as}.{plan.index}")
+                                     tag=f"{sample.key}:{cfg.store_as}.{plan.index}", audio=audio)
                 shown = "alt_text" in plan.template.slots()
                 sources = {"alt_text": source_text(sample.alt_text, cfg.alt_text_max_chars)} if shown else {}
                 given = GuardInput(sources=sources, prompt=without_untrusted(f"{request.system or ''}\n{request.prompt}"),
@@ -229,6 +241,23 @@ class CandidatesStage(Stage):
             if slot.sample.status != TRANSIENT_ERROR:
                 self._store(item, item in failing)
         return batch
+
+    def _media(self, sample: Sample):
+        """(images, audio) the requests for `sample` carry, or None after failing the sample."""
+        if self.config.media == AUDIO:
+            from capmill.media.audio import audio_input
+
+            if sample.media.kind != AUDIO:
+                sample.fail(DECODE_ERROR, f"candidates (media: audio) needs audio, not a {sample.media.kind} sample")
+                return None
+            if sample.media.audio is None:
+                sample.fail(DECODE_ERROR, "candidates needs the decoded audio (audio.decode is off or decoding failed)")
+                return None
+            return [], audio_input(sample)
+        if sample.image.image is None:
+            sample.fail(DECODE_ERROR, "candidates needs a decoded image (image.decode is off or decoding failed)")
+            return None
+        return [sample.image.image], None
 
     def _by_backend(self, requests: list[tuple[int, VLMRequest]]) -> list[Generation]:
         """One generate call per captioner for every request naming it; results in request order."""
@@ -263,7 +292,7 @@ class CandidatesStage(Stage):
             note = self.guard.retry_note(item.verdict, slot.plan.language)
             requests.append((slot.plan.setting.captioner, VLMRequest(
                 prompt=f"{base.prompt}\n\n{note}", images=base.images, n=1, system=base.system, params=base.params,
-                tag=f"{base.tag}.{slot.which}#retry{item.regenerated + 1}")))
+                tag=f"{base.tag}.{slot.which}#retry{item.regenerated + 1}", audio=base.audio)))
         gens = self._by_backend(requests)
         for item, gen in zip(items, gens, strict=True):
             item.owner.meta["attempts"] += 1

@@ -20,6 +20,12 @@ Videos go through the same stage: a format's `media.video` prompt (same format n
 "NAME@V:video") with the sample's sampled frames and their timestamps as the request's video.
 A format with no prompt for a sample's kind is skipped for that sample and named in its
 `meta["formats_without_prompt"]`; a sample none of the formats can caption fails with the reason.
+
+Audio likewise: a format's `media.audio` prompt ("NAME@V:audio") with the sample's decoded
+waveform as the request's audio, for an audio-language model (`media: audio` says the stage
+captions audio only, so `--models` gives it an audio-language model). `metadata` fills extra
+template slots from the record (a title, tags, a description), each placed as untrusted text —
+AutoCap's metadata-conditioned captions (see the `autocap` recipe).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import Generation, GenerationParams, VisionLanguageModel, VLMRequest
+from capmill.backends.base import AudioLanguageModel, Generation, GenerationParams, VisionLanguageModel, VLMRequest
 from capmill.backends.common import check_guidance
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
@@ -54,7 +60,7 @@ from capmill.keys import Key, StageIO
 from capmill.prompts import PromptTemplate, load_template, untrusted
 from capmill.prompts.control import AlignControl, Controller
 from capmill.prompts.safety import clean_text, source_text, without_untrusted
-from capmill.sample import BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, TRANSIENT_ERROR, VIDEO, Caption, Sample
+from capmill.sample import AUDIO, BACKEND_ERROR, DECODE_ERROR, IMAGE, STAGE_ERROR, TRANSIENT_ERROR, VIDEO, Caption, Sample
 from capmill.sample import DROPPED as DROPPED_STATUS
 from capmill.stages.base import RunContext, Stage
 from capmill.text.length import (
@@ -72,6 +78,9 @@ from capmill.text.length import (
 FORMAT_SLOTS = {"alt_text", "word_count", "control"}
 # Slots a video prompt may use besides those.
 VIDEO_SLOTS = {"seconds", "frames"}
+# Slots an audio prompt may use besides those.
+AUDIO_SLOTS = {"seconds"}
+KIND_SLOTS = {VIDEO: VIDEO_SLOTS, AUDIO: AUDIO_SLOTS}
 
 
 class CaptionStageConfig(StageConfig):
@@ -106,16 +115,30 @@ class CaptionStageConfig(StageConfig):
     # NoC alignment-level control (capmill.prompts.control): a control token or a prompt variant
     # by the sample's `align_bin`, or the top bin for every sample. None: off.
     control: AlignControl | None = None
+    # The media this stage captions: "any" (every kind its formats have a prompt for), or one
+    # kind; samples of another kind then fail with the reason. "audio" makes the backend an
+    # audio-language model (what `--models` swaps in, and what the chain check expects decoded).
+    media: Literal["any", "image", "video", "audio"] = "any"
+    # Extra template slots filled from the record's metadata, slot → field: a field of the
+    # record (a jsonl key, a parquet column) or of its KEY.json (`json.title`); a list is joined
+    # with commas. Each is placed as untrusted text (<metadata> … </metadata>), empty when the
+    # record lacks it. AutoCap's title, tags and description: {title: json.title, ...}.
+    metadata: dict[str, str] = Field(default_factory=dict)
+    # Characters of each metadata value allowed into a prompt.
+    metadata_max_chars: int = Field(500, ge=0)
 
     def build(self) -> CaptionStage:
         return CaptionStage(self)
 
     def templates(self) -> list[PromptTemplate]:
         out = []
+        clash = sorted(set(self.metadata) & (FORMAT_SLOTS | VIDEO_SLOTS | AUDIO_SLOTS))
+        if clash:
+            raise ConfigError(f"caption: metadata slots {clash} would replace built-in slots; name them otherwise")
         for name in self.formats:
             template = load_template("formats", name, self.prompt_dirs)
             for kind in template.all_kinds:
-                template.for_kind(kind).check_slots(FORMAT_SLOTS | (VIDEO_SLOTS if kind == VIDEO else set()))
+                template.for_kind(kind).check_slots(FORMAT_SLOTS | KIND_SLOTS.get(kind, set()) | set(self.metadata))
             out.append(template)
         return out
 
@@ -144,14 +167,20 @@ class CaptionStageConfig(StageConfig):
         # else videos (formats written for videos only); whether a sample is one or the other is
         # known only when it is read.
         kinds = {kind for t in self.templates() for kind in t.all_kinds}
-        media = keys.IMAGE if IMAGE in kinds or VIDEO not in kinds else keys.VIDEO
+        if self.media != "any":
+            if self.media not in kinds:
+                raise ConfigError(f"caption: media {self.media!r}, but none of the formats {self.formats} has a "
+                                  f"prompt for {self.media} (a format YAML gives one in its `media.{self.media}` block)")
+            media = keys.MEDIA[self.media]
+        else:
+            media = keys.IMAGE if IMAGE in kinds or not kinds - {IMAGE} else keys.MEDIA[sorted(kinds - {IMAGE})[0]]
         reads = [media]
         if self.control is not None and self.control.level == "own":
             reads.append(keys.score(self.control.score))
         return StageIO(reads=reads, writes=[keys.caption(k) for k in self.caption_keys()])
 
     def backend_roles(self) -> dict[str, type]:
-        return {"backend": VisionLanguageModel}
+        return {"backend": AudioLanguageModel if self.media == AUDIO else VisionLanguageModel}
 
 
 @dataclass
@@ -220,7 +249,8 @@ class CaptionStage(Stage):
         super().setup(ctx)
         for fmt in (v for variants in self.by_kind.values() for v in variants if v is not None):
             fmt.count = counter_for(fmt.target) if fmt.target is not None else None
-        self.backend = self.load_backend(self.config.backend, VisionLanguageModel, "the caption stage")
+        role = AudioLanguageModel if self.config.media == AUDIO else VisionLanguageModel
+        self.backend = self.load_backend(self.config.backend, role, "the caption stage")
         check_guidance(self.backend, self.config.params, "caption")
 
     def key_for(self, fmt: CaptionFormat) -> str:
@@ -233,9 +263,10 @@ class CaptionStage(Stage):
             media = self._media(sample)
             if media is None:
                 continue
-            images, video = media
+            images, video, audio = media
             kind = sample.media.kind
             alt = untrusted(sample.alt_text, "alt_text", cfg.alt_text_max_chars)
+            record = metadata_values(sample, cfg.metadata)
             variants = self.by_kind.get(kind) or [None] * len(self.formats)
             without = [f.name for f, v in zip(self.formats, variants, strict=True) if v is None]
             if len(without) == len(self.formats):
@@ -248,8 +279,11 @@ class CaptionStage(Stage):
             for fmt in (v for v in variants if v is not None):
                 slots = {"alt_text": alt, "word_count": fmt.target.max if fmt.target else 50,
                          "control": self.control.text(level[0]) if self.control is not None else ""}
+                slots.update({slot: untrusted(value, "metadata", cfg.metadata_max_chars) for slot, value in record.items()})
                 if video is not None:
                     slots.update(seconds=f"{video.seconds:.0f}", frames=len(video.frames))
+                if audio is not None:
+                    slots.update(seconds=f"{audio.seconds:.0f}")
                 prompt = fmt.template.render(**slots)
                 tag = f"{sample.key}:{fmt.name}"
                 if self.control is not None:
@@ -263,12 +297,15 @@ class CaptionStage(Stage):
                     params=cfg.params,
                     tag=tag,
                     video=video,
+                    audio=audio,
                 )
                 # The AltText is an input of this caption only when the format shows it to the model;
                 # the guards read it raw (line breaks of fake turns intact) up to a bound that covers
                 # what the prompt held.
-                shown = "alt_text" in fmt.template.slots()
-                sources = {"alt_text": source_text(sample.alt_text, cfg.alt_text_max_chars)} if shown else {}
+                used = fmt.template.slots()
+                sources = {"alt_text": source_text(sample.alt_text, cfg.alt_text_max_chars)} if "alt_text" in used else {}
+                sources.update({slot: source_text(value, cfg.metadata_max_chars) for slot, value in record.items()
+                                if slot in used})
                 given = GuardInput(sources=sources, prompt=without_untrusted(f"{request.system or ''}\n{request.prompt}"),
                                    language=fmt.language)
                 job = _Job(sample, fmt, request, given)
@@ -292,23 +329,31 @@ class CaptionStage(Stage):
                 self._store(job)
         return batch
 
-    @staticmethod
-    def _media(sample: Sample):
-        """(images, video) a request for `sample` carries, or None after failing the sample."""
+    def _media(self, sample: Sample):
+        """(images, video, audio) a request for `sample` carries, or None after failing the sample."""
+        from capmill.media.audio import audio_input
         from capmill.media.video import video_input
 
         kind = sample.media.kind
+        if self.config.media not in ("any", kind):
+            sample.fail(STAGE_ERROR, f"caption (media: {self.config.media}) does not caption {kind} samples")
+            return None
         if kind == IMAGE:
             if sample.image.image is None:
                 sample.fail(DECODE_ERROR, "caption needs a decoded image (image.decode is off or decoding failed)")
                 return None
-            return [sample.image.image], None
+            return [sample.image.image], None, None
         if kind == VIDEO:
             if not sample.media.frames:
                 sample.fail(DECODE_ERROR, "caption needs the video's sampled frames (video.decode is off or decoding failed)")
                 return None
-            return [], video_input(sample)
-        sample.fail(STAGE_ERROR, f"caption cannot read {kind} samples yet")
+            return [], video_input(sample), None
+        if kind == AUDIO:
+            if sample.media.audio is None:
+                sample.fail(DECODE_ERROR, "caption needs the decoded audio (audio.decode is off or decoding failed)")
+                return None
+            return [], None, audio_input(sample)
+        sample.fail(STAGE_ERROR, f"caption cannot read {kind} samples")
         return None
 
     def _generate(self, jobs: list[_Job]) -> None:
@@ -334,7 +379,8 @@ class CaptionStage(Stage):
         for job, note in zip(jobs, notes, strict=True):
             base = job.request
             requests.append(VLMRequest(prompt=f"{base.prompt}\n\n{note}", images=base.images, n=base.n, system=base.system,
-                                       params=base.params, tag=f"{base.tag}#retry{job.attempts}", video=base.video))
+                                       params=base.params, tag=f"{base.tag}#retry{job.attempts}", video=base.video,
+                                       audio=base.audio))
         generations = self.backend.generate(requests)
         for job, gen in zip(jobs, generations, strict=True):
             job.attempts += 1
@@ -438,3 +484,33 @@ class CaptionStage(Stage):
         if problem:
             guards_meta["alt_text_cannot_stand_in"] = problem
         return text or guarded.text, trimmed and bool(text), self.backend.model_id, guards_meta
+
+
+def metadata_values(sample: Sample, fields: dict[str, str]) -> dict[str, str]:
+    """slot → the record's value for each configured metadata field ("" when the record lacks
+    it): a top-level field of the record's meta, or a dotted path into it (`json.title`); lists
+    are joined with commas, numbers written as they are."""
+    out = {}
+    for slot, path in fields.items():
+        value = record_value(sample.meta, path)
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value if v is not None and not isinstance(v, (dict, list)))
+        out[slot] = "" if value is None or isinstance(value, dict) else str(value)
+    return out
+
+
+def record_value(meta: dict, path: str):
+    """`meta[path]`, else the dotted `path` walked through nested dicts, else the field of the
+    record's KEY.json (`meta["json"]`) of that name; None when none has it."""
+    if path in meta:
+        return meta[path]
+    node = meta
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            node = None
+            break
+        node = node[part]
+    if node is not None:
+        return node
+    json_meta = meta.get("json")
+    return json_meta.get(path) if isinstance(json_meta, dict) else None

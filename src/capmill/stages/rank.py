@@ -7,7 +7,8 @@ ITC averaged) and fuse the top two; SLAM-AAC's CLAP-Refine (X-LANCE/SLAM-LLM
 embedding similarity to its clip. The score of a candidate here is the weighted mean of what the
 config names, each optional:
 
-    scorer    any ImageTextScorer (CLIP, SigLIP, open_clip; CLAP for audio): image–text cosine
+    scorer    any MediaTextScorer: image–text cosine (CLIP, SigLIP, open_clip), audio–text cosine
+              (CLAP, `type: clap`), each sample's media embedded by its kind
     matcher   any ImageTextMatcher (BLIP ITM): the probability that the text matches the image
     reward    any RewardModel: a learned quality score (with the image when `reward_image`)
     scores    prefixes of scores already in the record: `clip` reads scores["clip:cand.3"]
@@ -37,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from capmill import keys
-from capmill.backends.base import ImageTextMatcher, ImageTextScorer, RewardModel
+from capmill.backends.base import ImageTextMatcher, MediaTextScorer, RewardModel
 from capmill.components import BackendSpec, StageConfig
 from capmill.guards.guard import no_candidate
 from capmill.keys import Key, StageIO
@@ -86,12 +87,18 @@ class RankStageConfig(StageConfig):
     def io(self, available: frozenset[Key]) -> StageIO:
         names = [k.name for k in keys.candidate_keys(self.candidates, available, f"rank ({self.display_name})")]
         reads = [keys.text(n) for n in names] + [keys.score(f"{p}:{n}") for p in self.scores for n in names]
-        if self.scorer is not None or self.matcher is not None or (self.reward is not None and self.reward_image):
+        from capmill.stages.score import scorer_media
+
+        if self.scorer is not None:
+            reads.append(scorer_media(self.scorer))
+        if self.matcher is not None or (self.reward is not None and self.reward_image):
             reads.append(keys.IMAGE)
         return StageIO(reads=reads, writes=[keys.caption(self.store_as), keys.score(self.store_as)])
 
     def backend_roles(self) -> dict[str, type]:
-        return {"scorer": ImageTextScorer, "matcher": ImageTextMatcher, "reward": RewardModel}
+        from capmill.stages.score import scorer_role
+
+        return {"scorer": scorer_role(self.scorer), "matcher": ImageTextMatcher, "reward": RewardModel}
 
 
 def order(scores: list[float]) -> list[int]:
@@ -113,16 +120,23 @@ class RankStage(Stage):
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
         cfg = self.config
-        self.scorer = self.load_backend(cfg.scorer, ImageTextScorer, "rank's scorer") if cfg.scorer else None
+        self.scorer = self.load_backend(cfg.scorer, MediaTextScorer, "rank's scorer") if cfg.scorer else None
         self.matcher = self.load_backend(cfg.matcher, ImageTextMatcher, "rank's matcher") if cfg.matcher else None
         self.reward = self.load_backend(cfg.reward, RewardModel, "rank's reward model") if cfg.reward else None
 
     def process(self, batch: list[Sample]) -> list[Sample]:
+        from capmill.backends.embed import scorer_kinds, why_not
+
         cfg = self.config
-        needs_image = self.scorer is not None or self.matcher is not None or (self.reward is not None and cfg.reward_image)
+        needs_image = self.matcher is not None or (self.reward is not None and cfg.reward_image)
+        kinds = scorer_kinds(self.scorer) if self.scorer is not None else set()
         pairs: list[tuple[int, str, str]] = []  # (sample index, candidate name, text)
         live: list[Sample] = []
         for sample in batch:
+            unscorable = why_not(sample.media, kinds, self.scorer.model_id) if self.scorer is not None else None
+            if unscorable is not None:
+                sample.fail(DECODE_ERROR, f"rank: {unscorable}")
+                continue
             if needs_image and sample.image.image is None:
                 sample.fail(DECODE_ERROR, "rank needs a decoded image to score its candidates")
                 continue
@@ -153,7 +167,10 @@ class RankStage(Stage):
         parts: list[dict[str, float]] = [{} for _ in pairs]
         images = [live[i].image.image for i, _, _ in pairs]
         if self.scorer is not None:
-            image_emb = unit_rows(self.scorer.embed_images([s.image.image for s in live]))
+            from capmill.backends.embed import embed_media
+
+            # One call for the batch's media (images, or audio for CLAP), one for every candidate.
+            image_emb, _ = embed_media(self.scorer, [s.media for s in live])
             text_emb = unit_rows(self.scorer.embed_texts(texts))
             rows = np.array([i for i, _, _ in pairs])
             for j, value in enumerate(np.einsum("ij,ij->i", image_emb[rows], text_emb)):

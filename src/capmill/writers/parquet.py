@@ -1,7 +1,8 @@
-"""Parquet shards: the records, one flat column per caption and score, optionally the images.
+"""Parquet shards: the records, one flat column per caption and score, optionally the media.
 
 Every file carries Hugging Face `datasets` feature metadata in its schema, so
-`load_dataset("parquet", data_files=...)` gives the `image` column (when written) as PIL images.
+`load_dataset("parquet", data_files=...)` gives the `image` column (when written) as PIL images
+and the `audio` column as decoded audio.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import json
 import os
 
 from capmill.media.image import sniff_ext
-from capmill.sample import VIDEO, Sample
+from capmill.sample import AUDIO, IMAGE as IMAGE_KIND, Sample
 from capmill.writers.base import ShardWriter, row_fields, tmp_name, usable_image
 
 FIXED = ["key", "status", "error", "alt_text", "text"]
 IMAGE = "image"
 REGIONS = "regions"
+AUDIO_COLUMN = "audio"
 
 
 class ParquetWriter(ShardWriter):
@@ -48,9 +50,15 @@ class ParquetWriter(ShardWriter):
         if sample.regions:
             row[REGIONS] = json.dumps(sample.regions, ensure_ascii=False)
         if self.images:
-            data = usable_image(sample) if sample.media.kind != VIDEO else None  # an image column holds images
+            kind = sample.media.kind
+            data = usable_image(sample) if kind == IMAGE_KIND else None  # an image column holds images
             ext = sample.image.ext or sniff_ext(data) or "bin"
             row[IMAGE] = None if data is None else {"bytes": data, "path": f"{sample.key}.{ext}"}
+            if kind == AUDIO:
+                sound = usable_image(sample)
+                if sound is None and sample.ok and sample.media.path is not None:
+                    sound = sample.media.read_bytes()  # an audio file read where it lies
+                row[AUDIO_COLUMN] = None if sound is None else {"bytes": sound, "path": f"{sample.key}.{sample.media.ext or 'bin'}"}
         self.rows.append(row)
 
     def commit(self) -> list[str]:
@@ -60,8 +68,9 @@ class ParquetWriter(ShardWriter):
         columns: dict[str, None] = {}
         for row in self.rows:
             columns.update(dict.fromkeys(row))
-        extra = sorted(c for c in columns if c not in FIXED and c not in (IMAGE, "record"))
-        names = FIXED + extra + ([IMAGE] if self.images else []) + ["record"]
+        extra = sorted(c for c in columns if c not in FIXED and c not in (IMAGE, AUDIO_COLUMN, "record"))
+        media = ([IMAGE] if self.images else []) + ([AUDIO_COLUMN] if AUDIO_COLUMN in columns else [])
+        names = FIXED + extra + media + ["record"]
         types = {c: _arrow_type(c) for c in names}
         table = pa.table({c: pa.array([row.get(c) for row in self.rows], type=types[c]) for c in names})
         table = table.replace_schema_metadata({b"huggingface": json.dumps(hf_features(names)).encode()})
@@ -84,7 +93,7 @@ def _arrow_type(column: str):
 
     if column.startswith("score."):
         return pa.float64()
-    if column == IMAGE:
+    if column in (IMAGE, AUDIO_COLUMN):
         return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     return pa.string()
 
@@ -96,6 +105,8 @@ def hf_features(names: list[str]) -> dict:
     for c in names:
         if c == IMAGE:
             features[c] = {"_type": "Image"}
+        elif c == AUDIO_COLUMN:
+            features[c] = {"_type": "Audio"}
         else:
             features[c] = {"dtype": "float64" if c.startswith("score.") else "string", "_type": "Value"}
     return {"info": {"features": features}}

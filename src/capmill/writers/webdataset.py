@@ -11,9 +11,9 @@ data_files=...)`) read them without help:
 - samples that could not be read or decoded have no image member, and come after the others in
   their tar (in reader order), so a loader that infers the fields from the first samples sees
   the image field;
-- a video (or clip) keeps its own extension (`KEY.mp4`, `KEY.webm`, ...): `image_ext` names
-  image members only. A video read from a file where it lies is copied into the tar in chunks,
-  never held whole.
+- a video or audio file (or a clip of one) keeps its own extension (`KEY.mp4`, `KEY.flac`, ...):
+  `image_ext` names image members only. A video or audio file read from a file where it lies is
+  copied into the tar in chunks, never held whole.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import tarfile
 
 from capmill.media.image import encode_image, sniff_ext
-from capmill.sample import VIDEO, Sample
+from capmill.sample import AUDIO, VIDEO, Sample
 from capmill.writers.base import _NO_IMAGE, ShardWriter, row_fields, tmp_name, usable_image
 
 _EXT_OF_FORMAT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -66,7 +66,8 @@ class WebDatasetWriter(ShardWriter):
         return data, ext
 
     def _video(self, sample: Sample, doc: bytes, text: str) -> bool:
-        """Write a video sample's members; False when it has no usable video (then it is imageless)."""
+        """Write a video (or audio) sample's members; False when it has no usable media (then it
+        is imageless)."""
         data = usable_image(sample)
         source = self.open_media(sample) if data is None and sample.status not in _NO_IMAGE else None
         if data is None and source is None:
@@ -87,7 +88,7 @@ class WebDatasetWriter(ShardWriter):
     def write(self, sample: Sample) -> None:
         text = self.chosen_text(sample)
         doc = json.dumps(row_fields(sample, text), ensure_ascii=False).encode("utf-8")
-        if sample.media.kind == VIDEO:
+        if sample.media.kind in (VIDEO, AUDIO):
             if not self._video(sample, doc, text):
                 self.imageless.append((sample.key, doc, text.encode("utf-8")))
             return
