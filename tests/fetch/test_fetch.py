@@ -34,6 +34,10 @@ def test_an_image_is_fetched_over_the_checked_address(server):
     assert log.addresses == ["127.0.0.1", "127.0.0.1"]
 
 
+def test_audio_and_video_urls_are_fetched_like_images(server):
+    assert fetch(f"{server.url}/sound.wav", quick()) == server.wav
+
+
 def test_loopback_is_refused_by_default_before_connecting(server):
     with ConnectionLog() as log, pytest.raises(InputRefused, match="127.0.0.1 is a loopback address"):
         fetch(f"{server.url}/ok.jpg", FetchConfig(retries=0))
@@ -43,8 +47,8 @@ def test_loopback_is_refused_by_default_before_connecting(server):
 @pytest.mark.parametrize(("path", "error", "reason"), [
     ("/huge.jpg", InputRefused, "1000000000 bytes announced, over fetch.max_bytes=200000"),
     ("/endless.jpg", InputRefused, "more than fetch.max_bytes=200000 bytes"),
-    ("/page.html", InputRefused, "content type 'text/html' is not an image"),
-    ("/liar.jpg", InputRefused, "the body is not an image"),
+    ("/page.html", InputRefused, "content type 'text/html' is not an image, video or audio type"),
+    ("/liar.jpg", InputRefused, "the body is not an image, video or audio file"),
     ("/noai.jpg", InputRefused, "opted out by X-Robots-Tag: noai"),
     ("/agent.jpg", InputRefused, "opted out by X-Robots-Tag: noimageai"),
     ("/missing.jpg", FetchFailed, "HTTP 404"),

@@ -76,7 +76,7 @@ def test_hostile_url_manifest_inside_a_loopback_only_namespace(tmp_path):
         "redirect_private": "redirected to http://192.168.1.1/admin.jpg: 192.168.1.1 is a private address",
         "redirect_metadata": "redirected to http://169.254.169.254/latest/meta-data/",
         "huge": "over fetch.max_bytes",
-        "html": "content type 'text/html' is not an image",
+        "html": "content type 'text/html' is not an image, video or audio type",
         "optout": "opted out by X-Robots-Tag: noai",
         "slow": "timed out",
     }

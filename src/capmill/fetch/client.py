@@ -173,7 +173,7 @@ def _check_headers(response: http.client.HTTPResponse, url: str, config: FetchCo
         raise InputRefused(f"opted out by X-Robots-Tag: {directive} ({_short(url)})")
     ctype = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
     if ctype and not any(ctype.startswith(prefix.lower()) for prefix in config.content_types):
-        raise InputRefused(f"content type {ctype!r} is not an image ({_short(url)})")
+        raise InputRefused(f"content type {ctype!r} is not an image, video or audio type ({_short(url)})")
     length = response.getheader("Content-Length")
     if length is not None and length.strip().isdigit() and int(length) > config.max_bytes:
         raise InputRefused(f"{int(length)} bytes announced, over fetch.max_bytes={config.max_bytes} ({_short(url)})")
@@ -218,11 +218,11 @@ def _body(conn, response: http.client.HTTPResponse, url: str, config: FetchConfi
             raise InputRefused(f"more than fetch.max_bytes={config.max_bytes} bytes ({_short(url)})")
         chunks.append(chunk)
     data = b"".join(chunks)
-    from capmill.media.image import sniff_ext
+    from capmill.media.kinds import sniff
 
-    if sniff_ext(data) is None:
+    if sniff(data)[0] is None:
         start = data[:16].decode("ascii", "replace").strip()
-        raise InputRefused(f"the body is not an image (starts with {start!r}) ({_short(url)})")
+        raise InputRefused(f"the body is not an image, video or audio file (starts with {start!r}) ({_short(url)})")
     return data
 
 

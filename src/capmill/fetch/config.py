@@ -22,7 +22,8 @@ class FetchConfig(Strict):
     # Largest download in bytes; a larger Content-Length is refused before the body is read.
     max_bytes: int = Field(32 * 1024 * 1024, ge=1)
     # Content-Type prefixes accepted; a response without one is accepted and the bytes decide.
-    content_types: list[str] = Field(default_factory=lambda: ["image/", "application/octet-stream", "binary/octet-stream"])
+    content_types: list[str] = Field(default_factory=lambda: ["image/", "video/", "audio/", "application/octet-stream",
+                                                              "binary/octet-stream"])
     user_agent: str = "capmill (+image captioning for training data)"
     # The name X-Robots-Tag directives may address ("capmill: noai"); directives without a name
     # apply to every agent.

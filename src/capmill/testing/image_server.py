@@ -6,6 +6,7 @@ Each path plays one thing a downloader meets on the web:
 |---|---|
 | `/ok.jpg` | a JPEG, `image/jpeg` |
 | `/bare.jpg` | a JPEG without Content-Type |
+| `/sound.wav` | a short WAV, `audio/wav` |
 | `/huge.jpg` | announces 1 GB (Content-Length) and sends a little |
 | `/endless.jpg` | a JPEG header, then bytes until the connection closes, no Content-Length |
 | `/page.html` | an HTML page, `text/html` |
@@ -66,6 +67,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, jpeg)
         elif path == "/bare.jpg":
             self._send(200, jpeg, ctype=None)
+        elif path == "/sound.wav":
+            self._send(200, srv.wav, ctype="audio/wav")
         elif path == "/huge.jpg":
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -130,6 +133,7 @@ class ImageServer(http.server.ThreadingHTTPServer):
         self.slow_seconds = slow_seconds
         self.flaky_failures = flaky_failures
         self.jpeg = encode(generated(11, (64, 48)), "JPEG")
+        self.wav = _wav_bytes()
         self._thread: threading.Thread | None = None
 
     @property
@@ -144,3 +148,17 @@ class ImageServer(http.server.ThreadingHTTPServer):
     def __exit__(self, *exc) -> None:
         self.shutdown()
         self.server_close()
+
+
+def _wav_bytes(seconds: float = 0.1, rate: int = 8000) -> bytes:
+    """A silent mono 16-bit WAV, written with the standard library."""
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\0\0" * int(seconds * rate))
+    return buf.getvalue()
