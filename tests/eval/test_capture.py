@@ -147,6 +147,7 @@ def test_equals_the_published_capture_on_the_same_elements(wordnet, soft):
         assert [ours[n] for n in names] == pytest.approx(list(expected), abs=1e-9), (cand, gt)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # FACTUAL's own use of importlib.resources
 def test_tuple_matching_equals_factual_spice_on_the_same_graphs(wordnet):
     """FACTUAL's SPICE matches all tuples at once (exact, then its own synonym table); with
     synonyms off, its F1 over the tuples equals capmill's exact pass over the same tuples."""
@@ -171,3 +172,53 @@ def test_tuple_matching_equals_factual_spice_on_the_same_graphs(wordnet):
         ours = 2 * p * r / (p + r) if p + r else 0.0
         theirs = eval_spice(graph_string(cand), [graph_string(gt)], merge_tuples_synonyms=False, synonym_match=False)
         assert ours == pytest.approx(theirs, abs=1e-9)
+
+
+def test_richness_counts_distinct_graph_elements():
+    from capmill.eval.graphs import graph_facts
+
+    graph = SceneGraph(entities=[GraphEntity("Dog", ["brown", "small"]), GraphEntity("dog", ["brown"]), GraphEntity("grass"),
+                                 GraphEntity("image")],
+                       relations=[GraphRelation(0, "on", 2), GraphRelation(1, "on", 2)])
+    # objects dog, grass (image is a stop object); (dog, brown), (dog, small); (dog, on, grass)
+    assert graph_facts(graph, stop_objects()) == 2 + 2 + 1
+
+
+class Vectors:
+    """Test double of a TextEmbedder: one-hot vectors per distinct phrase (no two phrases alike)."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def embed(self, texts):
+        for t in texts:
+            self.seen.setdefault(t, len(self.seen))
+        out = np.zeros((len(texts), 512))
+        for i, t in enumerate(texts):
+            out[i, self.seen[t] % 512] = 1
+        return out
+
+
+def test_capture_end_to_end_with_the_offline_parser(wordnet):
+    from capmill.backends.scene_graph import SpacySceneGraphConfig
+    from capmill.eval.graphs import GraphResult, PhraseVectors, SceneGraphs, capture, richness
+
+    parser = SpacySceneGraphConfig().build()
+    try:
+        parser.load()
+    except SetupError as e:
+        pytest.skip(str(e))
+    ref = "A brown dog sits on the green grass next to a red ball."
+    texts = {"same": [ref, None], "wrong": ["A brown cat sits on the green grass next to a red ball.", "A dog."]}
+    graphs = SceneGraphs(parser, analyzer=None)
+    result = GraphResult()
+    capture(["a", "b"], texts, {"a": [ref], "b": []}, graphs, wordnet, PhraseVectors(Vectors()), CaptureConfig(), result)
+    same, wrong = result.metrics["same"], result.metrics["wrong"]
+    assert same["CAPTURE"] == pytest.approx(1, abs=1e-5) and same["CAPTURE_relation_F1"] == pytest.approx(1, abs=1e-5)
+    assert wrong["CAPTURE_object_F1"] == pytest.approx(2 / 3, abs=1e-5) and wrong["CAPTURE"] < same["CAPTURE"]
+    detail = result.details["a"]["wrong"]["capture"]
+    assert "cat" in detail["found"] and "cat" not in detail["matched"] and "red ball" in detail["matched"]
+    assert "b" not in result.details  # no reference: left out
+    richness(["a", "b"], texts, graphs, result)
+    assert result.metrics["same"]["facts_per_caption"] == 3 + 3 + 2  # dog, grass, ball; 3 attributes; 2 relations
+    assert graphs.parse_s > 0

@@ -64,7 +64,7 @@ class DiffusersTextToImage:
         path = resolve_model(self.config.model, self.config.revision, "text-to-image model")
         self.device = pick_device(self.config.device)
         try:
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=pick_dtype(self.config.dtype, self.device))
+            pipe = DiffusionPipeline.from_pretrained(path, dtype=pick_dtype(self.config.dtype, self.device))
         except (OSError, ValueError, TypeError) as e:
             raise SetupError(f"text-to-image model {self.config.model!r} could not be loaded from {path} "
                              f"({type(e).__name__}: {e})") from e

@@ -79,6 +79,10 @@ class NliModel:
         except (OSError, ValueError, TypeError) as e:
             raise SetupError(f"NLI model {self.config.model!r} could not be loaded from {path} ({type(e).__name__}: {e})") from e
         self.columns = label_columns(model.config.id2label)
+        # Never more tokens than the model has positions for (nor than its tokenizer allows).
+        limits = [self.config.max_tokens, getattr(model.config, "max_position_embeddings", None),
+                  getattr(self.tokenizer, "model_max_length", None)]
+        self.max_tokens = min(int(x) for x in limits if isinstance(x, int) and 0 < x < 10**6)
         self.device = pick_device(self.config.device)
         self.model = model.to(self.device).eval()
 
@@ -96,7 +100,7 @@ class NliModel:
             batch = pairs[start:start + size]
             try:
                 inputs = self.tokenizer([p for p, _ in batch], [h for _, h in batch], truncation="only_first",
-                                        max_length=self.config.max_tokens, padding=True, return_tensors="pt").to(self.device)
+                                        max_length=self.max_tokens, padding=True, return_tensors="pt").to(self.device)
                 with torch.inference_mode():
                     probs = torch.softmax(self.model(**inputs).logits.float(), dim=-1).cpu().numpy()
             except (RuntimeError, ValueError) as e:  # out of memory, a hypothesis longer than max_tokens

@@ -57,6 +57,20 @@ class FactsResult:
     details: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
+def read_list(text: str | None, max_items: int, max_words: int) -> list[str] | None:
+    """The items of a listing reply (the verifying stages' list parser), or None when the reply
+    is a refusal rather than a list (a refusal is no list of one object or fact)."""
+    import re
+
+    from capmill.guards.patterns import DEFAULT_REFUSALS, REFUSAL_ANYWHERE
+    from capmill.verify.parse import parse_items
+
+    head = (text or "").strip().lower().replace("’", "'")[:200]
+    if any(re.match(p, head) for p in DEFAULT_REFUSALS) or REFUSAL_ANYWHERE.search(head):
+        return None
+    return parse_items(text, max_items, max_words=max_words)
+
+
 def recall(covered: int, reference_facts: int, extra: int) -> float:
     return (covered + extra) / (reference_facts + extra) if reference_facts + extra else float("nan")
 
@@ -74,7 +88,6 @@ class Decomposer:
         self.facts: dict[str, list[str] | None] = {}
 
     def __call__(self, texts: list[str]) -> list[list[str] | None]:
-        from capmill.verify.parse import parse_items
         from capmill.verify.steps import chat_parsed
 
         todo = list(dict.fromkeys(t for t in texts if t not in self.facts))
@@ -86,7 +99,7 @@ class Decomposer:
                 messages = ([{"role": "system", "content": t.render_system(**slots)}] if t.system else [])
                 messages.append({"role": "user", "content": t.render(**slots)})
                 requests.append(ChatRequest(messages=messages, params=self.config.decompose_params, tag=f"fact{i}"))
-            parsed = chat_parsed(self.llm, requests, lambda s: parse_items(s, self.config.max_facts, max_words=40),
+            parsed = chat_parsed(self.llm, requests, lambda s: read_list(s, self.config.max_facts, 40),
                                  t.options.get("retry_note", ""))
             for text, p in zip(todo, parsed, strict=True):
                 self.facts[text] = p.value

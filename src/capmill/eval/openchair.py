@@ -71,7 +71,7 @@ def _chat(template, params: GenerationParams, tag: str, **slots: Any) -> ChatReq
 def openchair(keys: list[str], texts: dict[str, list[str | None]], references: dict[str, list[str]], llm: Any,
               config: OpenChairConfig) -> OpenChairResult:
     """OpenCHAIR of every field (module docstring); `llm` is a loaded LanguageModel."""
-    from capmill.verify.parse import parse_items
+    from capmill.eval.facts import read_list
     from capmill.verify.steps import chat_parsed
 
     extract = load_template("eval", "openchair_objects").check_slots({"caption"})
@@ -85,7 +85,7 @@ def openchair(keys: list[str], texts: dict[str, list[str | None]], references: d
             continue
         requests = [_chat(extract, config.extract_params, f"{k}:openchair_objects", caption=delimited_caption(t, 8000))
                     for k, t in rows]
-        parsed = chat_parsed(llm, requests, lambda s: parse_items(s, config.max_objects, max_words=6),
+        parsed = chat_parsed(llm, requests, lambda s: read_list(s, config.max_objects, 6),
                              extract.options.get("retry_note", ""))
         objects: dict[str, list[str]] = {}
         unread = 0

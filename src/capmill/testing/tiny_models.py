@@ -515,7 +515,7 @@ def build_tiny_sd(out: Path) -> None:
                                         pad_token_id=tokenizer.pad_token_id))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                    scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                                         clip_sample=False, set_alpha_to_one=False),
+                                                         clip_sample=False, set_alpha_to_one=False, steps_offset=1),
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(out)
