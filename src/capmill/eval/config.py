@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -42,7 +42,7 @@ class EvalConfig(Strict):
     # Distractors per bag for retrieval with distractors (99 gives RD100).
     bags: list[int] = Field(default_factory=lambda: [99])
     # TrueMatch bag sizes (bags of mutually similar images).
-    truematch: list[int] = Field(default_factory=lambda: [3, 5, 7])
+    truematch: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [3, 5, 7])
     seed: int = 0
     skip: list[Metric] = Field(default_factory=list)
     # Clip the text–reference cosine at 0 in RefCLIPScore (the reference code does not).
