@@ -96,3 +96,16 @@ def test_tiny_diffusers_pipeline_is_seeded(tiny_models):
     assert all(m.ok for m in made)
     pixels = [np.asarray(m.image) for m in made]
     assert np.array_equal(pixels[0], pixels[2]) and not np.array_equal(pixels[0], pixels[1])  # per request, not per batch
+
+
+def test_the_fake_plays_the_evaluation_roles():
+    from capmill.backends.fake import FakeBackendConfig
+
+    fake = FakeBackendConfig(no_if=["purple"]).build()
+    assert all(isinstance(fake, p) for p in (SceneGraphParser, EntailmentModel, TextToImage))
+    graph = fake.parse(["A dog and a ball on the grass."])[0]
+    assert [e.head for e in graph.entities] == ["dog", "ball", "grass"] and graph.relations == []
+    labels = [e.label for e in fake.entail([("A dog on grass.", "a dog"), ("A dog.", "a cat"), ("A dog.", "a purple dog")])]
+    assert labels == ["entailment", "neutral", "contradiction"]
+    one, two, three = fake.generate_images([ImageRequest("a"), ImageRequest("a"), ImageRequest("a", seed=1)])
+    assert one.image.tobytes() == two.image.tobytes() != three.image.tobytes()
