@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--skip", default="", help="metric groups to skip (comma-separated): text, richness, clip, retrieval, "
                    "truematch, coco, capture, chair, openchair, facts, image_score, arena, vdc")
     p.add_argument("--clip-reference", action="store_true", help="clip the text-reference cosine of RefCLIPScore at 0")
-    p.add_argument("--seed", type=int, default=0, help="seed of the retrieval and TrueMatch bags, the arena's order and the text-to-image draws")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the retrieval and TrueMatch bags, the arena's order and the text-to-image draws")
     p.add_argument("--judge", help="the judge as backend YAML: a LanguageModel for OpenCHAIR, fact lists and VDCscore "
                    "(with --references), a VisionLanguageModel for the --compare arena, e.g. "
                    "'{type: openai, model: Qwen/Qwen2.5-VL-7B-Instruct, base_url: http://localhost:8000/v1}'")
