@@ -14,10 +14,13 @@ $(VENV)/.demo: pyproject.toml
 	$(PIP) install -q -e '.[demo]'
 	touch $@
 
+# capture_metric and factualscenegraph are the reference implementations the CAPTURE tests compare
+# against; --no-deps, as their declared dependencies are not needed for that.
 $(VENV)/.dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps capture_metric==0.1.13 factualscenegraph==0.7.3
 	touch $@ $(VENV)/.demo
 
 demo: $(VENV)/.demo
@@ -32,7 +35,7 @@ test-fast: $(VENV)/.dev
 
 # Every CPU benchmark of BENCHMARKS.md, one after another (about 10 min on 2 cores).
 # benchmarks/gpu_transformers.py needs a CUDA GPU and is run by hand.
-BENCHMARKS := datapath backend_batching formats_one_pass http_concurrency clipscore eval_time ray_vs_local scale_out video_sampling audio_decode verify_methods candidates judge_bias
+BENCHMARKS := datapath backend_batching formats_one_pass http_concurrency clipscore eval_time ray_vs_local scale_out video_sampling audio_decode verify_methods candidates judge_bias capture_time
 bench: $(VENV)/.dev
 	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(PY) benchmarks/$$b.py; done
 

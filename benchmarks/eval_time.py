@@ -11,10 +11,11 @@ templates and synonyms, and a candidate caption paraphrasing the scene with some
 on purpose, so the metric values spread out as with a real captioner.
 
 1. The whole command, as a user runs it: `capmill eval captions.jsonl --fields dsc --references
-   refs.json --skip clip,retrieval --json out.json` in a fresh process (interpreter start and
-   imports included). CLIPScore, RefCLIPScore and self-retrieval are skipped: they need images and
-   a CLIP model (ViT-B/32 by default), and the set has no images; what remains is the text
-   statistics and the COCO metrics.
+   refs.json --skip clip,retrieval,capture,richness --json out.json` in a fresh process
+   (interpreter start and imports included). CLIPScore, RefCLIPScore and self-retrieval are
+   skipped: they need images and a CLIP model (ViT-B/32 by default), and the set has no images;
+   the scene-graph metrics (CAPTURE, facts_per_caption) have their own benchmark
+   (`benchmarks/capture_time.py`); what remains is the text statistics and the COCO metrics.
 2. The same work, piece by piece, in another fresh process: the calls `capmill.eval.runner` makes, in its
    order (read the set and the references, text statistics, PTB-tokenise the references and the
    captions, BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), each timed. capmill's eval reports no
@@ -166,7 +167,7 @@ def main() -> None:
 
     out_json = os.path.join(root, "out.json")
     cmd = capmill_command() + ["eval", data, "--fields", "dsc", "--references", refs_path,
-                               "--skip", "clip,retrieval", "--json", out_json]
+                               "--skip", "clip,retrieval,capture,richness", "--json", out_json]
     totals, runs = [], []
     for _ in range(args.repeats):
         # 1. The whole command in a fresh process.
@@ -182,7 +183,7 @@ def main() -> None:
         with open(pieces_json, encoding="utf-8") as f:
             runs.append(json.load(f))
 
-    print("$ capmill eval captions.jsonl --fields dsc --references refs.json --skip clip,retrieval --json out.json")
+    print("$ capmill eval captions.jsonl --fields dsc --references refs.json --skip clip,retrieval,capture,richness --json out.json")
     print(proc.stdout.rstrip())
     print(f"\ncapmill eval, whole command (fresh process, best of {args.repeats}): {min(totals):.1f} s "
           f"(all: {', '.join(f'{t:.1f}' for t in totals)})\n")

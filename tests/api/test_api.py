@@ -178,3 +178,23 @@ def test_evaluate_references_mapping_and_two_runs(scored_run, tmp_path):
     history = json.loads((scored_run / "_eval.json").read_text())["evaluations"]
     assert history[-1]["references"]["path"] is None and len(history[-1]["references"]["sha256"]) == 16
     assert history[-1]["scorer"] is None  # no image metrics, no scorer
+
+
+def test_evaluate_takes_the_dense_metrics_options(scored_run, tmp_path):
+    """`capmill.evaluate` mirrors `capmill eval --instances --judge --compare --verifier`."""
+    from capmill.cli.main import main as cli
+
+    keys = [f"{i:06d}" for i in range(24)]
+    instances = {"images": [{"id": k} for k in keys], "categories": [{"id": 18, "name": "dog"}],
+                 "annotations": [{"image_id": k, "category_id": 18} for k in keys]}
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    judge = {"type": "fake", "script": [{"when": "Verdict: tie", "answer": "Verdict: 1"}]}
+    options = dict(fields=["ssc", "dsc"], instances=tmp_path / "instances.json", scorer=SCORER, bags=[], truematch=[3],
+                   skip=["coco", "openchair", "facts", "vdc"], judge=judge, compare=True)
+    metrics = capmill.evaluate(scored_run, **options)
+    assert {"CHAIRi", "CHAIRs", "TrueMatch_R@1_bag3", "facts_per_caption", "win_rate"} <= set(metrics["dsc"])
+    assert metrics["ssc"]["win_rate"] == pytest.approx(1 - metrics["dsc"]["win_rate"])
+    assert cli(["eval", str(scored_run), "--compare", "ssc", "dsc", "--instances", str(tmp_path / "instances.json"),
+                "--scorer", "{type: fake, dim: 16}", "--bags", "", "--truematch", "3",
+                "--skip", "coco,openchair,facts,vdc", "--judge", json.dumps(judge), "--json", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text()) == metrics

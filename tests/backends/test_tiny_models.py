@@ -12,7 +12,10 @@ def test_every_family_is_saved_with_its_processor(tiny_models):
     assert (tiny_models / "open_clip" / "open_clip_model.safetensors").is_file()
     # whisper links the real tiny.en CTranslate2 model (not a transformers folder).
     assert (tiny_models / "whisper" / "model.bin").is_file() and (tiny_models / "whisper" / "tokenizer.json").is_file()
-    for family in (f for f in FAMILIES if f not in ("open_clip", "whisper")):
+    # tiny_sd is a diffusers pipeline: model_index.json and one folder per component.
+    assert (tiny_models / "tiny_sd" / "model_index.json").is_file()
+    assert (tiny_models / "tiny_sd" / "unet" / "config.json").is_file()
+    for family in (f for f in FAMILIES if f not in ("open_clip", "whisper", "tiny_sd")):
         folder = tiny_models / family
         assert (folder / "config.json").is_file(), family
         assert (folder / "model.safetensors").is_file(), family

@@ -126,8 +126,11 @@ def geometry_differences(found: dict, golden: dict, tolerance: int = 24, relativ
 
 def build_page(root: Path) -> Path:
     """The report of a fixed small run (real photos, fake captions and scores, a filter that
-    drops, hostile images, two evaluations): the same page on every machine but for timestamps
-    and paths."""
+    drops, hostile images, three evaluations, the last with per-sample details from references,
+    COCO instances and a scripted judge): the same page on every machine but for timestamps and
+    paths."""
+    import json
+
     from capmill.cli.main import main as cli
     from capmill.config import parse_config
     from capmill.run import run
@@ -147,5 +150,17 @@ def build_page(root: Path) -> Path:
     scorer = "{type: fake, dim: 8}"
     assert cli(["eval", str(out), "--fields", "alt_text,dsc", "--scorer", scorer, "--bags", "3"]) == 0
     assert cli(["eval", str(out), "--fields", "ssc", "--scorer", scorer, "--bags", "3", "--limit", "5"]) == 0
+    keys = [f"{i:06d}" for i in range(16)]
+    (root / "refs.json").write_text(json.dumps({k: ["A red car parked on a street next to a tall building.",
+                                                    "A small dog sits on the green grass."] for k in keys}))
+    (root / "instances.json").write_text(json.dumps({
+        "images": [{"id": k} for k in keys], "categories": [{"id": 3, "name": "car"}, {"id": 18, "name": "dog"}],
+        "annotations": [{"image_id": k, "category_id": 3 + 15 * (i % 2), "id": i} for i, k in enumerate(keys)]}))
+    judge = ("{type: fake, script: [{when: 'list of primitive facts', answer: \"- a dog is there\\n- the car is red\"}, "
+             "{when: 'List every concrete object', answer: \"- dog\\n- kite\"}, {when: 'is there kite', answer: 'no'}, "
+             "{when: 'According to these', answer: 'yes'}, {when: 'Verdict: tie', answer: 'Verdict: 2'}]}")
+    assert cli(["eval", str(out), "--compare", "ssc", "dsc", "--skip", "clip,retrieval,coco,vdc", "--judge", judge,
+                "--references", str(root / "refs.json"), "--instances", str(root / "instances.json"),
+                "--verifier", "{type: fake, yes_if: [dog]}"]) == 0
     assert cli(["report", str(out)]) == 0
     return out / "report.html"

@@ -50,7 +50,8 @@ def test_report_loads_in_chromium_and_shows_every_sample(scored_output, page, tm
     assert data["statuses"]["decode_error"] > 0  # the hostile images keep their rows
     assert data["drops"] == {"filter: clip:dsc < 0": data["statuses"]["dropped"]}
     # every evaluation is kept, the latest last
-    assert [(e["fields"], e["limit"]) for e in data["evaluations"]] == [(["alt_text", "dsc"], None), (["ssc"], 5)]
+    assert [(e["fields"], e["limit"]) for e in data["evaluations"]] == [(["alt_text", "dsc"], None), (["ssc"], 5),
+                                                                         (["ssc", "dsc"], None)]
     assert data["evaluations"][0]["metrics"]["dsc"]["CLIPScore"] is not None
     dropped = [s for s in data["samples"] if s["status"] == "dropped"]
     assert dropped and all(s["thumb"].startswith("data:image/jpeg;base64,") for s in dropped)  # from _rejects
@@ -66,7 +67,11 @@ def test_report_loads_in_chromium_and_shows_every_sample(scored_output, page, tm
     assert {"clip:dsc", "clipscore:alt_text"} <= keys
     assert len(re.findall(r'class="hist" data-score=', dom)) == len(keys)
     assert len(re.findall(r'class="x-label"', dom)) == len(re.findall(r'class="y-label"', dom)) == len(keys)
-    assert len(re.findall(r'class="evaluation', dom)) == 2 and "RefCLIPScore" not in dom and "CLIPScore" in dom
+    assert len(re.findall(r'class="evaluation', dom)) == 3 and "RefCLIPScore" not in dom and "CLIPScore" in dom
+    # every ok sample shows what its figures rest on, under each evaluated caption
+    ok = [s for s in data["samples"] if s["status"] == "ok"]
+    assert ok and all({"ssc", "dsc"} <= set(s["eval"]) for s in ok)
+    assert len(re.findall(r'class="eval"', dom)) == 2 * len(ok)
 
 
 def test_report_controls_work(page, tmp_path):
@@ -126,6 +131,29 @@ def test_report_layout_matches_the_golden(page, tmp_path):
     assert diff.mean() < 4.0 and (diff > 40).mean() < 0.02, (diff.mean(), (diff > 40).mean())
 
 
+def test_report_shows_facts_found_matched_and_hallucinated(page, tmp_path):
+    _need_chromium()
+    result = layout.run_script(page, tmp_path, """
+      const card = document.querySelector("#grid .sample[data-key='000000']");
+      const caption = [...card.querySelectorAll(".caption")].find((c) => c.querySelector(".name").textContent === "dsc");
+      return {
+        lines: [...caption.querySelectorAll(".eval summary, .eval .arena")].map((n) => n.textContent),
+        hallucinated: [...caption.querySelectorAll(".chip.hallucinated, .facts .hallucinated")].map((n) => n.textContent),
+        detail: DATA.samples.find((s) => s.key === "000000").eval.dsc,
+      };
+    """)
+    d = result["detail"]
+    lines = result["lines"]
+    assert lines[0] == (f"CAPTURE {d['capture']['score']:.4f}: {len(d['capture']['found'])} found · "
+                        f"{len(d['capture']['matched'])} matched")
+    verdicts = [f["verdict"] for f in d["facts"]["facts"]]
+    assert lines[1] == f"facts: 2 found · {verdicts.count('verified')} verified · {verdicts.count('hallucinated')} hallucinated"
+    assert lines[2] == f"CHAIR: {len(d['chair']['mentioned'])} objects · {len(d['chair']['hallucinated'])} hallucinated"
+    assert lines[3] == "OpenCHAIR: 2 objects · 1 hallucinated" and "✗ kite" in result["hallucinated"]
+    assert lines[4] == f"arena: {d['arena']['verdict']} against out:ssc (shown {['first', 'second'][d['arena']['position'] - 1]})"
+    assert d["arena"]["verdict"] == ("win" if d["arena"]["position"] == 2 else "loss")  # the judge always says 2
+
+
 def test_model_label_shows_ids_not_paths(tmp_path):
     folder = tmp_path / "models" / "SmolVLM-256M-Instruct"
     folder.mkdir(parents=True)
@@ -170,10 +198,18 @@ def test_report_is_safe_and_handles_nan(tmp_path):
     w.write(Sample(key="k2", alt_text="fine", scores={"clip:alt_text": 0.4}))
     outputs = w.commit()
     (out / "_stats" / "00000.json").write_text(json.dumps({"shard": "00000", "outputs": outputs, "drops": {}}))
+    # per-sample details written by a judge are untrusted text too
+    from capmill.eval.history import record
+
+    hostile = "<img src=y onerror=console.error(2)>"
+    record(str(out), {"fields": ["dsc"], "metrics": {"dsc": {"fact_precision": 0.0}}},
+           {"k1": {"dsc": {"facts": {"facts": [{"fact": hostile, "verdict": "hallucinated"}]},
+                           "openchair": {"objects": [hostile], "hallucinated": [hostile], "unsure": []}}}})
     assert cli(["report", str(out)]) == 0
     dom, console = chromium_dom(out / "report.html", tmp_path)
     assert console == [], console
-    assert 'data-count="2"' in dom and "<img src=\"x\"" not in dom
+    assert 'data-count="2"' in dom and "<img src=\"x\"" not in dom and "<img src=\"y\"" not in dom
+    assert "facts: 1 found · 0 verified · 1 hallucinated" in dom
 
 
 def test_report_refuses_non_output(tmp_path, capsys):

@@ -17,6 +17,9 @@
 | TextRecognizer                  | image → text lines with boxes and confidences (OCR)           |
 | TextAnalyzer                    | text → sentences, clauses, words with part of speech, noun phrases |
 | SpeechRecognizer                | mono waveform → timestamped transcript segments               |
+| SceneGraphParser                | text → scene graph: objects, their attributes, relations      |
+| EntailmentModel                 | (premise, hypothesis) → P(entailment / neutral / contradiction) |
+| TextToImage                     | prompt → a generated image                                    |
 
 `ask` and `forced_logits` are methods of a VisionLanguageModel backend that can read its own
 logits (transformers, vLLM, OpenAI-compatible servers that return `logprobs`, the fake); the two
@@ -313,6 +316,81 @@ class Transcript:
         return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
+@dataclass(slots=True)
+class GraphEntity:
+    """An object of a scene graph: its name as the text says it (lower-cased, compounds kept:
+    "clock tower"), its attributes ("red", "parked") and a count when the text gives one."""
+
+    head: str
+    attributes: list[str] = field(default_factory=list)
+    quantity: str = ""
+
+
+@dataclass(slots=True)
+class GraphRelation:
+    """`subject` and `object` index `SceneGraph.entities`; `relation` is the predicate ("on",
+    "holding", "in front of")."""
+
+    subject: int
+    relation: str
+    object: int
+
+
+@dataclass(slots=True)
+class SceneGraph:
+    """What a text says is in a scene. `nouns` are the text's noun tokens as written, when the
+    parser tags parts of speech (None otherwise: a consumer that needs them tags the text
+    itself). `error` is set, and the graph empty, when the parser failed on this text."""
+
+    entities: list[GraphEntity] = field(default_factory=list)
+    relations: list[GraphRelation] = field(default_factory=list)
+    nouns: list[str] | None = None
+    error: str | None = None
+
+    def triples(self) -> list[tuple[str, str, str]]:
+        """(subject, relation, object) with entity names, in order."""
+        return [(self.entities[r.subject].head, r.relation, self.entities[r.object].head) for r in self.relations]
+
+
+@dataclass(slots=True)
+class Entailment:
+    """How an NLI model reads one (premise, hypothesis) pair: the three class probabilities, or
+    `error` (and all three None) when the pair could not be scored."""
+
+    entailment: float | None
+    neutral: float | None
+    contradiction: float | None
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        """The most probable class: "entailment", "neutral" or "contradiction"."""
+        if self.error is not None or self.entailment is None:
+            return None
+        scores = {"entailment": self.entailment, "neutral": self.neutral or 0.0, "contradiction": self.contradiction or 0.0}
+        return max(scores, key=scores.__getitem__)
+
+
+@dataclass(slots=True)
+class ImageRequest:
+    """One image to generate from `prompt`; `seed` makes it reproducible."""
+
+    prompt: str
+    seed: int = 0
+    tag: str = ""
+
+
+@dataclass(slots=True)
+class GeneratedImage:
+    image: Image.Image | None
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.image is not None
+
+
 @runtime_checkable
 class VisionLanguageModel(Protocol):
     model_id: str
@@ -483,6 +561,47 @@ class TextAnalyzer(Protocol):
     def load(self) -> None: ...
 
     def analyze(self, texts: list[str]) -> list[TextAnalysis]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SceneGraphParser(Protocol):
+    """Texts → scene graphs (objects, attributes, relations), one graph per text, in order."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def parse(self, texts: list[str]) -> list[SceneGraph]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class EntailmentModel(Protocol):
+    """Natural language inference: does the premise entail, leave open or contradict the
+    hypothesis? One `Entailment` per (premise, hypothesis) pair, in order."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def entail(self, pairs: list[tuple[str, str]]) -> list[Entailment]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TextToImage(Protocol):
+    """Prompt → image. One `GeneratedImage` per request, in order; a request that failed comes
+    back with `error` set instead of raising."""
+
+    model_id: str
+
+    def load(self) -> None: ...
+
+    def generate_images(self, requests: list[ImageRequest]) -> list[GeneratedImage]: ...
 
     def close(self) -> None: ...
 

@@ -111,9 +111,10 @@ class WordPromptTokenizer:
 class FakeBackend:
     """Implements every protocol of capmill.backends.base: VisionLanguageModel (with `ask` and
     `forced_logits`), AudioLanguageModel, LanguageModel, ImageTextScorer, AudioTextScorer,
-    ImageTextMatcher, RewardModel, TextEmbedder, Detector, TextRecognizer, TextAnalyzer and
-    SpeechRecognizer (one segment per `segment_seconds` of audio, words hashed from the tag, the
-    segment's position and the seconds received)."""
+    ImageTextMatcher, RewardModel, TextEmbedder, Detector, TextRecognizer, TextAnalyzer,
+    SceneGraphParser, EntailmentModel, TextToImage and SpeechRecognizer (one segment per
+    `segment_seconds` of audio, words hashed from the tag, the segment's position and the seconds
+    received)."""
 
     def __init__(self, config: FakeBackendConfig):
         self.config = config
@@ -265,3 +266,23 @@ class FakeBackend:
 
         self._count(len(texts))
         return fake_verify.analyze(texts)
+
+    # --- evaluation protocols: SceneGraphParser, EntailmentModel, TextToImage ------------------
+
+    def parse(self, texts):
+        from capmill.backends import fake_verify
+
+        self._count(len(texts))
+        return fake_verify.parse(texts)
+
+    def entail(self, pairs):
+        from capmill.backends import fake_verify
+
+        self._count(len(pairs))
+        return fake_verify.entail(self.config, pairs)
+
+    def generate_images(self, requests):
+        from capmill.backends import fake_verify
+
+        self._count(len(requests))
+        return fake_verify.generate_images(requests)

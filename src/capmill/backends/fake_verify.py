@@ -1,12 +1,16 @@
 """The fake backend's answers for the verification protocols. A documented test double.
 
-`type: fake` answers `ask`, `forced_logits`, `detect`, `read` and `analyze` deterministically,
+`type: fake` answers `ask`, `forced_logits`, `detect`, `read`, `analyze` — and the evaluation roles `parse` (scene
+graphs), `entail` (NLI) and `generate_images` — deterministically,
 from hashes of the request and from a few scripted knobs of its config, so that stages built on
 them can be tested without weights: which questions get a "yes", which words the image does not
 support, which phrases the detector cannot find, which text the OCR reads, and from which image
 size on the detector and the OCR fail. Its text analysis is a small rule set (sentence and clause
 marks, a closed list of function words, everything else a noun or, after "is"/"are", a verb);
-it carries no linguistic knowledge and exists only to drive tests.
+it carries no linguistic knowledge and exists only to drive tests. Its scene graph is that analysis
+read naively (every noun an object, no attribute, no relation); its NLI says "entailment" when
+every noun of the hypothesis occurs in the premise, "contradiction" when the hypothesis contains
+a `no_if` string, "neutral" otherwise; its images are flat colours hashed from the prompt and seed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from capmill.backends.base import (
     AskRequest,
     Detection,
     Detections,
+    Entailment,
     ForcedRequest,
+    GeneratedImage,
+    GraphEntity,
+    ImageRequest,
+    SceneGraph,
     RecognizedText,
     Span,
     TextAnalysis,
@@ -172,3 +181,36 @@ def _analyze(text: str) -> TextAnalysis:
             run = []
     return TextAnalysis(sentences=_spans(text, ".?!"), clauses=_spans(text, ".?!,;"), words=words,
                         noun_phrases=phrases)
+
+
+def parse(texts: list[str]) -> list[SceneGraph]:
+    out = []
+    for analysis in analyze(texts):
+        nouns = [w.text for w in analysis.words if w.pos == "NOUN"]
+        heads = list(dict.fromkeys(n.lower() for n in nouns))
+        out.append(SceneGraph(entities=[GraphEntity(head=h) for h in heads], nouns=nouns))
+    return out
+
+
+def entail(config: FakeBackendConfig, pairs: list[tuple[str, str]]) -> list[Entailment]:
+    out = []
+    for premise, hypothesis in pairs:
+        said = {w.lemma for w in _analyze(premise).words}
+        nouns = [w.lemma for w in _analyze(hypothesis).words if w.pos == "NOUN"]
+        if any(w.lower() in hypothesis.lower() for w in config.no_if):
+            out.append(Entailment(0.05, 0.05, 0.9))
+        elif nouns and all(n in said for n in nouns):
+            out.append(Entailment(0.9, 0.05, 0.05))
+        else:
+            out.append(Entailment(0.1, 0.8, 0.1))
+    return out
+
+
+def generate_images(requests: list[ImageRequest]) -> list[GeneratedImage]:
+    from PIL import Image
+
+    out = []
+    for r in requests:
+        colour = tuple(int(255 * unit(f"{r.prompt}|{r.seed}|{c}")) for c in range(3))
+        out.append(GeneratedImage(image=Image.new("RGB", (64, 64), colour), meta={"backend": "fake"}))
+    return out

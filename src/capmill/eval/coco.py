@@ -21,9 +21,13 @@ import io
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capmill.errors import SetupError
+
+if TYPE_CHECKING:
+    from capmill.eval.data import EvalSet
+    from capmill.eval.runner import EvalConfig, EvalResult
 
 SPICE_HELP = (
     "SPICE skipped: its Stanford CoreNLP 3.6.0 models are not installed. With network access run "
@@ -181,3 +185,40 @@ def _item_value(v: Any) -> float:
     if isinstance(v, dict):
         return float(v.get("All", {}).get("f", float("nan")))
     return float(v)
+
+
+def coco_metrics(data: EvalSet, config: EvalConfig, references, coco, result: EvalResult) -> None:
+    """The COCO metrics (and SPIDEr-max) of every field of `data` into `result`; `coco` may be a
+    `CocoScorers` shared between calls (None: one is started and closed here)."""
+    keys = set(data.keys)
+    unused = sum(1 for k in references if k not in keys)
+    if unused:
+        result.notes.append(f"{unused} reference keys match no evaluated sample (ignored)")
+    owned = coco is None
+    if owned:
+        coco = CocoScorers()
+    try:
+        refs_tok = coco.tokenize({k: references[k] for k in data.keys if references.get(k)})
+        for name in config.fields:
+            cands = {k: t for k, t in zip(data.keys, data.texts[name], strict=True) if t is not None}
+            tok = coco.tokenize({k: [t] for k, t in cands.items()})
+            scored = coco.score(refs_tok, {k: v[0] for k, v in tok.items()})
+            result.metrics[name].update(scored.corpus)
+            if scored.no_references:
+                result.notes.append(f"{name}: {scored.no_references} samples have no references (left out of the COCO metrics)")
+            if scored.empty:
+                result.notes.append(f"{name}: {scored.empty} empty captions left out of the COCO metrics")
+            for note in scored.notes:
+                if note not in result.notes:
+                    result.notes.append(note)
+            multi = {k: c for k, c in zip(data.keys, data.candidates[name], strict=True) if len(c) > 1}
+            if multi:
+                tok_multi = coco.tokenize(multi)
+                spider = coco.spider_max(refs_tok, tok_multi)
+                if spider is not None:
+                    result.metrics[name]["SPIDEr-max"] = spider
+                else:
+                    result.notes.append(f"{name}: SPIDEr-max needs SPICE (see above)")
+    finally:
+        if owned:
+            coco.close()

@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 
 # Rows in this order first; any other metric follows alphabetically.
-ORDER = ["CLIPScore", "RefCLIPScore", "CLAPScore", "RefCLAPScore", "R@1", "R@5", "R@10", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
-         "METEOR", "ROUGE-L", "CIDEr", "SPICE", "SPIDEr-max", "words (mean)", "CLIP tokens (mean)",
-         "over 77 CLIP tokens", "vocabulary", "distinct-1", "distinct-2", "template collapse", "captions", "empty"]
+ORDER = ["win_rate", "win_rate_ci_low", "win_rate_ci_high", "arena words (mean)", "arena judged", "arena wins",
+         "arena ties", "arena losses", "arena unparsed",
+         "CLIPScore", "RefCLIPScore", "CLAPScore", "RefCLAPScore", "CLIP-Image-Score", "R@1", "R@5", "R@10", "TrueMatch_R@1_bag3",
+         "TrueMatch_R@1_bag5", "TrueMatch_R@1_bag7", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
+         "METEOR", "ROUGE-L", "CIDEr", "SPICE", "SPIDEr-max", "CAPTURE", "CAPTURE_object_F1", "CAPTURE_attribute_F1",
+         "CAPTURE_relation_F1", "fact_precision", "fact_recall", "fact_F1", "facts (mean)", "CHAIRi", "CHAIRs",
+         "OpenCHAIR", "OpenCHAIR objects", "VDCscore", "VDC accuracy", "VDC questions",
+         "words (mean)", "CLIP tokens (mean)", "over 77 CLIP tokens", "facts_per_caption", "vocabulary",
+         "distinct-1", "distinct-2", "template collapse", "captions", "empty"]
 
 
 def _fmt(value) -> str:

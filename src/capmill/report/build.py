@@ -8,6 +8,10 @@ the dsc field), a side-by-side view of two caption fields with their scores, and
 samples (thumbnail, AltText, every caption with its scores, status) filtered by status and by a
 text search over key, AltText and captions, sorted by key or any score in either order, and
 the output guards' counts (rejected texts by caption key and reason) summed over `_stats`.
+Under each caption, what its evaluation figures rest on, from the per-sample details kept beside
+the eval history (the newest evaluation that has them, per field and metric): the scene-graph
+elements CAPTURE found and those the references matched, the facts with their verdicts, the
+objects CHAIR and OpenCHAIR counted as hallucinated, the arena's order and verdict.
 Dropped samples come from `_rejects/` when the run wrote them, with their thumbnails.
 
 All text from the data is inserted with textContent by the script, never as HTML.
@@ -161,6 +165,19 @@ def _rejects(out_dir: str) -> list[Sample]:
     return samples
 
 
+def sample_details(out_dir: str, entries: list[dict[str, Any]], keys: set[str]) -> dict[str, dict[str, Any]]:
+    """key → field → metric family → detail for `keys`, newer evaluations over older ones."""
+    merged: dict[str, dict[str, Any]] = {}
+    for entry in entries:  # oldest first
+        for key, fields in history.load_details(out_dir, entry).items():
+            if key not in keys or not isinstance(fields, dict):
+                continue
+            for name, families in fields.items():
+                if isinstance(families, dict):
+                    merged.setdefault(key, {}).setdefault(name, {}).update(families)
+    return merged
+
+
 def _evaluations(out_dir: str, config_hash: str | None) -> list[dict[str, Any]]:
     entries = []
     for entry in history.load(out_dir):
@@ -198,6 +215,11 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         for key, tally in (stats.get("captions") or {}).items():
             guards.update({f"{key}: {reason}": n for reason, n in (tally.get("guards") or {}).items()})
     models = {stage: [{"id": model_label(m), "source": m} for m in ids] for stage, ids in (run.get("models") or {}).items()}
+    evaluations = _evaluations(out_dir, run.get("config_hash"))
+    details = sample_details(out_dir, evaluations, {r["key"] for r in records})
+    for record in records:
+        if record["key"] in details:
+            record["eval"] = details[record["key"]]
     return {
         "title": os.path.basename(os.path.abspath(out_dir)),
         "created": run.get("created"),
@@ -208,7 +230,7 @@ def collect(out_dir: str, max_samples: int = 1000, thumb_size: int = 128) -> dic
         "statuses": dict(statuses),
         "drops": dict(drops.most_common()),
         "fields": list(fields),
-        "evaluations": _evaluations(out_dir, run.get("config_hash")),
+        "evaluations": [{k: v for k, v in e.items() if k != "details"} for e in evaluations],
         "guards": dict(sorted(guards.items(), key=lambda kv: (-kv[1], kv[0]))),
         "samples": records,
     }

