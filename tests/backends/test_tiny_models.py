@@ -91,8 +91,8 @@ def test_every_role_has_a_tiny_model_that_plays_it(tiny_models):
     from pydantic import TypeAdapter
 
     from capmill.backends import base
-    from capmill.sample import Waveform
     from capmill.components import BackendSpec
+    from capmill.sample import Waveform
     from capmill.testing.smoke import tiny_backend
 
     calls = {

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from capmill.backends.base import GraphEntity, GraphRelation, SceneGraph
+from capmill.errors import SetupError
 from capmill.eval.capture import (
     CaptureConfig,
     Elements,
@@ -23,7 +24,6 @@ from capmill.eval.capture import (
     soft_sums,
     stop_objects,
 )
-from capmill.errors import SetupError
 
 
 @pytest.fixture(scope="module")

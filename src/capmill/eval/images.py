@@ -34,10 +34,9 @@ def scorer_overlap(run: dict[str, Any] | None, scorer_ids: list[str]) -> list[st
 def embedding_metrics(data: EvalSet, config: EvalConfig, references, scorer, result: EvalResult, cache=None, t2i=None) -> None:
     import numpy as np
 
+    from capmill.eval.data import audio_set
     from capmill.metrics import embedding as rf
     from capmill.metrics.embedding import CLIPSCORE_PREFIX
-
-    from capmill.eval.data import audio_set
 
     audio = audio_set(data)
     owned = scorer is None

@@ -11,7 +11,8 @@ import json
 import os
 
 from capmill.media.image import sniff_ext
-from capmill.sample import AUDIO, IMAGE as IMAGE_KIND, Sample
+from capmill.sample import AUDIO, Sample
+from capmill.sample import IMAGE as IMAGE_KIND
 from capmill.writers.base import ShardWriter, row_fields, tmp_name, usable_image
 
 FIXED = ["key", "status", "error", "alt_text", "text"]
