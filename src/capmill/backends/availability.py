@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from capmill.errors import SetupError
 
@@ -121,6 +123,21 @@ def resolve_model(model: str, revision: str | None = None, what: str = "model") 
         # network that cannot reach the hub.
         raise SetupError(f"{what} {model!r} could not be fetched from the hub ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else 'no detail'}); {fetch_hint(model)}") from e
+
+
+T = TypeVar("T")
+
+
+def load_pretrained(model: str, revision: str | None, what: str, load: Callable[[str], T], hint: str = "") -> T:
+    """`load(path)` on the local path of `model` (`resolve_model`): what the loader raises on a
+    folder that is not such a model becomes a SetupError naming `what`, the model and the path,
+    with `hint` (what the model must be) after it."""
+    path = resolve_model(model, revision, what)
+    try:
+        return load(path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise SetupError(f"{what} {model!r} could not be loaded from {path} ({type(e).__name__}: {e})"
+                         + (f"; {hint}" if hint else "")) from e
 
 
 def config_models(config) -> list[tuple[str, str, str, str, bool | None]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from capmill.backends.availability import resolve_model
+from capmill.backends.availability import load_pretrained
 from capmill.backends.common import import_torch_stack, pick_device
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
@@ -89,12 +89,9 @@ class ClapScorer:
         from transformers import AutoModel, AutoProcessor
 
         cfg = self.config
-        path = resolve_model(cfg.model, cfg.revision, "scorer model")
-        try:
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-            model = AutoModel.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        except (OSError, ValueError, TypeError) as e:
-            raise SetupError(f"scorer model {cfg.model!r} could not be loaded from {path} ({type(e).__name__}: {e})") from e
+        remote = {"trust_remote_code": cfg.trust_remote_code}
+        self.processor, model = load_pretrained(cfg.model, cfg.revision, "scorer model", lambda path: (
+            AutoProcessor.from_pretrained(path, **remote), AutoModel.from_pretrained(path, **remote)))
         self.extractor = getattr(self.processor, "feature_extractor", None)
         if not (hasattr(model, "get_audio_features") and hasattr(model, "get_text_features") and self.extractor is not None):
             raise SetupError(f"scorer model {cfg.model!r} is not an audio-text dual encoder (CLAP) with a feature "

@@ -53,7 +53,7 @@ class DiffusersTextToImage:
     def load(self) -> None:
         if self.pipe is not None:
             return
-        from capmill.backends.availability import resolve_model
+        from capmill.backends.availability import load_pretrained
         from capmill.backends.common import import_torch_stack, pick_device, pick_dtype
 
         import_torch_stack()
@@ -61,13 +61,10 @@ class DiffusersTextToImage:
             from diffusers import DiffusionPipeline
         except ImportError:
             raise SetupError("the diffusers backend needs diffusers: `pip install 'capmill[t2i]'`") from None
-        path = resolve_model(self.config.model, self.config.revision, "text-to-image model")
         self.device = pick_device(self.config.device)
-        try:
-            pipe = DiffusionPipeline.from_pretrained(path, dtype=pick_dtype(self.config.dtype, self.device))
-        except (OSError, ValueError, TypeError) as e:
-            raise SetupError(f"text-to-image model {self.config.model!r} could not be loaded from {path} "
-                             f"({type(e).__name__}: {e})") from e
+        dtype = pick_dtype(self.config.dtype, self.device)
+        pipe = load_pretrained(self.config.model, self.config.revision, "text-to-image model",
+                               lambda path: DiffusionPipeline.from_pretrained(path, dtype=dtype))
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
 

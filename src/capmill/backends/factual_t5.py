@@ -112,20 +112,16 @@ class FactualT5Parser:
     def load(self) -> None:
         if self.model is not None:
             return
-        from capmill.backends.availability import resolve_model
+        from capmill.backends.availability import load_pretrained
         from capmill.backends.common import import_torch_stack, pick_device
 
         import_torch_stack()
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        path = resolve_model(self.config.model, self.config.revision, "scene-graph parser")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSeq2SeqLM.from_pretrained(path)
-        except (OSError, ValueError, TypeError) as e:
-            raise SetupError(f"scene-graph parser {self.config.model!r} could not be loaded from {path} "
-                             f"({type(e).__name__}: {e}); it must be a sequence-to-sequence model such as "
-                             f"{FACTUAL_MODEL}") from e
+        self.tokenizer, model = load_pretrained(
+            self.config.model, self.config.revision, "scene-graph parser",
+            lambda path: (AutoTokenizer.from_pretrained(path), AutoModelForSeq2SeqLM.from_pretrained(path)),
+            f"it must be a sequence-to-sequence model such as {FACTUAL_MODEL}")
         self.device = pick_device(self.config.device)
         self.model = model.to(self.device).eval()
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.availability import resolve_model
+from capmill.backends.availability import load_pretrained
 from capmill.backends.common import import_torch_stack, pick_device
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
@@ -59,13 +59,10 @@ class BlipItmMatcher:
         from transformers import AutoProcessor, BlipForImageTextRetrieval
 
         cfg = self.config
-        path = resolve_model(cfg.model, cfg.revision, "ITM model")
-        try:
-            self.processor = AutoProcessor.from_pretrained(path)
-            model = BlipForImageTextRetrieval.from_pretrained(path)
-        except (OSError, ValueError, TypeError) as e:
-            raise SetupError(f"ITM model {cfg.model!r} could not be loaded from {path} ({type(e).__name__}: {e}); "
-                             "it must be a BLIP image-text retrieval model (e.g. Salesforce/blip-itm-base-coco)") from e
+        self.processor, model = load_pretrained(
+            cfg.model, cfg.revision, "ITM model",
+            lambda path: (AutoProcessor.from_pretrained(path), BlipForImageTextRetrieval.from_pretrained(path)),
+            "it must be a BLIP image-text retrieval model (e.g. Salesforce/blip-itm-base-coco)")
         self.device = pick_device(cfg.device)
         self.model = model.to(self.device).eval()
 

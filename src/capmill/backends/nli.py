@@ -66,18 +66,14 @@ class NliModel:
     def load(self) -> None:
         if self.model is not None:
             return
-        from capmill.backends.availability import resolve_model
+        from capmill.backends.availability import load_pretrained
         from capmill.backends.common import import_torch_stack, pick_device
 
         import_torch_stack()
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = resolve_model(self.config.model, self.config.revision, "NLI model")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path)
-        except (OSError, ValueError, TypeError) as e:
-            raise SetupError(f"NLI model {self.config.model!r} could not be loaded from {path} ({type(e).__name__}: {e})") from e
+        self.tokenizer, model = load_pretrained(self.config.model, self.config.revision, "NLI model", lambda path: (
+            AutoTokenizer.from_pretrained(path), AutoModelForSequenceClassification.from_pretrained(path)))
         self.columns = label_columns(model.config.id2label)
         # Never more tokens than the model has positions for (nor than its tokenizer allows).
         limits = [self.config.max_tokens, getattr(model.config, "max_position_embeddings", None),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from capmill.backends.availability import resolve_model
+from capmill.backends.availability import load_pretrained
 from capmill.backends.common import import_torch_stack, model_special_tokens, neutralise_for, pick_device, pick_dtype
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
@@ -84,22 +84,24 @@ class RewardModelBackend:
         from transformers import AutoModelForSequenceClassification, AutoProcessor, AutoTokenizer
 
         cfg = self.config
-        path = resolve_model(cfg.model, cfg.revision, "reward model")
         shared = {"trust_remote_code": cfg.trust_remote_code}
-        try:
-            processor = None
+
+        def load(path: str):
             try:
                 processor = AutoProcessor.from_pretrained(path, **shared)
             except (OSError, ValueError, TypeError):
                 processor = None  # a text model: its tokenizer is all there is
-            if processor is not None and getattr(processor, "image_processor", None) is not None:
-                self.processor, self.tokenizer, self.takes_images = processor, processor.tokenizer, True
+            if processor is None or getattr(processor, "image_processor", None) is None:
+                processor = None
+                tokenizer = AutoTokenizer.from_pretrained(path, **shared)
             else:
-                self.tokenizer = AutoTokenizer.from_pretrained(path, **shared)
-            model = AutoModelForSequenceClassification.from_pretrained(path, **shared)
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise SetupError(f"reward model {cfg.model!r} could not be loaded from {path} ({type(e).__name__}: {e}); it "
-                             f"must be a sequence-classification checkpoint (AutoModelForSequenceClassification)") from e
+                tokenizer = processor.tokenizer
+            return processor, tokenizer, AutoModelForSequenceClassification.from_pretrained(path, **shared)
+
+        self.processor, self.tokenizer, model = load_pretrained(
+            cfg.model, cfg.revision, "reward model", load,
+            "it must be a sequence-classification checkpoint (AutoModelForSequenceClassification)")
+        self.takes_images = self.processor is not None
         labels = model.config.num_labels
         if not -labels <= cfg.label < labels:
             raise SetupError(f"reward model {cfg.model!r} has {labels} label(s); label {cfg.label} is not one of them "

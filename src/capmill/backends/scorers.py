@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from capmill.backends.availability import LOCAL, locate, missing_folder, resolve_model
+from capmill.backends.availability import LOCAL, load_pretrained, locate, missing_folder, resolve_model
 from capmill.backends.common import import_torch_stack, pick_device
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
@@ -101,12 +101,9 @@ class ClipScorer(_Scorer):
         from transformers import AutoModel, AutoProcessor
 
         cfg = self.config
-        path = resolve_model(cfg.model, cfg.revision, "scorer model")
-        try:
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-            model = AutoModel.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        except (OSError, ValueError, TypeError) as e:
-            raise SetupError(f"scorer model {cfg.model!r} could not be loaded from {path} ({type(e).__name__}: {e})") from e
+        remote = {"trust_remote_code": cfg.trust_remote_code}
+        self.processor, model = load_pretrained(cfg.model, cfg.revision, "scorer model", lambda path: (
+            AutoProcessor.from_pretrained(path, **remote), AutoModel.from_pretrained(path, **remote)))
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
                 and getattr(self.processor, "image_processor", None) is not None):
             raise SetupError(f"scorer model {cfg.model!r} is not an image-text dual encoder (CLIP, SigLIP) "
