@@ -26,7 +26,14 @@ from typing import Literal
 from pydantic import Field
 
 from capmill import keys
-from capmill.backends.base import Detector, GenerationParams, LanguageModel, TextRecognizer, VisionLanguageModel, VLMRequest
+from capmill.backends.base import (
+    Detector,
+    GenerationParams,
+    LanguageModel,
+    TextRecognizer,
+    VisionLanguageModel,
+    VLMRequest,
+)
 from capmill.components import BackendSpec, StageConfig
 from capmill.errors import ConfigError
 from capmill.guards.language import code_for
@@ -41,10 +48,9 @@ from capmill.verify.steps import (
     FinalJob,
     VerifyGuardConfig,
     chat_request,
-    clean_caption,
     expected_language,
     review,
-    settle_captions,
+    store_captions,
     verify_guard,
 )
 
@@ -245,17 +251,9 @@ class FuseCapStage(Stage):
             if cfg.with_alt_text:
                 sources["alt_text"] = source_text(job["sample"].alt_text, cfg.max_chars)
             finals.append(FinalJob(request=request, generation=gen, sources=sources, previous=job["caption"],
-                                   owner=job, language=self._language(job)))
-        for final, settled in zip(finals, settle_captions(self.guard, self.llm, finals, clean_caption), strict=True):
-            job = final.owner
-            if settled.transient:  # not a verdict on the caption: the sample is redone as a whole
-                job["sample"].fail(TRANSIENT_ERROR, f"{self.name}: {settled.backend_meta.get('error')}")
-                continue
-            if settled.rejected is not None:
-                job["meta"]["rejected"] = settled.rejected
-            if settled.backend_meta.get("error"):
-                job["meta"]["error"] = settled.backend_meta["error"]
-            self._store(job, settled.text, settled.fallback, settled.guards)
+                                   owner=job, language=self._language(job), sample=job["sample"], meta=job["meta"]))
+        store_captions(self.name, self.guard, self.llm, finals,
+                       lambda job, settled: self._store(job, settled.text, settled.fallback, settled.guards))
 
     def _store(self, job: dict, text: str, fallback: str | None, guards: dict | None = None) -> None:
         meta = {"caption": self.config.caption, "fallback": fallback, "facts": job["facts"].to_meta(), **job["meta"]}

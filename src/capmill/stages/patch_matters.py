@@ -54,7 +54,7 @@ from capmill.verify.steps import (
     expected_language,
     failure_status,
     review,
-    settle_captions,
+    store_captions,
     verify_guard,
 )
 
@@ -351,17 +351,10 @@ class PatchMattersStage(Stage):
             finals.append(FinalJob(request=request, generation=gen, previous=job.caption, owner=job,
                                    sources={"caption": source_text(job.caption, cfg.max_chars),
                                             "regions": " ".join(job.facts)},
-                                   language=expected_language(self.guard, job.caption)))
-        for final, settled in zip(finals, settle_captions(self.guard, self.llm, finals, clean_caption), strict=True):
-            job = final.owner
-            if settled.transient:  # not a verdict on the caption: the sample is redone as a whole
-                job.sample.fail(TRANSIENT_ERROR, f"{self.name}: {settled.backend_meta.get('error')}")
-                continue
-            if settled.rejected is not None:
-                job.meta["rejected"] = settled.rejected
-            if settled.backend_meta.get("error"):
-                job.meta["error"] = settled.backend_meta["error"]
-            self._store(job, settled.text, settled.fallback, settled.guards)
+                                   language=expected_language(self.guard, job.caption), sample=job.sample,
+                                   meta=job.meta))
+        store_captions(self.name, self.guard, self.llm, finals,
+                       lambda job, settled: self._store(job, settled.text, settled.fallback, settled.guards))
 
     def _store(self, job: _Job, text: str, fallback: str | None, guards: dict | None = None) -> None:
         cfg = self.config

@@ -44,9 +44,8 @@ from capmill.verify.steps import (
     bullet_block,
     chat_parsed,
     chat_request,
-    clean_caption,
     expected_language,
-    settle_captions,
+    store_captions,
     verify_guard,
 )
 
@@ -229,17 +228,10 @@ class VfcStage(Stage):
             finals.append(FinalJob(request=request, generation=gen, previous=job["proposals"][0], owner=job,
                                    sources={f"proposal_{i}": source_text(p, cfg.max_chars)
                                             for i, p in enumerate(job["proposals"])} | {"verified": " ".join(verified)},
-                                   language=expected_language(self.guard, *job["proposals"])))
-        for final, settled in zip(finals, settle_captions(self.guard, self.llm, finals, clean_caption), strict=True):
-            job = final.owner
-            if settled.transient:  # not a verdict on the caption: the sample is redone as a whole
-                job["sample"].fail(TRANSIENT_ERROR, f"{self.name}: {settled.backend_meta.get('error')}")
-                continue
-            if settled.rejected is not None:
-                job["meta"]["rejected"] = settled.rejected
-            if settled.backend_meta.get("error"):
-                job["meta"]["error"] = settled.backend_meta["error"]
-            self._store(job, settled.text, settled.fallback, settled.guards)
+                                   language=expected_language(self.guard, *job["proposals"]),
+                                   sample=job["sample"], meta=job["meta"]))
+        store_captions(self.name, self.guard, self.llm, finals,
+                       lambda job, settled: self._store(job, settled.text, settled.fallback, settled.guards))
 
     def _store(self, job: dict, text: str, fallback: str | None, guards: dict | None = None) -> None:
         cfg = self.config

@@ -10,7 +10,9 @@ Every text a verifying stage writes goes through the output guards (`capmill.gua
   rejected one is left out of what the next step sees and recorded with its reasons;
 - the stored caption through `settle_captions`: rejected ones are regenerated in one call per
   round (the guard config's `regenerate`), and what is still rejected falls back to the stage's
-  previous caption with the reason in `meta["fallback"]` and the verdicts in `meta["guards"]`.
+  previous caption with the reason in `meta["fallback"]` and the verdicts in `meta["guards"]`;
+  `store_captions` settles them and stores each, or leaves its sample for the rerun when the
+  model failed transiently.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from capmill.guards import FALLBACK, GuardConfig, Guarded, GuardInput, OutputGua
 from capmill.guards.fuse import OFF_TOPIC, check_off_topic
 from capmill.guards.language import detect
 from capmill.prompts.safety import without_untrusted
+from capmill.sample import TRANSIENT_ERROR
 
 if TYPE_CHECKING:
     from capmill.backends.base import LanguageModel
@@ -144,6 +147,8 @@ class FinalJob:
     previous: str  # the caption kept when this one is rejected
     owner: Any = None
     language: str | None = None
+    sample: Any = None  # the Sample the caption is for (store_captions fails it on a transient error)
+    meta: dict[str, Any] | None = None  # the caption's meta: store_captions adds what was rejected
 
 
 @dataclass
@@ -190,6 +195,23 @@ def settle_captions(guard: OutputGuard, backend: LanguageModel, jobs: list[Final
         else:
             out[k] = Settled(text=item.text, fallback=None, guards=item.meta(), backend_meta=dict(item.owner["meta"]))
     return out  # type: ignore[return-value]
+
+
+def store_captions(stage: str, guard: OutputGuard, backend: LanguageModel, jobs: list[FinalJob],
+                   store: Callable[[Any, Settled], None]) -> None:
+    """Settle each job's caption and `store(job.owner, settled)` it; the rejected text and the
+    model's error go into `job.meta`. A transient model failure stores nothing: the sample fails
+    as TRANSIENT_ERROR and the rerun redoes it as a whole."""
+    for job, settled in zip(jobs, settle_captions(guard, backend, jobs, clean_caption), strict=True):
+        if settled.transient:  # not a verdict on the caption
+            job.sample.fail(TRANSIENT_ERROR, f"{stage}: {settled.backend_meta.get('error')}")
+            continue
+        meta = job.meta if job.meta is not None else {}
+        if settled.rejected is not None:
+            meta["rejected"] = settled.rejected
+        if settled.backend_meta.get("error"):
+            meta["error"] = settled.backend_meta["error"]
+        store(job.owner, settled)
 
 
 def clean_caption(text: str) -> str:
