@@ -144,11 +144,8 @@ def test_fake_answers_audio_by_key_prompt_and_seconds():
 
 def test_openai_sends_audio_as_input_audio_wav():
     pytest.importorskip("aiohttp")
-    from capmill.backends.openai_http import (
-        OpenAIBackendConfig,
-        input_audio,
-        vlm_messages,
-    )
+    from capmill.backends.openai_http import OpenAIBackendConfig
+    from capmill.backends.openai_wire import input_audio, vlm_messages
     from capmill.media.audio import AudioConfig, decode_audio
     from capmill.sample import MediaRef
     from capmill.testing.fault_server import FaultServer

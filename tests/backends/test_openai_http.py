@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from capmill.backends.base import ChatRequest, GenerationParams, VLMRequest
-from capmill.backends.openai_http import (
-    OpenAIBackendConfig,
-    _FinalError,
-    _MalformedError,
-    _RetryableError,
+from capmill.backends.openai_http import OpenAIBackendConfig
+from capmill.backends.openai_wire import (
+    FinalError,
+    MalformedError,
+    RetryableError,
     backoff_delay,
     parse_completion,
     retry_after_seconds,
@@ -385,15 +385,15 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
 
 
 @pytest.mark.parametrize("payload, reason, kind", [
-    ({}, "no choices", _MalformedError),
-    ({"choices": []}, "no choices", _MalformedError),
-    ({"choices": [{"index": 0}]}, "has no message", _MalformedError),
-    ({"choices": [{"message": {"content": None, "refusal": "no"}}]}, "refused", _FinalError),
-    ({"choices": [{"message": {"content": "x"}, "finish_reason": "content_filter"}]}, "refused", _FinalError),
-    ({"choices": [{"message": {"content": 5}}]}, "not text", _MalformedError),
+    ({}, "no choices", MalformedError),
+    ({"choices": []}, "no choices", MalformedError),
+    ({"choices": [{"index": 0}]}, "has no message", MalformedError),
+    ({"choices": [{"message": {"content": None, "refusal": "no"}}]}, "refused", FinalError),
+    ({"choices": [{"message": {"content": "x"}, "finish_reason": "content_filter"}]}, "refused", FinalError),
+    ({"choices": [{"message": {"content": 5}}]}, "not text", MalformedError),
 ])
 def test_malformed_and_refused_answers(payload, reason, kind):
     # Malformed answers are retried (a body cut off, a proxy's page); refusals are final.
     with pytest.raises(kind, match=reason) as caught:
         parse_completion(payload)
-    assert isinstance(caught.value, _RetryableError) == (kind is _MalformedError)
+    assert isinstance(caught.value, RetryableError) == (kind is MalformedError)

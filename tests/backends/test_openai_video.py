@@ -5,7 +5,8 @@ import base64
 import pytest
 
 from capmill.backends.base import VideoInput, VLMRequest
-from capmill.backends.openai_http import OpenAIBackendConfig, video_data_url, vlm_messages
+from capmill.backends.openai_http import OpenAIBackendConfig
+from capmill.backends.openai_wire import video_data_url, vlm_messages
 from capmill.testing.fault_server import FaultServer
 from capmill.testing.shards import generated
 from capmill.testing.videos import Scene, make_video
