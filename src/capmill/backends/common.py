@@ -165,9 +165,12 @@ def import_torch_stack(extra: str = "transformers") -> None:
 
     try:
         import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import transformers
     except ImportError as e:
         raise SetupError(f"this backend needs {e.name}: install it with `pip install 'capmill[{extra}]'`") from e
+    # transformers draws a progress bar for every checkpoint it loads; capmill reports its own
+    # progress, and a log of a long run is no place for a bar per model load.
+    transformers.utils.logging.disable_progress_bar()
 
 
 def check_guidance(backend: Any, params: GenerationParams | None, role: str) -> None:

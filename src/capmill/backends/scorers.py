@@ -269,6 +269,7 @@ class SentenceTransformersEmbedder:
     def load(self) -> None:
         if self.model is not None:
             return
+        import_torch_stack()
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
