@@ -101,10 +101,6 @@ def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry
     record = {**new_run_record(config.model_dump(mode="json"), config.hashed_content(), models_of(config)),
               "written": written}
     summary = RunSummary(shards_total=len(shards), listeners=list(listeners))
-    if not out.local and any(stage_config.build().needs_fit for stage_config in config.stages):
-        raise ConfigError(f"output {out.path!r} is on an object store, and stage(s) of this pipeline need the fit "
-                          f"step, whose results (OUT/_fit) are kept on a file system for now: write to a local or "
-                          f"shared file system path, then copy the output")
     # Refuse before any model loads: another config's results, a live run, a read-only folder.
     action = check_output(config, out, record, force, share.cooperating)
     committed = out.records() if action == "resume" else {}
@@ -137,7 +133,7 @@ def run(config: RunConfig, *, force: bool = False, limit: int | None = None, dry
         except OSError as e:
             raise access_error(out.path, e) from None
         out.prepare(record, force=force, cooperate=share.cooperating)
-        save_fits(out.path, fits, ctx.fits)
+        save_fits(out.path, fits, ctx.fits, out.store)
         return ShardCommitter(config, out, summary, bar, lock, rel, claims=claims)
 
     start = time.monotonic()
@@ -208,7 +204,7 @@ def fit_once(config: RunConfig, out: OutputDir, ctx: RunContext, timing: dict) -
             time.sleep(0.5)
     try:
         fits = run_fit_step(config, out.path, ctx)
-        save_fits(out.path, fits, ctx.fits)
+        save_fits(out.path, fits, ctx.fits, out.store)
     finally:
         lease.release()
     return fits

@@ -107,6 +107,30 @@ def test_an_s3_output_is_the_output_of_a_local_run(tmp_path, s3):
     assert again.ok and again.shards_skipped == 3 and again.shards_done == 0
 
 
+def test_fitted_stages_store_their_fit_on_s3_and_reuse_it(tmp_path, s3):
+    write_webdataset(tmp_path / "data", shards=2, per_shard=5, photos=False)
+    fitted = [{"type": "align_bin", "scorer": {"type": "fake", "dim": 16}}]
+
+    def config(path):
+        cfg = make_config(tmp_path / "data", path, stages=fitted)
+        if str(path).startswith("s3://"):
+            cfg["output"]["storage_options"] = s3["options"]
+        return parse_config(cfg)
+
+    reference = run(config(tmp_path / "ref"), progress=False)
+    summary = run(config("s3://capmill-test/fitted"), progress=False)
+    assert reference.ok and summary.ok and "(reused)" not in summary.fits[0]
+    fits = [k for k in keys(s3, "fitted") if k.startswith("_fit/")]
+    assert len(fits) == 1 and fits[0].startswith("_fit/align_bin-"), fits
+    assert json.loads(s3["fs"].cat_file(f"capmill-test/fitted/{fits[0]}")) == \
+        json.loads((tmp_path / "ref" / fits[0]).read_text())
+    assert snapshot(fetch(s3, "fitted", tmp_path / "copy"), RUN_JSON) == snapshot(tmp_path / "ref", RUN_JSON)
+    # A run that must redo a shard reads the stored fit instead of fitting again.
+    s3["fs"].rm("capmill-test/fitted/_stats/00001.json")
+    again = run(config("s3://capmill-test/fitted"), progress=False)
+    assert again.ok and again.shards_done == 1 and again.fits[0].endswith("(reused)")
+
+
 def test_readers_of_outputs_read_it_in_place(tmp_path, s3):
     write_webdataset(tmp_path / "data", shards=2, per_shard=3, photos=False)
     first = run(parse_config(s3_config(tmp_path, "read", s3)), progress=False)

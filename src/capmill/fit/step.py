@@ -6,7 +6,8 @@
                      │ no
                      ▼
         read what the stage's FitRequest asks for (capmill.fit.samples)
-        state = stage.fit(ctx, samples)  → OUT/_fit/KEY.json (temporary name, then renamed)
+        state = stage.fit(ctx, samples)  → OUT/_fit/KEY.json (temporary name, then renamed;
+                                           one PUT on an object store)
 
 Every worker receives the state in `Stage.setup` through `RunContext.fitted`, which finds it by
 the same key: from `RunContext.fits` when the caller handed the states over in memory, else from
@@ -28,6 +29,7 @@ from capmill.fit.samples import fit_samples, fit_source
 if TYPE_CHECKING:
     from capmill.config import RunConfig
     from capmill.stages.base import Stage
+    from capmill.writers.store import Store
 
 FIT_DIR = "_fit"
 
@@ -58,20 +60,33 @@ def fit_path(out_dir: str, key: str) -> str:
     return os.path.join(out_dir, FIT_DIR, f"{key}.json")
 
 
-def load_fit(out_dir: str, key: str) -> dict[str, Any] | None:
+def _store(out_dir: str, store: Store | None) -> Store:
+    from capmill.writers.store import store_for
+
+    return store if store is not None else store_for(out_dir)
+
+
+def load_fit(out_dir: str, key: str, store: Store | None = None) -> dict[str, Any] | None:
+    """The stored fit of `key`, None when there is none (`store`: the output's, for an object
+    store that needs its storage options)."""
+    store = _store(out_dir, store)
     path = fit_path(out_dir, key)
-    if not os.path.exists(path):
+    if not store.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return store.read_json(path)
 
 
-def save_fit(out_dir: str, key: str, state: dict[str, Any]) -> str:
-    """Write the state under a temporary name and rename it (a killed fit leaves nothing that
-    counts; `OutputDir.prepare` removes the temporary on the next start)."""
+def save_fit(out_dir: str, key: str, state: dict[str, Any], store: Store | None = None) -> str:
+    """Write the state whole or not at all: under a temporary name, then renamed (a killed fit
+    leaves nothing that counts; `OutputDir.prepare` removes the temporary on the next start); on
+    an object store in one PUT."""
     from capmill.writers.base import tmp_name
 
+    store = _store(out_dir, store)
     path = fit_path(out_dir, key)
+    if not store.local:
+        store.write_bytes(path, json.dumps(state, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = tmp_name(os.path.dirname(path), os.path.basename(path))
     with open(tmp, "w", encoding="utf-8") as f:
@@ -103,6 +118,9 @@ def run_fit_step(config: RunConfig, out_dir: str, ctx: Any = None,
     logger = logger or logging.getLogger("capmill")
     if ctx is None:
         ctx = RunContext(out_dir=out_dir, image=config.image, seed=config.seed, input=config.input, logger=logger)
+    from capmill.writers.store import store_for
+
+    store = store_for(out_dir, config.output.storage_options)
     records = []
     for index, stage_config in enumerate(config.stages):
         stage = stage_config.build()
@@ -110,7 +128,7 @@ def run_fit_step(config: RunConfig, out_dir: str, ctx: Any = None,
             continue
         key = fit_key(stage, config.input, config.seed)
         start = time.monotonic()
-        state = load_fit(out_dir, key)
+        state = load_fit(out_dir, key, store)
         reused = state is not None
         if state is None:
             logger.info("fitting %s on the whole input before the run", stage_config.type)
@@ -121,8 +139,9 @@ def run_fit_step(config: RunConfig, out_dir: str, ctx: Any = None,
     return records
 
 
-def save_fits(out_dir: str, records: list[FitRecord], fits: dict[str, Any]) -> None:
+def save_fits(out_dir: str, records: list[FitRecord], fits: dict[str, Any], store: Store | None = None) -> None:
     """Store every fitted state of `records` that OUT/_fit/ does not hold yet (reruns reuse them)."""
+    store = _store(out_dir, store)
     for record in records:
-        if not os.path.exists(fit_path(out_dir, record.key)):
-            save_fit(out_dir, record.key, fits[record.key])
+        if not store.exists(fit_path(out_dir, record.key)):
+            save_fit(out_dir, record.key, fits[record.key], store)
