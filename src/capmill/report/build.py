@@ -143,18 +143,23 @@ def model_label(model: str) -> str:
 
 
 def _rejects(out_dir: str) -> list[Sample]:
-    """Dropped samples, with their image bytes when the rejects file has them."""
+    """Dropped samples, with their image bytes when the rejects file has them (on a file system
+    or an object store)."""
+    from capmill.writers.store import store_for
+
+    store = store_for(out_dir)
     folder = os.path.join(out_dir, REJECTS_DIR)
-    if not os.path.isdir(folder):
+    if not store.isdir(folder):
         return []
     import pyarrow.parquet as pq
 
     samples = []
-    for name in sorted(os.listdir(folder)):
+    for name in sorted(store.listdir(folder)):
         if name.endswith(".parquet") and not name.startswith("."):
-            path = os.path.join(folder, name)
-            columns = ["record"] + (["image"] if "image" in pq.read_schema(path).names else [])
-            table = pq.read_table(path, columns=columns).to_pydict()
+            with store.open(os.path.join(folder, name), "rb") as f:
+                parquet = pq.ParquetFile(f)
+                columns = ["record"] + (["image"] if "image" in parquet.schema_arrow.names else [])
+                table = parquet.read(columns=columns).to_pydict()
             for i, text in enumerate(table["record"]):
                 sample = Sample.from_json(text)
                 image = table.get("image", [None] * len(table["record"]))[i]
