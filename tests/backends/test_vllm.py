@@ -146,10 +146,9 @@ def test_in_process_llm_on_cpu(tiny_models, tmp_path):
 # ---- GPU ----------------------------------------------------------------------------------
 
 
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU for vllm.LLM")
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM: pip install 'capmill[vllm]'")
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU for vllm.LLM")
 def test_caption_with_vllm_on_gpu(tiny_models, tmp_path):
     import pyarrow.parquet as pq
 
@@ -203,8 +202,8 @@ def test_a_video_to_an_engine_without_video_memory_fails_its_request_only():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU for vllm.LLM")
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM: pip install 'capmill[vllm]'")
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU for vllm.LLM")
 def test_caption_videos_with_vllm_on_gpu(tiny_models, tmp_path):
     import pyarrow.parquet as pq
 

@@ -152,6 +152,7 @@ def test_outputs_made_before_limit_left_the_hash_still_resume(tmp_path):
     old.pop("executor")
     old.pop("reliability")
     old.pop("tracking")
+    old.pop("audio")  # written before the audio section existed
     assert config_hash(cfg.hashed_content()) == config_hash({**old, "limit": None})
 
 
