@@ -137,7 +137,7 @@ def test_report_shows_facts_found_matched_and_hallucinated(page, tmp_path):
       const card = document.querySelector("#grid .sample[data-key='000000']");
       const caption = [...card.querySelectorAll(".caption")].find((c) => c.querySelector(".name").textContent === "dsc");
       return {
-        lines: [...caption.querySelectorAll(".eval summary, .eval .arena")].map((n) => n.textContent),
+        lines: [...caption.querySelectorAll(".eval:not(.made) summary, .eval .arena")].map((n) => n.textContent),
         hallucinated: [...caption.querySelectorAll(".chip.hallucinated, .facts .hallucinated")].map((n) => n.textContent),
         detail: DATA.samples.find((s) => s.key === "000000").eval.dsc,
       };
@@ -152,6 +152,33 @@ def test_report_shows_facts_found_matched_and_hallucinated(page, tmp_path):
     assert lines[3] == "OpenCHAIR: 2 objects · 1 hallucinated" and "✗ kite" in result["hallucinated"]
     assert lines[4] == f"arena: {d['arena']['verdict']} against out:ssc (shown {['first', 'second'][d['arena']['position'] - 1]})"
     assert d["arena"]["verdict"] == ("win" if d["arena"]["position"] == 2 else "loss")  # the judge always says 2
+
+
+def test_report_shows_how_each_caption_was_made(page, tmp_path):
+    _need_chromium()
+    result = layout.run_script(page, tmp_path, """
+      const card = document.querySelector("#grid .sample[data-key='000000']");
+      const caption = [...card.querySelectorAll(".caption")].find((c) => c.querySelector(".name").textContent === "ssc");
+      const made = caption.querySelector(".made details");
+      return {summary: made.querySelector("summary").textContent,
+              lines: [...made.querySelectorAll("li")].map((n) => n.textContent),
+              meta: DATA.samples.find((s) => s.key === "000000").meta.ssc};
+    """)
+    assert result["summary"] == "how it was made" and result["meta"]["backend"] == "fake"
+    assert "backend: fake" in result["lines"] and "outcome: first_try" in result["lines"]
+
+
+def test_caption_meta_is_bounded_for_the_page():
+    from capmill.report.build import bounded
+
+    meta = {"fallback": "off_topic", "claims": [{"text": "x" * 1000, "p_yes": float("nan")}] * 30,
+            "deep": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}
+    small = bounded(meta)
+    assert small["fallback"] == "off_topic"
+    assert len(small["claims"]) == 25 and small["claims"][-1] == "… 6 more"
+    assert small["claims"][0] == {"text": "x" * 300 + "…", "p_yes": None}  # NaN has no JSON form
+    assert small["deep"]["a"]["b"]["c"]["d"] == "…"
+    json.dumps(small, allow_nan=False)
 
 
 def test_model_label_shows_ids_not_paths(tmp_path):

@@ -125,10 +125,35 @@ def _record(sample: Sample, thumb: str | None) -> dict[str, Any]:
         "error": sample.error,
         "alt_text": sample.alt_text,
         "captions": {name: c.text for name, c in sample.captions.items()},
+        # What the stage recorded about each caption (what it kept and dropped and why, its
+        # fallback, the guards' verdicts), bounded so that a long record keeps the page small.
+        "meta": {name: bounded(c.meta) for name, c in sample.captions.items() if c.meta},
         # NaN has no JSON form; the page shows a missing score as "–".
         "scores": {k: _finite(v) for k, v in sample.scores.items()},
         "thumb": thumb,
     }
+
+
+def bounded(value: Any, depth: int = 0, items: int = 24, chars: int = 300) -> Any:
+    """A copy of a caption's meta the page can hold: strings cut at `chars`, lists and mappings
+    at `items` entries (the rest counted), nesting at five levels, non-finite numbers as None."""
+    if isinstance(value, str):
+        return value if len(value) <= chars else value[:chars] + "…"
+    if isinstance(value, float):
+        return _finite(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if depth >= 5:
+        return "…"
+    if isinstance(value, dict):
+        out = {str(k): bounded(v, depth + 1, items, chars) for k, v in list(value.items())[:items]}
+        if len(value) > items:
+            out["…"] = f"{len(value) - items} more"
+        return out
+    if isinstance(value, (list, tuple)):
+        out = [bounded(v, depth + 1, items, chars) for v in list(value)[:items]]
+        return out + ([f"… {len(value) - items} more"] if len(value) > items else [])
+    return bounded(str(value), depth, items, chars)
 
 
 def model_label(model: str) -> str:

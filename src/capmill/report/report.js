@@ -204,6 +204,27 @@ function evalBlock(d) {
   return box;
 }
 
+// What the stage that wrote a caption recorded about it (its meta: the clauses, claims, regions
+// or facts it kept and dropped and why, its fallback, the guards' verdicts), as a tree that
+// opens on demand.
+function metaTree(v) {
+  if (v === null || typeof v !== "object") return document.createTextNode(typeof v === "number" ? fmt(v) : String(v));
+  const entries = Array.isArray(v) ? v.map((x) => [null, x]) : Object.entries(v);
+  return el("ul", { class: "meta" }, ...entries.map(([k, x]) => {
+    const item = el("li", {});
+    if (k !== null) item.append(el("span", { class: "name" }, k + ": "));
+    item.append(metaTree(x));
+    return item;
+  }));
+}
+
+function metaBlock(m) {
+  const summary = m.fallback ? `fell back to the previous text: ${m.fallback}` : "how it was made";
+  const node = family(summary, metaTree(m));
+  if (m.fallback) node.classList.add("fallback");
+  return el("div", { class: "eval made" }, node);
+}
+
 function card(s, q) {
   const failed = s.status !== "ok" && s.status !== "dropped";
   const node = el("div", { class: `sample status-${s.status}` + (failed ? " failed" : ""), "data-key": s.key });
@@ -215,6 +236,7 @@ function card(s, q) {
     if (text === null || text === undefined) continue;
     const caption = el("div", { class: "caption" }, el("span", { class: "name" }, name), highlighted(text, q),
       el("div", { class: "scores" }, fieldScores(s, name)));
+    if (s.meta && s.meta[name]) caption.append(metaBlock(s.meta[name]));
     if (s.eval && s.eval[name]) caption.append(evalBlock(s.eval[name]));
     node.append(caption);
   }
