@@ -1,4 +1,6 @@
 # Set-up is two commands: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,20 +14,22 @@ PIP := $(VENV)/bin/pip
 # resolves in one pass (without it, resolving the dev extras backtracks for most of an hour and
 # can give up). `make constraints` regenerates both constraint files from the working venvs.
 CONSTRAINTS := -c requirements/constraints.txt
+# pip's notes about the absent local index folders a machine's pip config may name are noise.
+QUIET := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
 $(VENV)/.demo: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(CONSTRAINTS) -e '.[demo]'
+	$(PIP) install -q --upgrade pip $(QUIET)
+	$(PIP) install -q $(CONSTRAINTS) -e '.[demo]' $(QUIET)
 	touch $@
 
 # capture_metric and factualscenegraph are the reference implementations the CAPTURE tests compare
 # against; --no-deps, as their declared dependencies are not needed for that.
 $(VENV)/.dev: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(CONSTRAINTS) -e '.[dev]'
-	$(PIP) install -q $(CONSTRAINTS) --no-deps capture_metric==0.1.13 factualscenegraph==0.7.3
+	$(PIP) install -q --upgrade pip $(QUIET)
+	$(PIP) install -q $(CONSTRAINTS) -e '.[dev]' $(QUIET)
+	$(PIP) install -q $(CONSTRAINTS) --no-deps capture_metric==0.1.13 factualscenegraph==0.7.3 $(QUIET)
 	touch $@ $(VENV)/.demo
 
 demo: $(VENV)/.demo
