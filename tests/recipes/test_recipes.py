@@ -18,6 +18,10 @@ def test_recipes_list_and_show(capsys):
     out = capsys.readouterr().out
     for name in ("revisit", "capsfusion", "veclip"):
         assert name in out
+    # Every name in its own column, every summary a whole first paragraph.
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("export")}
+    assert lines["compress_align"].startswith("compress_align  Compress & Align:")
+    assert lines["vdc"].endswith("(short, detailed, main object, background, camera).")
     assert main(["recipes", "show", "veclip"]) == 0
     assert "ECCV 2024" in capsys.readouterr().out
     assert main(["recipes", "show", "nope"]) == 2

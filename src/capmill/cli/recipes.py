@@ -20,11 +20,13 @@ def add_parser(sub) -> None:
 def list_main(args: argparse.Namespace) -> int:
     from capmill.recipes import list_export_recipes, list_recipes
 
-    for recipe in list_recipes():
-        print(f"{recipe.name:<14}{recipe.summary}")
+    runs, exports = list_recipes(), list_export_recipes()
+    width = max(len(r.name) for r in runs + exports) + 2
+    for recipe in runs:
+        print(f"{recipe.name:<{width}}{recipe.summary}")
     print("\nexport recipes (capmill export OUT --recipe NAME):")
-    for recipe in list_export_recipes():
-        print(f"{recipe.name:<14}{recipe.summary}")
+    for recipe in exports:
+        print(f"{recipe.name:<{width}}{recipe.summary}")
     return 0
 
 

@@ -35,7 +35,14 @@ class Recipe:
 
     @property
     def summary(self) -> str:
-        return next((line for line in self.header if line), "")
+        """The header's first paragraph, on one line."""
+        first: list[str] = []
+        for line in self.header:
+            if not line and first:
+                break
+            if line:
+                first.append(line)
+        return " ".join(first)
 
 
 def list_recipes() -> list[Recipe]:
