@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, GenerationParams
+from capmill.backends.base import GenerationParams
 from capmill.components import Strict
 from capmill.prompts import load_template
 from capmill.prompts.safety import delimited_caption, safe_text
@@ -60,19 +60,11 @@ class OpenChairResult:
     details: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
-def _chat(template, params: GenerationParams, tag: str, **slots: Any) -> ChatRequest:
-    messages = []
-    if template.system:
-        messages.append({"role": "system", "content": template.render_system(**slots)})
-    messages.append({"role": "user", "content": template.render(**slots)})
-    return ChatRequest(messages=messages, params=params, tag=tag)
-
-
 def openchair(keys: list[str], texts: dict[str, list[str | None]], references: dict[str, list[str]], llm: Any,
               config: OpenChairConfig) -> OpenChairResult:
     """OpenCHAIR of every field (module docstring); `llm` is a loaded LanguageModel."""
     from capmill.eval.facts import read_list
-    from capmill.verify.steps import chat_parsed
+    from capmill.verify.steps import chat_parsed, chat_request
 
     extract = load_template("eval", "openchair_objects").check_slots({"caption"})
     check = load_template("eval", "openchair_check").check_slots({"references", "object"})
@@ -83,8 +75,8 @@ def openchair(keys: list[str], texts: dict[str, list[str | None]], references: d
         rows = [(k, t) for k, t in zip(keys, column, strict=True) if t is not None and references.get(k)]
         if not rows:
             continue
-        requests = [_chat(extract, config.extract_params, f"{k}:openchair_objects", caption=delimited_caption(t, 8000))
-                    for k, t in rows]
+        requests = [chat_request(extract, {"caption": delimited_caption(t, 8000)}, config.extract_params,
+                                 f"{k}:openchair_objects") for k, t in rows]
         parsed = chat_parsed(llm, requests, lambda s: read_list(s, config.max_objects, 6),
                              extract.options.get("retry_note", ""))
         objects: dict[str, list[str]] = {}
@@ -98,8 +90,8 @@ def openchair(keys: list[str], texts: dict[str, list[str | None]], references: d
             result.notes.append(f"OpenCHAIR {name}: no object list could be read for {unread} captions (left out)")
         todo = sorted({(k, o) for k, objs in objects.items() for o in objs if (k, o) not in answers})
         if todo:
-            asked = [_chat(check, config.check_params, f"{k}:openchair_check",
-                           references=delimited_caption("\n".join(references[k]), 8000), object=safe_text(o, 80))
+            asked = [chat_request(check, {"references": delimited_caption("\n".join(references[k]), 8000),
+                                          "object": safe_text(o, 80)}, config.check_params, f"{k}:openchair_check")
                      for k, o in todo]
             for item, gen in zip(todo, llm.chat(asked), strict=True):
                 answers[item] = read_answer(gen.texts[0]) if gen.ok else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
-from capmill.backends.base import ChatRequest, GenerationParams, LanguageModel
+from capmill.backends.base import GenerationParams, LanguageModel
 from capmill.components import BackendSpec, Strict
 from capmill.prompts import load_template
 from capmill.prompts.safety import delimited_caption
@@ -113,19 +113,12 @@ def parse_verdict(text: str) -> tuple[bool, float] | None:
     return verdict_match.group(1).lower() == "yes", float(number.group(1))
 
 
-def _chat(template, params: GenerationParams, tag: str, **slots: Any) -> ChatRequest:
-    messages = []
-    if template.system:
-        messages.append({"role": "system", "content": template.render_system(**slots)})
-    messages.append({"role": "user", "content": template.render(**slots)})
-    return ChatRequest(messages=messages, params=params, tag=tag)
-
-
 def vdc_score(keys: list[str], candidates: dict[str, list[str | None]], references: dict[str, list[str]],
               config: VdcScoreConfig, judge: Any = None) -> VdcResult:
     """VDCscore and VDC accuracy of every field in `candidates` (field → text per key, in the
     order of `keys`) against the first reference of each key."""
     from capmill.backends.base import require
+    from capmill.verify.steps import chat_request
 
     result = VdcResult(metrics={name: {} for name in candidates})
     owned = judge is None
@@ -139,8 +132,8 @@ def vdc_score(keys: list[str], candidates: dict[str, list[str | None]], referenc
         scored = [k for k in keys if references.get(k)]
         if len(scored) < len(keys):
             result.notes.append(f"VDCscore: {len(keys) - len(scored)} samples have no reference (left out)")
-        requests = [_chat(ask, config.question_params, f"{k}:vdc_questions",
-                          reference=delimited_caption(references[k][0], 8000), count=config.questions) for k in scored]
+        requests = [chat_request(ask, {"reference": delimited_caption(references[k][0], 8000), "count": config.questions},
+                                 config.question_params, f"{k}:vdc_questions") for k in scored]
         unparsed = 0
         for key, gen in zip(scored, judge.chat(requests) if requests else [], strict=True):
             pairs = parse_qa_pairs(gen.texts[0]) if gen.ok else []
@@ -160,6 +153,8 @@ def vdc_score(keys: list[str], candidates: dict[str, list[str | None]], referenc
 
 
 def _score_field(name, texts: dict[str, str | None], result: VdcResult, judge, config, answer, grade) -> None:
+    from capmill.verify.steps import chat_request
+
     items = [(k, q, a) for k, pairs in result.questions.items() if texts.get(k) for q, a in pairs]
     missing = sum(1 for k in result.questions if not texts.get(k))
     if missing:
@@ -167,11 +162,11 @@ def _score_field(name, texts: dict[str, str | None], result: VdcResult, judge, c
     if not items:
         result.metrics[name].update({"VDCscore": float("nan"), "VDC accuracy": float("nan")})
         return
-    asked = [_chat(answer, config.answer_params, f"{k}:vdc_answer", candidate=delimited_caption(texts[k], 8000),
-                   question=q) for k, q, _ in items]
+    asked = [chat_request(answer, {"candidate": delimited_caption(texts[k], 8000), "question": q}, config.answer_params,
+                          f"{k}:vdc_answer") for k, q, _ in items]
     predicted = [g.texts[0].strip() if g.ok and g.texts else "" for g in judge.chat(asked)]
-    judged = [_chat(grade, config.judge_params, f"{k}:vdc_judge", question=q, answer=delimited_caption(a, 500),
-                    predicted=delimited_caption(p, 500)) for (k, q, a), p in zip(items, predicted, strict=True)]
+    judged = [chat_request(grade, {"question": q, "answer": delimited_caption(a, 500), "predicted": delimited_caption(p, 500)},
+                           config.judge_params, f"{k}:vdc_judge") for (k, q, a), p in zip(items, predicted, strict=True)]
     verdicts = [parse_verdict(g.texts[0]) if g.ok and g.texts else None for g in judge.chat(judged)]
     good = [v for v in verdicts if v is not None]
     bad = len(verdicts) - len(good)

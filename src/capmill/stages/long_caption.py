@@ -41,6 +41,7 @@ from capmill.sample import DROPPED as DROPPED_STATUS
 from capmill.stages.base import RunContext, Stage
 from capmill.stages.differential_caption import guard_input, with_note
 from capmill.text.length import FIRST_TRY, REGENERATED, TRIMMED, LengthTarget, MissPolicy, count_words, length_meta, trim
+from capmill.verify.steps import chat_request
 
 
 class LongCaptionConfig(StageConfig):
@@ -220,11 +221,7 @@ class LongCaptionStage(Stage):
             part.text, part.guards = item.text, item.meta(outcome)
 
     def _chat(self, template, slots: dict[str, str], tag: str) -> ChatRequest:
-        messages = []
-        if template.system:
-            messages.append({"role": "system", "content": template.render_system(**slots)})
-        messages.append({"role": "user", "content": template.render(**slots)})
-        return ChatRequest(messages=messages, params=self.config.aggregate_params, tag=tag)
+        return chat_request(template, slots, self.config.aggregate_params, tag)
 
     def _merge_level(self, videos: list[_Video]) -> None:
         entries = []

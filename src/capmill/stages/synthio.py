@@ -58,6 +58,7 @@ from capmill.sample import (
     Sample,
 )
 from capmill.stages.base import RunContext, Stage
+from capmill.verify.steps import chat_request
 
 
 class SynthioConfig(StageConfig):
@@ -178,11 +179,7 @@ class SynthioStage(Stage):
         return batch
 
     def _chat(self, template, slots: dict[str, Any], tag: str) -> ChatRequest:
-        messages = []
-        if template.system:
-            messages.append({"role": "system", "content": template.render_system(**slots)})
-        messages.append({"role": "user", "content": template.render(**slots)})
-        return ChatRequest(messages=messages, params=self.config.params, tag=tag)
+        return chat_request(template, slots, self.config.params, tag)
 
     def _imagine(self, clips: list[_Clip]) -> None:
         """MixCap: one LLM call for the batch, each reply parsed into prompts, each prompt guarded."""
