@@ -72,18 +72,12 @@ def decode_video_one(sample: Sample, config) -> None:
     if ref.data is None and ref.path is None and ref.url is None:
         sample.fail(DECODE_ERROR, "sample has no video")
         return
-    try:
-        frames, info = decode_video(ref, config)
-    except SampleError as e:
-        sample.fail(e.status, e.reason)
+    decoded = _decoded(sample, "video", decode_video, config)
+    if decoded is None:
         return
-    except (OSError, ValueError) as e:  # reading a path or URL failed (file systems raise their own types)
-        sample.fail(READ_ERROR, f"could not read video {ref.path or ref.url}: {type(e).__name__}: {e}")
-        return
+    frames, info = decoded
     ref.frames = frames
-    # A clip's reader noted its source's facts (source_*); the header facts are the clip's own.
-    facts = {k: v for k, v in (sample.meta.get("video") or {}).items() if k.startswith("source_")}
-    facts.update(info.to_meta())
+    facts = _facts(sample, "video", info)
     facts["sampled"] = len(frames)
     facts["decoded_size"] = list(frames[0].image.size)
     sample.meta["video"] = facts
@@ -101,18 +95,33 @@ def decode_audio_one(sample: Sample, config) -> None:
             return
         sample.fail(DECODE_ERROR, "sample has no audio")
         return
-    try:
-        wave, info = decode_audio(ref, config)
-    except SampleError as e:
-        sample.fail(e.status, e.reason)
+    decoded = _decoded(sample, "audio", decode_audio, config)
+    if decoded is None:
         return
-    except (OSError, ValueError) as e:  # reading a path or URL failed (file systems raise their own types)
-        sample.fail(READ_ERROR, f"could not read audio {ref.path or ref.url}: {type(e).__name__}: {e}")
-        return
+    wave, info = decoded
     ref.audio = wave
-    # A clip's reader noted its source's facts (source_*); the header facts are the clip's own.
-    facts = {k: v for k, v in (sample.meta.get("audio") or {}).items() if k.startswith("source_")}
-    facts.update(info.to_meta())
+    facts = _facts(sample, "audio", info)
     facts["seconds"] = round(wave.seconds, 3)
     facts["rate"] = wave.rate
     sample.meta["audio"] = facts
+
+
+def _decoded(sample: Sample, kind: str, decode, config):
+    """`decode(sample.media, config)`, or None with the sample failed for the reason: the
+    decoder's own status, or read_error when the path or URL could not be read."""
+    ref = sample.media
+    try:
+        return decode(ref, config)
+    except SampleError as e:
+        sample.fail(e.status, e.reason)
+    except (OSError, ValueError) as e:  # reading a path or URL failed (file systems raise their own types)
+        sample.fail(READ_ERROR, f"could not read {kind} {ref.path or ref.url}: {type(e).__name__}: {e}")
+    return None
+
+
+def _facts(sample: Sample, kind: str, info) -> dict:
+    """The media's facts for meta[kind]: a clip's reader noted its source's (source_*); the
+    header facts are the clip's own."""
+    facts = {k: v for k, v in (sample.meta.get(kind) or {}).items() if k.startswith("source_")}
+    facts.update(info.to_meta())
+    return facts
