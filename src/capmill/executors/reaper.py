@@ -3,9 +3,11 @@
 A run that starts its own cluster owns that cluster's lifetime. Ray's own fate sharing ends the
 GCS and the raylet with their parent, but worker processes notice only when a connection times
 out, so a SIGKILLed driver used to leave workers (which may still be writing) for a minute or
-more. So before the cluster starts, the driver marks its environment with a token, which every
-cluster process inherits (GCS, raylet, and the workers the raylet spawns), and starts this
-watcher with a pipe as its standard input:
+more. So before the cluster starts, the driver marks its environment with a token, which the
+cluster's processes inherit (GCS, raylet, and the workers the raylet spawns), and starts this
+watcher with a pipe as its standard input. The raylet's agents (dashboard and runtime-env
+agents) are started with an environment of their own, without the token: they are found as the
+children of marked processes.
 
 - the driver dies (any signal): the kernel closes the pipe, the watcher reads end-of-file and
   SIGKILLs every process whose environment carries the token, at once;
@@ -43,21 +45,55 @@ def marked(token: str, exclude: set[int]) -> list[int]:
     return found
 
 
+def parents() -> dict[int, int]:
+    """pid → parent pid of every process."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ")".
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1:
+            found[int(entry)] = int(fields[1])
+    return found
+
+
+def cluster(token: str, exclude: set[int]) -> set[int]:
+    """The marked processes and every descendant of theirs."""
+    found = set(marked(token, exclude))
+    if not found:
+        return found
+    tree = parents()
+    grew = True
+    while grew:
+        children = {pid for pid, parent in tree.items() if parent in found and pid not in found and pid not in exclude}
+        found |= children
+        grew = bool(children)
+    return found
+
+
 def reap(token: str, exclude: set[int], rounds: int = 4) -> int:
-    """SIGKILL every marked process; a few rounds catch processes started during the first."""
-    killed = 0
+    """SIGKILL the cluster's processes; a few rounds catch processes started during the first.
+    What one round found is killed again in the next ones: a child whose parent was killed is no
+    longer anyone's descendant."""
+    seen: set[int] = set()
     for _ in range(rounds):
-        pids = marked(token, exclude)
-        if not pids:
+        found = cluster(token, exclude)
+        if not found and not seen:
             break
-        for pid in pids:
+        seen |= found
+        for pid in seen:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
             except OSError:
                 pass
         time.sleep(0.1)
-    return killed
+    return len(seen)
 
 
 class Reaper:
@@ -100,7 +136,7 @@ def main(argv: list[str]) -> None:
     line = sys.stdin.buffer.readline()
     if line.strip() == b"done":
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and marked(token, exclude):
+        while time.monotonic() < deadline and cluster(token, exclude):
             time.sleep(0.2)
     reap(token, exclude)
 
