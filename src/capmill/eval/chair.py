@@ -23,7 +23,6 @@ words rather than pattern.en's `singularize` (which turns "glass" into "glas" an
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -108,13 +107,9 @@ def mentions(caption: str) -> list[tuple[str, str]]:
 def load_instances(path: str) -> dict[str, set[str]]:
     """COCO `instances` JSON → {sample key: COCO categories of its annotations}; every key listed
     in `images` is present (an image without annotations has no objects)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"instances file {path!r} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"instances file {path!r} is not valid JSON: {e}") from None
+    from capmill.eval.data import read_json_file
+
+    data = read_json_file(path, "instances")
     if not isinstance(data, dict) or not isinstance(data.get("categories"), list) or not isinstance(data.get("annotations"), list):
         raise ConfigError(f"instances {path!r}: expected COCO instances JSON with `categories`, `annotations` "
                           "(and `images`) lists")

@@ -101,16 +101,22 @@ def _image_bytes(sample: Sample) -> bytes | None:
         return None
 
 
+def read_json_file(path: str, what: str) -> Any:
+    """The JSON in the file at `path`; a ConfigError naming it as `what` when it is missing or
+    not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path!r} not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} file {path!r} is not valid JSON: {e}") from None
+
+
 def load_references(path: str) -> dict[str, list[str]]:
     """COCO-style `{"annotations": [{"image_id": KEY, "caption": TEXT}, ...]}`, or a plain
     `{KEY: [TEXT, ...]}` mapping → {key: [references]}. Keys are compared as strings."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"references file {path!r} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"references file {path!r} is not valid JSON: {e}") from None
+    data = read_json_file(path, "references")
     refs: dict[str, list[str]] = {}
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         for i, ann in enumerate(data["annotations"]):
