@@ -129,12 +129,17 @@ class Tracker(ABC):
                 f.write("\n")
 
     def log_evaluation(self, entry: dict[str, Any], step: int) -> None:
-        values = {}
-        for field, metrics in entry["metrics"].items():
-            for metric, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    values[f"eval/{metric_name(field)}/{metric_name(metric)}"] = float(value)
-        self._scalars(values, step)
+        self._scalars(evaluation_figures(entry), step)
+
+
+def evaluation_figures(entry: dict[str, Any]) -> dict[str, float]:
+    """An evaluation's numeric figures under `eval/<field>/<metric>`."""
+    values = {}
+    for field, metrics in entry["metrics"].items():
+        for metric, value in metrics.items():
+            if isinstance(value, (int, float)):
+                values[f"eval/{metric_name(field)}/{metric_name(metric)}"] = float(value)
+    return values
 
 
 def shard_figures(stats: dict[str, Any], summary: RunSummary, since_last: float, elapsed: float) -> dict[str, float]:

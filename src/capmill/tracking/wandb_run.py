@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from capmill.tracking.base import Tracker
+from capmill.tracking.base import Tracker, evaluation_figures
 
 
 class WandbTracker(Tracker):
@@ -23,6 +23,10 @@ class WandbTracker(Tracker):
     def _scalars(self, values: dict[str, float], step: int) -> None:
         # W&B steps only grow within a run; a reopened run (an evaluation) continues after them.
         self.run.log(values, step=None if self.resumed else step)
+
+    def log_evaluation(self, entry: dict[str, Any], step: int) -> None:
+        # Committed at once: the one row of an evaluation does not wait for finish() to flush it.
+        self.run.log(evaluation_figures(entry), step=None if self.resumed else step, commit=True)
 
     @property
     def resumed(self) -> bool:
