@@ -28,6 +28,39 @@ def make_config(data_dir, out_dir, stages=None, **sections):
     return config
 
 
+def kill_while_working(config_path, out_dir, rng, rounds: int, within: tuple[float, float] = (0.0, 1.5)) -> int:
+    """Start `capmill run CONFIG` `rounds` times; each time wait until that process holds the
+    output's lock (its start-up is over and it is working), then SIGKILL it at a random moment
+    `within` seconds later if it is still running. Returns how many runs were killed. Waiting for
+    the lock keeps the kills inside the work however fast the machine starts Python."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lock = os.path.join(os.fspath(out_dir), "_lock.json")
+    kills = 0
+    for _ in range(rounds):
+        proc = subprocess.Popen([sys.executable, "-m", "capmill.cli.main", "run", str(config_path), "--no-progress"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with open(lock, encoding="utf-8") as f:
+                    if json.load(f).get("pid") == proc.pid:
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        time.sleep(rng.uniform(*within))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    return kills
+
+
 def cuda_available() -> bool:
     try:
         import torch

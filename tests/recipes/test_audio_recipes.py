@@ -3,12 +3,9 @@ cut into clips, with the tiny models (tiny Qwen2-Audio, Qwen2 and CLAP; the real
 for speech), and resumed after kill -9."""
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -17,7 +14,7 @@ from capmill.cli.main import main
 from capmill.config import apply_overrides, load_yaml
 from capmill.recipes import find_recipe
 from capmill.testing.audio import write_audio_folder, write_audio_webdataset
-from tests.conftest import snapshot
+from tests.conftest import kill_while_working, snapshot
 
 AUDIO_RECIPES = {"audiosetcaps": "audiosetcaps", "slam_aac": "clap_refine", "autocap": "autocap", "synthio": "synthio.0"}
 # Small settings that keep each run to seconds on a CPU; the recipe's own stages and prompts run.
@@ -107,9 +104,9 @@ def test_speech_in_audio_is_transcribed_by_the_real_whisper(tmp_path, capsys):
     assert all(r["captions"]["ssc"]["prompt_id"] == "ssc@1:audio" for r in records.values())
 
 
-def _fake_config(name, data, out):
+def _fake_config(name, data, out, delay=0.05):
     tree = load_yaml(find_recipe(name).path)
-    fake = "{type: fake, delay_s: 0.05, words: 8}"
+    fake = f"{{type: fake, delay_s: {delay}, words: 8}}"
     sets = [f"input.path={data}/*.tar", f"output.path={out}", "executor={type: local, batch_size: 1}", *QUICK[name]]
     for i, stage in enumerate(tree["stages"]):
         for field in BACKENDS:
@@ -139,20 +136,10 @@ def test_audio_recipe_resumes_after_kill_9(name, tmp_path):
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump(reference))
     assert main(["run", str(tmp_path / "ref.yaml"), "--no-progress"]) == 0
 
-    config = _fake_config(name, data, tmp_path / "out")
+    config = _fake_config(name, data, tmp_path / "out", delay=0.2)  # seconds of work for the kills to land in
     config["input"]["clips"] = clips
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    rng = random.Random(23)
-    kills = 0
-    for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "capmill.cli.main", "run", str(tmp_path / "run.yaml"),
-                                 "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 2.5))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 1
+    assert kill_while_working(tmp_path / "run.yaml", tmp_path / "out", random.Random(23), rounds=4) >= 1
     done = subprocess.run([sys.executable, "-m", "capmill.cli.main", "run", str(tmp_path / "run.yaml"), "--no-progress"],
                           capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-2000:]

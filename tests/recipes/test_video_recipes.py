@@ -2,12 +2,9 @@
 tiny models (and the real whisper tiny.en for HowToCaption's speech), and resumed after kill -9."""
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -16,7 +13,7 @@ from capmill.cli.main import main
 from capmill.config import apply_overrides, load_yaml
 from capmill.recipes import find_recipe
 from capmill.testing.videos import write_video_folder, write_video_webdataset
-from tests.conftest import snapshot
+from tests.conftest import kill_while_working, snapshot
 
 VIDEO_RECIPES = {"sharegpt4video": "sharegpt4video", "vdc": "vdc_detailed", "longcaptioning": "long_caption",
                  "howtocaption": "howtocaption"}
@@ -77,9 +74,9 @@ def test_video_recipe_on_tiny_models(name, layout, tiny_models, tmp_path, monkey
         assert set(records[0]["captions"]) == {"vdc_short", "vdc_detailed", "vdc_main_object", "vdc_background", "vdc_camera"}
 
 
-def _fake_config(name, data, out):
+def _fake_config(name, data, out, delay=0.05):
     tree = load_yaml(find_recipe(name).path)
-    fake = "{type: fake, delay_s: 0.05, words: 8}"
+    fake = f"{{type: fake, delay_s: {delay}, words: 8}}"
     sets = [f"input.path={data}/*.tar", f"output.path={out}", "executor={type: local, batch_size: 1}",
             "video.sampling.max_frames=6", *QUICK[name]]
     for i, stage in enumerate(tree["stages"]):
@@ -107,20 +104,10 @@ def test_video_recipe_resumes_after_kill_9(name, tmp_path):
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump(reference))
     assert main(["run", str(tmp_path / "ref.yaml"), "--no-progress"]) == 0
 
-    config = _fake_config(name, data, tmp_path / "out")
+    config = _fake_config(name, data, tmp_path / "out", delay=0.2)  # seconds of work for the kills to land in
     config["input"]["clips"] = {"seconds": 1.5, "min_seconds": 0.5}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    rng = random.Random(17)
-    kills = 0
-    for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "capmill.cli.main", "run", str(tmp_path / "run.yaml"),
-                                 "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 2.5))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 1
+    assert kill_while_working(tmp_path / "run.yaml", tmp_path / "out", random.Random(17), rounds=4) >= 1
     done = subprocess.run([sys.executable, "-m", "capmill.cli.main", "run", str(tmp_path / "run.yaml"), "--no-progress"],
                           capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-2000:]
