@@ -38,9 +38,10 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev system-deps .venv-vllm/.installed
 	$(PY) -m pytest -q
 
-# The suite without the slow end-to-end tests, for quick iterations.
+# The suite without the slow tests (end to end, or over a second each), on every core: about
+# 80 s on 2 cores.
 test-fast: $(VENV)/.dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 # Every CPU benchmark of BENCHMARKS.md, one after another (about 10 min on 2 cores).
 # benchmarks/gpu_transformers.py needs a CUDA GPU and is run by hand.

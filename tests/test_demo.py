@@ -4,11 +4,13 @@ output that `capmill eval` and `capmill report` read."""
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from capmill import demo
 from capmill.cli.main import main as cli
 
 
+@pytest.mark.slow
 def test_demo_offline_falls_back_and_its_output_evaluates_and_reports(tmp_path, monkeypatch, capsys, tiny_models):
     import capmill.testing.tiny_models as tm
 

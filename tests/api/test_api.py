@@ -127,6 +127,7 @@ def scored_run(tmp_path, wds):
 SCORER = {"type": "fake", "dim": 16}
 
 
+@pytest.mark.slow
 def test_evaluate_mirrors_the_cli_and_keeps_history(scored_run, tmp_path):
     from capmill.cli.main import main as cli
     from capmill.report import collect
@@ -154,6 +155,7 @@ def test_evaluate_mirrors_the_cli_and_keeps_history(scored_run, tmp_path):
     assert len(collect(str(scored_run))["evaluations"]) == 3
 
 
+@pytest.mark.slow
 def test_evaluate_cache_is_per_scorer_and_checks_the_images(scored_run):
     from capmill.eval.cache import CACHE_DIR
 
@@ -166,6 +168,7 @@ def test_evaluate_cache_is_per_scorer_and_checks_the_images(scored_run):
     assert again == first
 
 
+@pytest.mark.slow
 def test_evaluate_references_mapping_and_two_runs(scored_run, tmp_path):
     import shutil
 
@@ -180,6 +183,7 @@ def test_evaluate_references_mapping_and_two_runs(scored_run, tmp_path):
     assert history[-1]["scorer"] is None  # no image metrics, no scorer
 
 
+@pytest.mark.slow
 def test_evaluate_takes_the_dense_metrics_options(scored_run, tmp_path):
     """`capmill.evaluate` mirrors `capmill eval --instances --judge --compare --verifier`."""
     from capmill.cli.main import main as cli

@@ -41,6 +41,7 @@ def _backend(tiny_models, family, **kw):
     return backend
 
 
+@pytest.mark.slow
 def test_qwen2_audio_hears_the_waveform_at_its_own_rate(tiny_models, monkeypatch):
     backend = _backend(tiny_models, "qwen2_audio")
     assert backend.takes_audio and not backend.vision

@@ -85,6 +85,7 @@ def test_nli_labels_and_tiny_model(tiny_models):
         assert e.label in ("entailment", "neutral", "contradiction")
 
 
+@pytest.mark.slow
 def test_tiny_diffusers_pipeline_is_seeded(tiny_models):
     pytest.importorskip("diffusers")
     from capmill.backends.diffusers_t2i import DiffusersConfig

@@ -76,6 +76,7 @@ def test_contract_config_parses_and_runs(tmp_path, server, monkeypatch):
 # ---- faults at scale ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_over_200_samples_with_faults_completes_within_retry_budgets(tmp_path):
     from capmill.testing import write_webdataset
 

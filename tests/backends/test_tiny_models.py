@@ -76,6 +76,7 @@ def test_tiny_detectors_detect_in_pixels_of_each_image(tiny_models, family, phra
     backend.close()
 
 
+@pytest.mark.slow
 def test_cli_writes_every_family(tmp_path):
     from capmill.testing import tiny_models
 

@@ -24,6 +24,7 @@ def _build(spec):
     return TypeAdapter(BackendSpec).validate_python(spec).build()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", OCR)
 def test_ocr_reads_rendered_text_and_fails_alone(spec):
     import shutil

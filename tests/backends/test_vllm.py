@@ -114,6 +114,7 @@ _CPU_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_in_process_llm_on_cpu(tiny_models, tmp_path):
     if not (VENV / ".installed").exists():
         why = (VENV / ".failed").read_text().strip() if (VENV / ".failed").exists() else "it has not been built"

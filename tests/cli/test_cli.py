@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from capmill.cli.main import main
@@ -16,6 +17,7 @@ def write(tmp_path, config):
     return str(path)
 
 
+@pytest.mark.slow
 def test_issue_example_config_runs_as_written(tmp_path, monkeypatch):
     from capmill.testing import write_webdataset
 

@@ -105,6 +105,7 @@ def test_cooperating_processes_process_each_shard_once_and_match_a_lone_run(tmp_
     assert not (tmp_path / "out" / "_lock.json").exists()
 
 
+@pytest.mark.slow
 def test_runs_in_threads_share_shards_and_fit_once(tmp_path):
     """Cooperating runs in one process (same pid: each sees the others alive) claim disjoint
     shards, and the fit step runs once: the others wait for it and read it."""

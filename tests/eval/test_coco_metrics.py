@@ -9,6 +9,8 @@ from capmill.eval.coco import COCO_NAMES, CocoScorers
 from capmill.testing import items
 from tests.eval.conftest import write_coco_refs
 
+pytestmark = pytest.mark.slow  # end to end: a real server, cluster or browser
+
 
 def parquet_of(path, keys, fields, drop=()):
     """A plain parquet of captions (no capmill run): key, image, caption (AltText), dsc column."""

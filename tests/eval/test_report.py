@@ -43,6 +43,7 @@ def chromium_dom(page, tmp_path):
     return proc.stdout, [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
 
 
+@pytest.mark.slow
 def test_report_loads_in_chromium_and_shows_every_sample(scored_output, page, tmp_path):
     data = collect(str(scored_output))
     expected = data["total"]
@@ -74,6 +75,7 @@ def test_report_loads_in_chromium_and_shows_every_sample(scored_output, page, tm
     assert len(re.findall(r'class="eval"', dom)) == 2 * len(ok)
 
 
+@pytest.mark.slow
 def test_report_controls_work(page, tmp_path):
     _need_chromium()
     result = layout.run_script(page, tmp_path, """
@@ -113,6 +115,7 @@ def test_report_controls_work(page, tmp_path):
     assert result["dropped"] > 0 and result["droppedImages"] == result["dropped"]
 
 
+@pytest.mark.slow
 def test_report_layout_matches_the_golden(page, tmp_path):
     """Region geometry within a tolerance and a coarse screenshot within a mean block difference.
     After an intended change: `python scripts/report_golden.py`, look at the screenshot, commit."""
@@ -131,6 +134,7 @@ def test_report_layout_matches_the_golden(page, tmp_path):
     assert diff.mean() < 4.0 and (diff > 40).mean() < 0.02, (diff.mean(), (diff > 40).mean())
 
 
+@pytest.mark.slow
 def test_report_shows_facts_found_matched_and_hallucinated(page, tmp_path):
     _need_chromium()
     result = layout.run_script(page, tmp_path, """
@@ -154,6 +158,7 @@ def test_report_shows_facts_found_matched_and_hallucinated(page, tmp_path):
     assert d["arena"]["verdict"] == ("win" if d["arena"]["position"] == 2 else "loss")  # the judge always says 2
 
 
+@pytest.mark.slow
 def test_report_shows_how_each_caption_was_made(page, tmp_path):
     _need_chromium()
     result = layout.run_script(page, tmp_path, """

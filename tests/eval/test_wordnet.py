@@ -16,6 +16,7 @@ def test_lexnames_are_wordnet_3_0s():
     assert lines[44] == "44\tadj.ppl\t3" and len(set(LEXNAMES)) == 45
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason="Debian's wordnet-base is not installed (bash scripts/system-deps.sh)")
 def test_debian_files_feed_nltk(tmp_path):
     folder = install_from_debian(root=tmp_path)

@@ -32,7 +32,7 @@ from tests.conftest import cuda_available, snapshot
 # _run.json names the executor, the one thing that may differ between the two runs.
 RUN_JSON = frozenset({"_run.json"})
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 

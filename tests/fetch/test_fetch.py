@@ -53,7 +53,7 @@ def test_loopback_is_refused_by_default_before_connecting(server):
     ("/agent.jpg", InputRefused, "opted out by X-Robots-Tag: noimageai"),
     ("/missing.jpg", FetchFailed, "HTTP 404"),
     ("/slow.jpg", FetchFailed, "timed out"),
-    ("/trickle.jpg", FetchFailed, "more than fetch.max_seconds=1.5"),
+    pytest.param("/trickle.jpg", FetchFailed, "more than fetch.max_seconds=1.5", marks=pytest.mark.slow),
 ])
 def test_hostile_responses_give_their_reason(server, path, error, reason):
     with pytest.raises(error, match=reason):
@@ -74,6 +74,7 @@ def test_x_robots_tag_parsing():
     assert opted_out(["noai"], FetchConfig(opt_out=["noimageai"])) is None
 
 
+@pytest.mark.slow
 def test_transient_failures_are_retried_with_backoff_and_final_ones_are_not(server):
     assert fetch(f"{server.url}/flaky.jpg", quick(retries=2)) == server.jpeg
     assert server.hits["/flaky.jpg"] == 2  # one 503, then the image

@@ -55,6 +55,7 @@ json.dump({"rows": {r["key"]: [r["status"], r["error"]] for r in rows}, "connect
 '''
 
 
+@pytest.mark.slow
 def test_hostile_url_manifest_inside_a_loopback_only_namespace(tmp_path):
     reason = unshare_refusal()
     if reason:

@@ -50,6 +50,7 @@ def by_hand(path, images, texts):
     return (2.5 * cos.clamp(min=0)).tolist(), model, processor
 
 
+@pytest.mark.slow
 def test_clipscore_matches_formula_and_torchmetrics(tiny_clip):
     import numpy as np
     import torch

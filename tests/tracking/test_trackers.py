@@ -61,6 +61,7 @@ def test_run_json_summary(tmp_path, wds, capsys):
     assert report["refused"] is None and report["would_process"] == []
 
 
+@pytest.mark.slow
 def test_tensorboard_event_files(tmp_path, capsys):
     pytest.importorskip("tensorboardX", reason="pip install 'capmill[tensorboard]'")
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
@@ -86,6 +87,7 @@ def test_tensorboard_event_files(tmp_path, capsys):
     assert "summary/text_summary" in ea.Tags()["tensors"]
 
 
+@pytest.mark.slow
 def test_mlflow_file_store(tmp_path, capsys, monkeypatch):
     pytest.importorskip("mlflow", reason="pip install 'capmill[mlflow]'")
     from mlflow.tracking import MlflowClient

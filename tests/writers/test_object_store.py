@@ -27,7 +27,7 @@ from tests.conftest import make_config, snapshot
 
 pytest.importorskip("moto.server", reason="needs moto[server]: pip install 'capmill[dev]'")
 pytest.importorskip("s3fs", reason="needs s3fs: pip install 'capmill[s3]'")
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 RUN_JSON = frozenset({"_run.json"})
 
 

@@ -141,7 +141,9 @@ class ImageServer(http.server.ThreadingHTTPServer):
         return f"http://{self.server_address[0]}:{self.server_address[1]}"
 
     def __enter__(self) -> ImageServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="image-server", daemon=True)
+        # A short poll so that leaving the block does not wait out serve_forever's default 0.5 s.
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="image-server",
+                                        daemon=True)
         self._thread.start()
         return self
 
