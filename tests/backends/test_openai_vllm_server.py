@@ -27,7 +27,7 @@ from capmill.run import run
 from capmill.testing.shards import generated
 from tests.conftest import make_config
 
-pytestmark = pytest.mark.slow  # end to end: a real server, cluster or browser
+pytestmark = pytest.mark.slow  # end to end: a real `vllm serve` in its own venv
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("CAPMILL_VLLM_VENV", REPO / ".venv-vllm"))

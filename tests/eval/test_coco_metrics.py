@@ -9,7 +9,7 @@ from capmill.eval.coco import COCO_NAMES, CocoScorers
 from capmill.testing import items
 from tests.eval.conftest import write_coco_refs
 
-pytestmark = pytest.mark.slow  # end to end: a real server, cluster or browser
+pytestmark = pytest.mark.slow  # end to end: the JVM (PTB tokenizer, METEOR) and the reference code
 
 
 def parquet_of(path, keys, fields, drop=()):

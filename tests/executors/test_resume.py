@@ -3,7 +3,6 @@ one output never both write; a server that dies mid-run leaves nothing transient
 
 import io
 import json
-import os
 import random
 import signal
 import socket
@@ -20,7 +19,7 @@ from capmill.config import parse_config
 from capmill.run import run
 from capmill.testing import write_webdataset
 from capmill.testing.fault_server import Faults, FaultServer
-from tests.conftest import make_config, snapshot
+from tests.conftest import kill_while_working, make_config, snapshot
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,24 +49,13 @@ def test_kill_9_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
 
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "run.yaml", data, out, delay=0.15)  # ~4 s of "model" time in all
-    rng = random.Random(1234)
-    kills = 0
-    for _ in range(5):
-        proc = capmill("run", str(cfg), "--no-progress")
-        time.sleep(rng.uniform(0.5, 1.6))  # interpreter start is ~0.5 s; kill anywhere after
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.communicate()
-    assert kills >= 3
+    assert kill_while_working(cfg, out, random.Random(1234), rounds=5, within=(0.0, 1.1)) >= 3
     proc = capmill("run", str(cfg), "--no-progress")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]  # no temporaries left
     assert snapshot(out) == snapshot(reference)
     for tar in out.glob("*.tar"):
-        import tarfile
-
         with tarfile.open(tar) as t:  # complete archives, no duplicated members
             names = t.getnames()
         assert len(names) == len(set(names)) == 6 * 3
